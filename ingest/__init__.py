@@ -1,0 +1,1 @@
+"""Jobs that build vindexes from models (installed as vindex.ingest)."""

@@ -1,0 +1,1 @@
+"""DuckDB SQL over vindexes (installed as vindex.query). Never imports torch."""

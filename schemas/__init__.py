@@ -1,0 +1,1 @@
+"""Language-neutral schema files, installed as the package data `vindex.schemas`."""

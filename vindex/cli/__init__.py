@@ -1,0 +1,27 @@
+"""The `vindex` command line: a thin click layer over the public Python functions.
+
+Each area keeps its commands in its own module here (core.py: info, verify; ...). A command
+parses options, calls the library function of the same name, and prints. Heavy imports (torch,
+duckdb) happen inside the commands, so `vindex --help` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from .. import __version__
+
+# modules under vindex/cli that contribute commands (each exposes COMMANDS)
+COMMAND_MODULES = ["core"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vindex")
+def main():
+    """vindex: a Parquet data lake of transformer internals, queryable with DuckDB SQL."""
+
+
+for _name in COMMAND_MODULES:
+    for _cmd in importlib.import_module(f"{__name__}.{_name}").COMMANDS:
+        main.add_command(_cmd)

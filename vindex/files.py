@@ -1,0 +1,76 @@
+"""File-level primitives every part of vindex shares: safe paths, checksums, atomic writes.
+
+A reader must never see half a file, and a manifest from elsewhere (the Hub, a LarQL folder)
+must never make us read or write outside the vindex folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from .errors import UnsafePath
+
+_CHUNK = 1 << 20
+
+
+def safe_join(root: str | os.PathLike, relpath: str) -> Path:
+    """Resolve `relpath` (a POSIX path from a manifest) under `root`, refusing any escape."""
+    p = PurePosixPath(relpath)
+    if not relpath or p.is_absolute() or relpath.startswith(("\\", "/")) or ":" in p.parts[0] \
+            or any(part in ("..", "") for part in p.parts) or "\\" in relpath:
+        raise UnsafePath(f"path {relpath!r} escapes the vindex folder {str(root)!r} "
+                         "(absolute paths, '..' and backslashes are not allowed)")
+    root = Path(root).resolve()
+    full = (root / Path(*p.parts)).resolve()
+    if full != root and root not in full.parents:
+        raise UnsafePath(f"path {relpath!r} resolves outside the vindex folder {str(root)!r} (symlink?)")
+    return full
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename durable: the directory entry must reach the disk, not just the data."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path_for(path: Path) -> Path:
+    """A unique sibling name for `path`; hidden, so globs and DuckDB scans never pick it up."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def commit_file(tmp: Path, final: Path) -> None:
+    """fsync `tmp`, then atomically rename it over `final`."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    try:
+        tmp.write_bytes(data)
+        commit_file(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

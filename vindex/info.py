@@ -1,0 +1,29 @@
+"""`vindex info`: what a vindex holds, at a glance."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .reader import Vindex
+
+
+def info(path: str | Path) -> dict:
+    """Model, layers, tables (files, rows, bytes, layers, vector width) and prompt sets."""
+    vx = Vindex.open(path)
+    tables = {}
+    for name, t in vx.manifest["tables"].items():
+        files = t.get("files", [])
+        layers = sorted({e["partition"]["layer"] for e in files if "layer" in e.get("partition", {})})
+        tables[name] = {"files": len(files), "rows": sum(e["rows"] for e in files),
+                        "bytes": sum(e["bytes"] for e in files), "layers": layers,
+                        "vector_width": t.get("vector_width"), "vector_dtype": t.get("vector_dtype")}
+    return {"name": vx.name, "path": str(vx.root), "model": vx.model,
+            "extraction": vx.manifest.get("extraction", {}), "prompt_sets": vx.prompt_sets,
+            "tables": tables, "created_by": vx.manifest.get("created_by"),
+            "updated_at": vx.manifest.get("updated_at")}
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024

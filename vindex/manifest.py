@@ -1,0 +1,75 @@
+"""vindex.json: load, validate and save the manifest.
+
+The manifest is the commit point of a vindex: a shard exists for readers only once the manifest
+lists it with its row count and sha256. It is always replaced atomically (temp file, fsync,
+rename), so a reader sees the old or the new manifest, never a mix.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jsonschema
+
+from . import __version__
+from .errors import ManifestError, UnsupportedSchemaVersion
+from .files import atomic_write_bytes, safe_join
+from .schema import manifest_json_schema
+
+MANIFEST = "vindex.json"
+SCHEMA_VERSION = 1
+
+
+def new_manifest(name: str, model: dict, extraction: dict | None = None) -> dict:
+    """A manifest with no tables yet; `model` needs at least `id` and `n_layers`."""
+    m = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "model": dict(model),
+        "extraction": dict(extraction or {}),
+        "prompt_sets": {},
+        "tables": {},
+        "created_by": f"vindex-lake {__version__}",
+    }
+    validate_manifest(m, where=f"new manifest for {name!r}")
+    return m
+
+
+def validate_manifest(m: dict, where: str, root: str | Path | None = None) -> dict:
+    """Check `m` against schemas/vindex.schema.json and that no file path escapes `root`."""
+    if not isinstance(m, dict):
+        raise ManifestError(f"{where}: the manifest must be a JSON object, got {type(m).__name__}")
+    version = m.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UnsupportedSchemaVersion(
+            f"{where}: schema_version {version!r} is not supported (this vindex-lake "
+            f"{__version__} reads version {SCHEMA_VERSION}); upgrade vindex-lake or rebuild the vindex")
+    # paths first: a traversal attempt deserves its own error, not a pattern mismatch
+    for table, t in (m.get("tables") or {}).items():
+        for entry in (t or {}).get("files", []) if isinstance(t, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                safe_join(root or ".", entry["path"])
+    try:
+        jsonschema.validate(m, manifest_json_schema())
+    except jsonschema.ValidationError as e:
+        loc = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ManifestError(f"{where}: invalid manifest at {loc}: {e.message}") from None
+    return m
+
+
+def load_manifest(root: str | Path) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise ManifestError(f"{path}: no manifest; is {str(root)!r} a vindex folder?")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    return validate_manifest(m, where=str(path), root=root)
+
+
+def save_manifest(root: str | Path, m: dict) -> None:
+    m["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    validate_manifest(m, where=f"{Path(root) / MANIFEST} (about to be written)", root=root)
+    atomic_write_bytes(Path(root) / MANIFEST, (json.dumps(m, indent=2, sort_keys=False) + "\n").encode())

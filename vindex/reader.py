@@ -1,0 +1,107 @@
+"""The read side: open a vindex folder, see its tables and partitions, read shards.
+
+Only files the manifest lists exist for a reader; orphans from an interrupted write are ignored.
+Reads check each file's size against the manifest (cheap); `vindex.verify` also checks sha256.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import CorruptShard, NotFound
+from .files import safe_join
+from .manifest import load_manifest
+from .schema import arrow_schema
+
+
+class Vindex:
+    """One model's vindex on local disk."""
+
+    def __init__(self, root: str | Path, manifest: dict):
+        self.root = Path(root)
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, root: str | Path) -> "Vindex":
+        return cls(root, load_manifest(root))
+
+    def __repr__(self) -> str:
+        return f"Vindex({self.name!r}, {str(self.root)!r}, tables={self.tables})"
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def model(self) -> dict:
+        return self.manifest["model"]
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model["n_layers"])
+
+    @property
+    def tables(self) -> list[str]:
+        return sorted(t for t, v in self.manifest["tables"].items() if v.get("files"))
+
+    @property
+    def prompt_sets(self) -> dict:
+        return self.manifest.get("prompt_sets", {})
+
+    def _table(self, table: str) -> dict:
+        t = self.manifest["tables"].get(table)
+        if not t or not t.get("files"):
+            raise NotFound(f"{self.root}: vindex {self.name!r} has no table {table!r} "
+                           f"(it has: {', '.join(self.tables) or 'none'})")
+        return t
+
+    def schema(self, table: str) -> pa.Schema:
+        t = self._table(table)
+        return arrow_schema(table, t.get("vector_width"), t.get("vector_dtype") or "float16")
+
+    def files(self, table: str, **partition) -> list[dict]:
+        """Manifest entries of `table`, filtered by partition values (e.g. layer=3)."""
+        out = [e for e in self._table(table)["files"]
+               if all(e.get("partition", {}).get(k) == v for k, v in partition.items())]
+        return out
+
+    def partitions(self, table: str, key: str = "layer") -> list:
+        return sorted({e["partition"][key] for e in self._table(table)["files"] if key in e.get("partition", {})})
+
+    def layers(self, table: str = "activations") -> list[int]:
+        return self.partitions(table, "layer")
+
+    def path(self, entry_or_relpath) -> Path:
+        rel = entry_or_relpath["path"] if isinstance(entry_or_relpath, dict) else entry_or_relpath
+        return safe_join(self.root, rel)
+
+    def read(self, table: str, layers: list[int] | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Read a table (optionally some layers and columns) into Arrow."""
+        entries = self._table(table)["files"]
+        if layers is not None:
+            have = set(self.layers(table))
+            missing = sorted(set(layers) - have)
+            if missing:
+                raise NotFound(f"{self.root}: table {table!r} has no layer(s) {missing} (has {sorted(have)})")
+            entries = [e for e in entries if e.get("partition", {}).get("layer") in set(layers)]
+        schema = self.schema(table)
+        parts = [read_shard(self.path(e), e, schema, columns) for e in entries]
+        if not parts:
+            return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+        return pa.concat_tables(parts)
+
+
+def read_shard(path: Path, entry: dict, schema: pa.Schema | None = None, columns=None) -> pa.Table:
+    """Read one shard, turning pyarrow's errors into ones that name the file."""
+    if not path.is_file():
+        raise NotFound(f"{path}: listed in the manifest but missing on disk")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise CorruptShard(f"{path}: {size} bytes on disk, the manifest records {entry['bytes']} "
+                           "(truncated or overwritten); run `vindex verify`")
+    try:
+        return pq.read_table(path, columns=columns, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:
+        raise CorruptShard(f"{path}: not a readable Parquet file ({e})") from None

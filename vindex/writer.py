@@ -1,0 +1,277 @@
+"""The write side: add Parquet shards to a vindex atomically.
+
+Protocol (one writer process per vindex; distributed writers hand their entries to one committer):
+  1. write the shard to a hidden temp name in its partition folder, fsync, rename into place;
+  2. record path, rows, bytes and sha256 in the manifest, and replace vindex.json atomically.
+A crash between 1 and 2 leaves an orphan shard that readers ignore (it is not in the manifest)
+and a rerun overwrites, because shard names are deterministic: data/<table>/<key>=<value>/part-NNNNN.parquet.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import InvalidValue, ManifestError, SchemaMismatch
+from .files import commit_file, safe_join, sha256_file, temp_path_for
+from .manifest import MANIFEST, load_manifest, new_manifest, save_manifest
+from .schema import arrow_schema, check_schema, partition_columns, vector_columns
+
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, write_page_index=True,
+                       write_statistics=True, use_content_defined_chunking=True)
+
+
+def shard_path(table: str, partition: dict, part: int) -> str:
+    """The deterministic relative path of a shard (so a retried write replaces, not duplicates)."""
+    keys = partition_columns(table)
+    if set(partition) != set(keys):
+        raise InvalidValue(f"table {table!r} is partitioned by {keys}, got partition {partition}")
+    folders = []
+    for k in keys:
+        v = partition[k]
+        if isinstance(v, (int, np.integer)):
+            if v < 0:
+                raise InvalidValue(f"partition value {k}={v} must be >= 0")
+            folders.append(f"{k}={int(v):02d}")
+        elif isinstance(v, str) and _SAFE_VALUE.match(v) and v not in (".", ".."):
+            folders.append(f"{k}={v}")
+        else:
+            raise InvalidValue(f"partition value {k}={v!r} must be an int or a name of [A-Za-z0-9_.-]")
+    if not isinstance(part, (int, np.integer)) or part < 0:
+        raise InvalidValue(f"part must be a non-negative integer, got {part!r}")
+    return "/".join(["data", table, *folders, f"part-{int(part):05d}.parquet"])
+
+
+def vector_array(values, width: int, dtype: str, column: str) -> pa.FixedSizeListArray:
+    """A 2-D array (rows x width), a list of vectors, or an Arrow list column -> fixed-size list."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if pa.types.is_fixed_size_list(values.type) or pa.types.is_list(values.type) \
+                or pa.types.is_large_list(values.type):
+            if values.null_count:
+                return _nullable_vectors(values, width, dtype, column)
+            lengths = values.value_lengths() if not pa.types.is_fixed_size_list(values.type) else None
+            if lengths is not None and len(values) and (pa.compute.min(lengths).as_py() != width
+                                                       or pa.compute.max(lengths).as_py() != width):
+                raise SchemaMismatch(f"column {column!r}: vectors must have width {width}, "
+                                     f"got lengths {pa.compute.min(lengths)}..{pa.compute.max(lengths)}")
+            flat = values.flatten().to_numpy(zero_copy_only=False)
+            values = flat.reshape(len(values), -1) if len(values) else flat.reshape(0, width)
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        raise SchemaMismatch(f"column {column!r}: vectors have different lengths (expected width {width})")
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise SchemaMismatch(f"column {column!r}: expected vectors of width {width}, got an array of shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0, 0])
+        raise InvalidValue(f"column {column!r}: row {bad} holds NaN or inf; vindex stores finite vectors only")
+    with np.errstate(over="ignore"):  # overflow is reported below, with the row
+        arr = np.ascontiguousarray(arr, dtype=np.float16 if dtype == "float16" else np.float32)
+    if dtype == "float16" and not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0, 0])
+        raise InvalidValue(f"column {column!r}: row {bad} overflows float16 (|x| > 65504); write with vector dtype float32")
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), width)
+
+
+def _nullable_vectors(values, width, dtype, column):
+    valid = values.is_valid().to_numpy(zero_copy_only=False)
+    py = values.to_pylist()
+    dense = np.zeros((len(py), width), dtype=np.float32)
+    for i, v in enumerate(py):
+        if v is not None:
+            dense[i] = vector_array([v], width, dtype, column).flatten().to_numpy(zero_copy_only=False)
+    arr = vector_array(dense, width, dtype, column)
+    return pa.FixedSizeListArray.from_arrays(arr.values, width, mask=pa.array(~valid))
+
+
+class VindexWriter:
+    """Appends shards to one vindex folder and keeps its manifest current."""
+
+    def __init__(self, root: str | Path, manifest: dict):
+        self.root = Path(root)
+        self.manifest = manifest
+
+    # -- opening --------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path, name: str, model: dict, extraction: dict | None = None,
+               exist_ok: bool = False) -> "VindexWriter":
+        """Start a new vindex; with exist_ok, reopen an existing one of the same name (resume)."""
+        root = Path(root)
+        if (root / MANIFEST).exists():
+            if not exist_ok:
+                raise ManifestError(f"{root / MANIFEST}: a vindex already exists here (pass exist_ok to add to it)")
+            w = cls.open(root)
+            if w.manifest["name"] != name:
+                raise ManifestError(f"{root / MANIFEST}: holds vindex {w.manifest['name']!r}, not {name!r}")
+            return w
+        root.mkdir(parents=True, exist_ok=True)
+        w = cls(root, new_manifest(name, model, extraction))
+        w.commit()
+        return w
+
+    @classmethod
+    def open(cls, root: str | Path) -> "VindexWriter":
+        return cls(root, load_manifest(root))
+
+    # -- manifest -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    def commit(self) -> None:
+        save_manifest(self.root, self.manifest)
+
+    def update(self, *, model: dict | None = None, extraction: dict | None = None, commit=True) -> None:
+        if model:
+            self.manifest["model"].update(model)
+        if extraction:
+            self.manifest["extraction"].update(extraction)
+        if commit:
+            self.commit()
+
+    def add_prompt_set(self, name: str, sha256: str, n_prompts: int, commit=True, **extra) -> None:
+        self.manifest["prompt_sets"][name] = {"sha256": sha256, "n_prompts": int(n_prompts), **extra}
+        if commit:
+            self.commit()
+
+    def declare_vectors(self, table: str, width: int, dtype: str = "float16") -> None:
+        """Fix a table's vector width and dtype; later shards must match."""
+        t = self._table(table)
+        old = (t.get("vector_width"), t.get("vector_dtype"))
+        if old[0] is not None and old != (width, dtype):
+            raise SchemaMismatch(f"table {table!r} of {self.root} stores {old[1]} vectors of width {old[0]}, "
+                                 f"not {dtype} of width {width}")
+        t["vector_width"], t["vector_dtype"] = int(width), dtype
+
+    def _table(self, table: str) -> dict:
+        arrow_schema(table, vector_width=1)  # validates the table name
+        return self.manifest["tables"].setdefault(table, {"files": []})
+
+    # -- shards ---------------------------------------------------------------------------
+    def has_shard(self, table: str, partition: dict | None = None, part: int = 0) -> bool:
+        """True when the manifest lists the shard and its file is on disk with the recorded size."""
+        rel = shard_path(table, partition or {}, part)
+        for e in self.manifest["tables"].get(table, {}).get("files", []):
+            if e["path"] == rel:
+                p = safe_join(self.root, rel)
+                return p.is_file() and p.stat().st_size == e["bytes"]
+        return False
+
+    def write_shard(self, table: str, rows, partition: dict | None = None, part: int = 0,
+                    commit: bool = True) -> dict:
+        """Write one shard and (with commit) record it; returns its manifest entry.
+
+        `rows` is a pyarrow Table or a dict of columns. `model`, partition columns and `depth`
+        are filled in when absent; vector columns may be 2-D numpy arrays.
+        """
+        partition = dict(partition or {})
+        rel = shard_path(table, partition, part)
+        data = self.conform(table, rows, partition, where=f"{self.root}/{rel}")
+        final = safe_join(self.root, rel)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path_for(final)
+        try:
+            pq.write_table(data, tmp, **PARQUET_OPTIONS)
+            commit_file(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        entry = {"path": rel, "rows": data.num_rows, "bytes": os.path.getsize(final),
+                 "sha256": sha256_file(final), "partition": partition}
+        if commit:
+            self.add_files(table, [entry])
+        return entry
+
+    def add_files(self, table: str, entries: list[dict], commit: bool = True) -> None:
+        """Record shard entries (replacing same-path ones) and commit the manifest."""
+        files = self._table(table)["files"]
+        index = {e["path"]: i for i, e in enumerate(files)}
+        for e in entries:
+            safe_join(self.root, e["path"])
+            if e["path"] in index:
+                files[index[e["path"]]] = e
+            else:
+                index[e["path"]] = len(files)
+                files.append(e)
+        files.sort(key=lambda e: e["path"])
+        if commit:
+            self.commit()
+
+    def conform(self, table: str, rows, partition: dict, where: str) -> pa.Table:
+        """Cast `rows` to the table's schema, filling derivable columns; raise on anything else."""
+        t = self._table(table)
+        vcols = vector_columns(table)
+        columns = dict(zip(rows.column_names, rows.columns)) if isinstance(rows, pa.Table) else dict(rows)
+        n = _row_count(columns, where)
+        if vcols and t.get("vector_width") is None:
+            for c in vcols:
+                if c in columns and columns[c] is not None:
+                    self.declare_vectors(table, _width_of(columns[c], c, where))
+                    break
+        width = t.get("vector_width")
+        schema = arrow_schema(table, vector_width=width, vector_dtype=t.get("vector_dtype") or "float16")
+        fill = {"model": self.name, **partition}
+        if "depth" in schema.names and "depth" not in columns and "layer" in columns | fill:
+            layer = np.asarray(columns.get("layer", [fill.get("layer")] * n), dtype=np.float32)
+            columns["depth"] = layer / float(self.manifest["model"]["n_layers"])
+        arrays = []
+        for field in schema:
+            if field.name in columns and columns[field.name] is not None:
+                v = columns[field.name]
+            elif field.name in fill:
+                v = pa.array([fill[field.name]] * n, type=field.type)
+            elif field.nullable:
+                v = pa.nulls(n, type=field.type)
+            else:
+                raise SchemaMismatch(f"{where}: column {field.name!r} is required")
+            if field.name in vcols and not isinstance(v, pa.NullArray) and not (
+                    isinstance(v, pa.Array) and v.null_count == len(v) and len(v)):
+                v = vector_array(v, width, t["vector_dtype"], field.name)
+            try:
+                arr = pa.array(v, type=field.type) if not isinstance(v, (pa.Array, pa.ChunkedArray)) \
+                    else v.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+                raise SchemaMismatch(f"{where}: column {field.name!r} cannot be stored as {field.type}: {e}") from None
+            if not field.nullable and arr.null_count:
+                raise SchemaMismatch(f"{where}: column {field.name!r} holds nulls but is not nullable")
+            arrays.append(arr)
+        extra = set(columns) - set(schema.names)
+        if extra:
+            raise SchemaMismatch(f"{where}: unknown column(s) {sorted(extra)} for table {table!r}")
+        data = pa.Table.from_arrays(arrays, schema=schema)
+        for k, v in partition.items():
+            col = data.column(k)
+            if len(col) and not pa.compute.all(pa.compute.equal(col, pa.scalar(v, col.type))).as_py():
+                raise SchemaMismatch(f"{where}: column {k!r} disagrees with the shard's partition {k}={v}")
+        check_schema(data.schema, schema, where)
+        return data
+
+
+def _row_count(columns: dict, where: str) -> int:
+    lengths = {k: len(v) for k, v in columns.items() if v is not None}
+    if not lengths:
+        raise SchemaMismatch(f"{where}: no columns given")
+    if len(set(lengths.values())) != 1:
+        raise SchemaMismatch(f"{where}: columns have different lengths {lengths}")
+    return next(iter(lengths.values()))
+
+
+def _width_of(values, column: str, where: str) -> int:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        if pa.types.is_fixed_size_list(values.type):
+            return values.type.list_size
+        first = next((v for v in values.to_pylist() if v is not None), None)
+        if first is None:
+            raise SchemaMismatch(f"{where}: column {column!r} has no vectors to take a width from")
+        return len(first)
+    arr = np.asarray(values)
+    if arr.ndim != 2:
+        raise SchemaMismatch(f"{where}: column {column!r} must be 2-D (rows x width), got shape {arr.shape}")
+    return int(arr.shape[1])
