@@ -6,6 +6,8 @@ import pytest
 
 from vindex import VindexWriter
 
+from hub_server import hub_server, hub_server_session  # noqa: F401  (local Hub for hf:// tests)
+
 
 def write_toy_vindex(root, name="toy", n_layers=3, d=8, n_prompts=6, seed=0, dtype="float16"):
     """A vindex with prompts, pooled and activations tables over random vectors."""
