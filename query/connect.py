@@ -1,0 +1,173 @@
+"""`connect(*sources)`: one DuckDB connection over many vindexes, with a view per table.
+
+    con = connect("lake/")                      # a lake root, vindex folders, or several of both
+    con.sql("SELECT model, layer, count(*) FROM pooled GROUP BY ALL").show()
+    con.sql("SELECT * FROM cka_matrix('a', 'b', permutations := 99)").show()
+
+Views (all unioned across vindexes, with the vindex name in `model`):
+  models, prompt_sets, files            -- the manifests, as tables
+  prompts, activations, pooled, features, ov_gate, layer_stats
+and, per model, a schema of the same views whose vector columns are typed FLOAT[d]
+(`SELECT array_cosine_similarity(...) FROM "gemma3-270m".pooled`). In the unioned views vectors
+are FLOAT[d] when every model has the same width, FLOAT[] (a list) otherwise.
+
+How the views stay fast: each (vindex, table) branch reads the explicit file list of its manifest
+with hive partitioning typed from the folder names (`layer=NN` -> INTEGER), so a filter on `layer`
+prunes files before any is opened, and the model column is a constant per branch, so a filter on
+`model` removes whole branches at plan time. `EXPLAIN ANALYZE` shows "Total Files Read".
+"""
+from __future__ import annotations
+
+import json
+import warnings
+
+import duckdb
+
+from vindex.schema import TABLES, partition_columns, table_spec, vector_columns
+
+from .sources import ResolvedVindex, resolve_sources
+from .sqltext import duckdb_type, ident, literal
+
+# DuckDB catalog names a model-name schema must not shadow
+_RESERVED_SCHEMAS = {"main", "temp", "system", "information_schema", "pg_catalog", "memory"}
+_MODEL_FIELDS = ("id", "revision", "family", "n_layers", "d_model", "d_ffn", "n_heads", "n_kv_heads",
+                 "head_dim", "vocab_size")
+
+
+def connect(*sources, database: str = ":memory:", functions: bool = True) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with views over every vindex in `sources` (and the vindex SQL functions).
+
+    sources: vindex folders, lake roots (folders of vindex folders), `vindex.Vindex` objects, or hf://
+    locations where the Hub support is installed. `database` is DuckDB's (':memory:' or a file).
+    """
+    vindexes = resolve_sources(*sources)
+    con = duckdb.connect(database)
+    for fs in {id(v.filesystem): v.filesystem for v in vindexes if v.filesystem is not None}.values():
+        con.register_filesystem(fs)  # a fresh connection: each filesystem once (hf:// sources)
+    create_views(con, vindexes)
+    if functions:
+        from .functions import register_functions
+        register_functions(con)
+    return con
+
+
+def create_views(con: duckdb.DuckDBPyConnection, vindexes: list[ResolvedVindex]) -> None:
+    """(Re)create the catalog views and one view per table over `vindexes`."""
+    con.execute(f"CREATE OR REPLACE VIEW models AS {models_sql(vindexes)}")
+    con.execute(f"CREATE OR REPLACE VIEW prompt_sets AS {prompt_sets_sql(vindexes)}")
+    con.execute(f"CREATE OR REPLACE VIEW files AS {files_sql(vindexes)}")
+    for table in TABLES:
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS {table_sql(table, vindexes)}")
+    for v in vindexes:
+        if v.name.lower() in _RESERVED_SCHEMAS:
+            warnings.warn(f"model {v.name!r}: no per-model schema (the name is reserved in DuckDB); "
+                          "use the unioned views with WHERE model = ...", stacklevel=3)
+            continue
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(v.name)}")
+        for table in TABLES:
+            con.execute(f"CREATE OR REPLACE VIEW {ident(v.name)}.{table} AS {table_sql(table, [v])}")
+
+
+# -- the data views -----------------------------------------------------------------------------
+def table_sql(table: str, vindexes: list[ResolvedVindex]) -> str:
+    """UNION ALL of one branch per vindex that has files for `table` (typed empty when none has)."""
+    have = [v for v in vindexes if v.entries(table)]
+    widths = {v.table(table).get("vector_width") for v in have if vector_columns(table)}
+    union_vector = f"FLOAT[{widths.pop()}]" if len(widths) == 1 and None not in widths else "FLOAT[]"
+    if not have:
+        return empty_table_sql(table)
+    return "\nUNION ALL\n".join(branch_sql(table, v, union_vector if len(have) > 1 else None) for v in have)
+
+
+def output_columns(table: str) -> list[dict]:
+    """The view's columns: `model` first, then the schema's fields, then `depth` where derivable."""
+    fields = [f for f in table_spec(table)["fields"] if f["name"] != "model"]
+    cols = [{"name": "model", "type": "string"}] + fields
+    names = {f["name"] for f in fields}
+    if "layer" in names and "depth" not in names:
+        cols.append({"name": "depth", "type": "float32", "derived": True})
+    return cols
+
+
+def branch_sql(table: str, v: ResolvedVindex, vector_sql_type: str | None) -> str:
+    """One vindex's rows of `table`: model as a constant, vectors cast to FLOAT[width]."""
+    t = v.table(table)
+    width = t.get("vector_width")
+    vectors = set(vector_columns(table))
+    select = []
+    for col in output_columns(table):
+        name = col["name"]
+        if name == "model":
+            select.append(f"{literal(v.name)}::VARCHAR AS model")
+        elif col.get("derived"):
+            select.append(f"(layer / {float(v.n_layers)!r})::FLOAT AS depth")
+        elif name in vectors:
+            target = vector_sql_type or (f"FLOAT[{width}]" if width else "FLOAT[]")
+            select.append(f"{ident(name)}::{target} AS {ident(name)}" if width else
+                          f"NULL::{target} AS {ident(name)}")
+        else:
+            select.append(ident(name))
+    return f"SELECT {', '.join(select)} FROM {read_parquet_sql(table, v)}"
+
+
+def read_parquet_sql(table: str, v: ResolvedVindex) -> str:
+    """read_parquet over the manifest's files, partition columns typed from the folder names."""
+    urls = [v.url(e["path"]) for e in v.entries(table)]
+    keys = partition_columns(table)
+    if not keys:
+        return f"read_parquet({literal(urls)}, hive_partitioning = false)"
+    if "=" in v.base:
+        # DuckDB would read every key=value folder of the base path as a column too: stay exact,
+        # at the price of file pruning (row-group statistics still skip data)
+        warnings.warn(f"{v.base}: the path contains '=', so {table} is read without hive partition "
+                      "pruning (a layer filter opens every file)", stacklevel=4)
+        return f"read_parquet({literal(urls)}, hive_partitioning = false)"
+    types = {f["name"]: duckdb_type(f["type"]) for f in table_spec(table)["fields"]}
+    hive_types = ", ".join(f"{literal(k)}: {types[k]}" for k in keys)
+    return (f"read_parquet({literal(urls)}, hive_partitioning = true, hive_types = {{{hive_types}}}, "
+            "hive_types_autocast = false)")
+
+
+def empty_table_sql(table: str) -> str:
+    cols = ", ".join(f"NULL::{duckdb_type(c['type'])} AS {ident(c['name'])}" for c in output_columns(table))
+    return f"SELECT {cols} WHERE false"
+
+
+# -- the catalog views --------------------------------------------------------------------------
+def _values_sql(rows: list[tuple], columns: list[tuple[str, str]]) -> str:
+    """A typed VALUES table (typed empty when there are no rows)."""
+    if not rows:
+        return "SELECT " + ", ".join(f"NULL::{t} AS {ident(n)}" for n, t in columns) + " WHERE false"
+    body = ",\n  ".join("(" + ", ".join(literal(x) for x in r) + ")" for r in rows)
+    select = ", ".join(f"{ident(n)}::{t} AS {ident(n)}" for n, t in columns)
+    return f"SELECT {select} FROM (VALUES\n  {body}) AS t({', '.join(ident(n) for n, _ in columns)})"
+
+
+def models_sql(vindexes: list[ResolvedVindex]) -> str:
+    columns = [("model", "VARCHAR"), ("model_id", "VARCHAR"), ("revision", "VARCHAR"), ("family", "VARCHAR"),
+               ("n_layers", "INTEGER"), ("d_model", "INTEGER"), ("d_ffn", "INTEGER"), ("n_heads", "INTEGER"),
+               ("n_kv_heads", "INTEGER"), ("head_dim", "INTEGER"), ("vocab_size", "INTEGER"),
+               ("tables", "VARCHAR[]"), ("location", "VARCHAR"), ("manifest", "VARCHAR")]
+    rows = []
+    for v in vindexes:
+        m = v.model
+        tables = sorted(t for t in (v.manifest.get("tables") or {}) if v.entries(t))
+        rows.append((v.name, *[m.get(k) for k in _MODEL_FIELDS], tables, v.base,
+                     json.dumps(v.manifest, sort_keys=True)))
+    return _values_sql(rows, columns)
+
+
+def prompt_sets_sql(vindexes: list[ResolvedVindex]) -> str:
+    columns = [("model", "VARCHAR"), ("prompt_set", "VARCHAR"), ("n_prompts", "INTEGER"), ("sha256", "VARCHAR")]
+    rows = [(v.name, name, ps.get("n_prompts"), ps.get("sha256"))
+            for v in vindexes for name, ps in sorted((v.manifest.get("prompt_sets") or {}).items())]
+    return _values_sql(rows, columns)
+
+
+def files_sql(vindexes: list[ResolvedVindex]) -> str:
+    columns = [("model", "VARCHAR"), ("table_name", "VARCHAR"), ("layer", "INTEGER"), ("path", "VARCHAR"),
+               ("url", "VARCHAR"), ("rows", "BIGINT"), ("bytes", "BIGINT"), ("sha256", "VARCHAR")]
+    rows = [(v.name, table, (e.get("partition") or {}).get("layer"), e["path"], v.url(e["path"]),
+             e["rows"], e["bytes"], e["sha256"])
+            for v in vindexes for table in TABLES for e in v.entries(table)]
+    return _values_sql(rows, columns)

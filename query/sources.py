@@ -1,0 +1,114 @@
+"""Finding vindexes: turn whatever a user passes to `connect` into (manifest, base location) pairs.
+
+Every source kind goes through `resolve_source`, so adding one (hf:// repos, object stores) is one
+branch here plus, where DuckDB cannot read the location natively, a filesystem to register: the
+views in connect.py are built only from `ResolvedVindex` objects and never look at the disk.
+
+Only files the manifest lists exist for a query: orphans left by an interrupted write are never
+globbed, because views read explicit file lists, not folders.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vindex.errors import ManifestError, NotFound, VindexError
+from vindex.files import safe_join
+from vindex.manifest import MANIFEST, load_manifest
+
+HUB_PREFIX = "hf://"
+
+
+@dataclass(frozen=True)
+class ResolvedVindex:
+    """One vindex found in a source: its manifest and where its files live.
+
+    `base` is a location string DuckDB can read files under (an absolute local path today,
+    `hf://datasets/<repo>` once the Hub source lands); `filesystem` is an fsspec filesystem
+    that `connect` registers with DuckDB when `base` is not a native location (None locally).
+    """
+    manifest: dict
+    base: str
+    source: str
+    filesystem: object | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def model(self) -> dict:
+        return self.manifest["model"]
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model["n_layers"])
+
+    def table(self, table: str) -> dict:
+        """The manifest's record of `table` ({} when the vindex has no such table)."""
+        return (self.manifest.get("tables") or {}).get(table) or {}
+
+    def entries(self, table: str) -> list[dict]:
+        return list(self.table(table).get("files") or [])
+
+    def url(self, relpath: str) -> str:
+        """Where DuckDB reads the manifest path `relpath` (refusing paths that escape the vindex)."""
+        if self.filesystem is None and "://" not in self.base:
+            return str(safe_join(self.base, relpath))
+        safe_join("/", relpath)  # same traversal rules, no disk access
+        return f"{self.base.rstrip('/')}/{relpath}"
+
+
+def resolve_source(src) -> list[ResolvedVindex]:
+    """All vindexes a source holds: a vindex folder, a lake root (a folder of vindex folders),
+    a `vindex.Vindex`, or (with the Hub support) an hf:// location."""
+    if hasattr(src, "manifest") and hasattr(src, "root"):  # an open vindex.Vindex / VindexWriter
+        return [ResolvedVindex(src.manifest, str(Path(src.root).resolve()), str(src.root))]
+    if not isinstance(src, (str, os.PathLike)):
+        raise VindexError(f"a source must be a path or an hf:// location, got {type(src).__name__} {src!r}")
+    text = os.fspath(src)
+    if text.startswith(HUB_PREFIX):
+        return _resolve_hub(text)
+    return _resolve_local(Path(text).expanduser())
+
+
+def resolve_sources(*sources) -> list[ResolvedVindex]:
+    """Resolve every source; a model name may appear once (it is the `model` column's value)."""
+    if not sources:
+        raise VindexError("connect() needs at least one source: a vindex folder, a lake root or an hf:// repo")
+    out: dict[str, ResolvedVindex] = {}
+    for src in sources:
+        for rv in resolve_source(src):
+            old = out.get(rv.name)
+            if old is not None and old.base != rv.base:
+                raise VindexError(f"two vindexes are both named {rv.name!r}: {old.base} and {rv.base}; "
+                                  "model names must be unique within a lake (rename one)")
+            out[rv.name] = rv
+    return list(out.values())
+
+
+def _resolve_local(path: Path) -> list[ResolvedVindex]:
+    if not path.exists():
+        raise NotFound(f"{path}: no such folder (expected a vindex folder or a lake root)")
+    if not path.is_dir():
+        raise NotFound(f"{path}: not a folder (expected a vindex folder or a lake root)")
+    if (path / MANIFEST).is_file():
+        return [ResolvedVindex(load_manifest(path), str(path.resolve()), str(path))]
+    found = []
+    for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (child / MANIFEST).is_file():
+            try:
+                found.append(ResolvedVindex(load_manifest(child), str(child.resolve()), str(child)))
+            except ManifestError as e:
+                raise ManifestError(f"lake {path}: {e}") from None
+    if not found:
+        raise NotFound(f"{path}: neither a vindex (no {MANIFEST}) nor a lake root (no sub-folder holds a "
+                       f"{MANIFEST})")
+    return found
+
+
+def _resolve_hub(location: str) -> list[ResolvedVindex]:
+    """hf://datasets/<owner>/<repo>[/<subfolder>]: added by the Hub work (vindex.hub)."""
+    raise NotFound(f"{location}: hf:// sources are not supported by this build yet; download the repo "
+                   "(`vindex pull`) and connect to the local folder")
