@@ -1,0 +1,194 @@
+/* vindex view, the page's state and controls. The payload (JSON inlined by view/page.py) holds
+ * only what the SQL layer computed: CKA matrices per model pair x estimator x pooling (with the
+ * permutation null when it was run), capped feature lists, top OV-gate heads, spectra, manifests.
+ * State lives in VX.state; every control changes it and calls VX.render(). */
+"use strict";
+var VX = window.VX || (window.VX = {});
+
+VX.data = JSON.parse(document.getElementById("vindex-data").textContent);
+VX.state = {a: null, b: null, compare: true, estimator: null, pooling: null, threshold: 0.3,
+            hideNull: true, view: "layers", sel: null, pair: null, query: ""};
+
+VX.model = (name) => VX.data.models.find((m) => m.name === name);
+VX.shownA = () => VX.state.a;
+VX.shownB = () => (VX.state.compare ? VX.state.b : VX.state.a);
+
+/* The stored matrices whose pair is {a, b} (either orientation). */
+VX.entries = function (a, b) {
+  return VX.data.cka.filter((e) => (e.model_a === a && e.model_b === b) || (e.model_a === b && e.model_b === a));
+};
+
+/* One matrix oriented as A rows x B columns, whichever way round it was stored. */
+VX.matrix = function (a, b, estimator, pooling) {
+  const e = VX.entries(a, b).find((x) => x.estimator === estimator && x.pooling === pooling);
+  if (!e) return null;
+  const flip = e.model_a !== a;
+  const get = (mat) => (mat ? (flip ? (i, j) => mat[j][i] : (i, j) => mat[i][j]) : () => null);
+  return {
+    modelA: a, modelB: b, self: a === b, meta: e, hasNull: !!e.null_p95,
+    layersA: flip ? e.layers_b : e.layers_a, layersB: flip ? e.layers_a : e.layers_b,
+    depthA: flip ? e.depth_b : e.depth_a, depthB: flip ? e.depth_a : e.depth_b,
+    cka: get(e.cka), null95: get(e.null_p95), p: get(e.p_value),
+  };
+};
+
+/* An edge / cell passes when CKA >= threshold and, with the null filter on, CKA > null p95. */
+VX.visible = function (M, i, j) {
+  const v = M.cka(i, j);
+  if (v === null || v < VX.state.threshold) return false;
+  if (VX.state.hideNull && M.hasNull) {
+    const n = M.null95(i, j);
+    if (n !== null && v <= n) return false;
+  }
+  return true;
+};
+
+function uniq(xs) { return xs.filter((x, k) => xs.indexOf(x) === k); }
+
+/* Fill a <select>; keep `current` when it is still offered, else the first of `preferred` offered. */
+function fillSelect(sel, values, current, preferred) {
+  sel.replaceChildren();
+  values.forEach((v) => VX.el("option", {value: v}, sel, v));
+  const pick = values.includes(current) ? current : (preferred || []).concat(values).find((v) => values.includes(v));
+  if (pick !== undefined) sel.value = pick;
+  sel.disabled = values.length < 2;
+  return pick === undefined ? null : pick;
+}
+
+/* Keep estimator / pooling valid for the models now shown, and the controls in step. */
+function syncControls() {
+  const st = VX.state, a = VX.shownA(), b = VX.shownB();
+  const es = VX.entries(a, b);
+  st.estimator = fillSelect(document.getElementById("estimator"), uniq(es.map((e) => e.estimator)).sort(), st.estimator,
+                            ["debiased", "biased"]);
+  st.pooling = fillSelect(document.getElementById("pooling"),
+                          uniq(es.filter((e) => e.estimator === st.estimator).map((e) => e.pooling)).sort(), st.pooling,
+                          ["mean", "mean_nosink", "last"]);
+  const compare = document.getElementById("compare");
+  compare.setAttribute("aria-pressed", String(st.compare));
+  compare.disabled = VX.data.models.length < 2;
+  document.getElementById("model-b").disabled = !st.compare;
+  document.querySelectorAll(".tabs button").forEach((btn) => btn.setAttribute("aria-pressed", String(btn.dataset.view === st.view)));
+  document.getElementById("threshold-value").textContent = st.threshold.toFixed(2);
+}
+
+VX.select = function (side, layer) {
+  VX.state.sel = {side: side, layer: layer};
+  VX.state.pair = null;
+  VX.render();
+};
+
+VX.selectPair = function (i, j) {
+  const M = VX.current();
+  if (!M) return;
+  VX.state.sel = {side: "a", layer: M.layersA[i]};
+  VX.state.pair = [i, j];
+  VX.render();
+};
+
+VX.current = function () {
+  const st = VX.state;
+  return VX.matrix(VX.shownA(), VX.shownB(), st.estimator, st.pooling);
+};
+
+function dl(parent, pairs) {
+  const d = VX.el("dl", {}, parent);
+  pairs.forEach(([k, v]) => {
+    if (v === undefined || v === null || v === "") return;
+    VX.el("dt", {}, d, k);
+    VX.el("dd", {}, d, typeof v === "object" ? JSON.stringify(v) : String(v));
+  });
+  return d;
+}
+
+function drawProvenance(M) {
+  const host = document.getElementById("provenance-body");
+  host.replaceChildren();
+  const grid = VX.el("div", {class: "grid"}, host);
+  uniq([VX.shownA(), VX.shownB()]).forEach((name) => {
+    const m = VX.model(name);
+    if (!m) return;
+    const box = VX.el("div", {class: "prov-model", "data-model": name}, grid);
+    VX.el("h3", {}, box, name);
+    const info = m.model || {};
+    const sets = Object.entries(m.prompt_sets || {}).map(([k, v]) =>
+      k + ": " + v.n_prompts + " prompts, sha256 " + String(v.sha256 || "").slice(0, 12));
+    dl(box, [["model id", info.id], ["revision", info.revision || "(none recorded)"], ["family", info.family],
+             ["source", info.source], ["layers", info.n_layers], ["d_model", info.d_model], ["d_ffn", info.d_ffn],
+             ["heads", info.n_heads], ["vocab", info.vocab_size], ["prompt sets", sets.join("; ")],
+             ["tables", Object.entries(m.tables || {}).map(([k, v]) => k + " (" + v.rows + " rows)").join(", ")]]);
+    const ex = Object.entries(m.extraction || {});
+    if (ex.length) { VX.el("h3", {}, box, "extraction"); dl(box, ex); }
+  });
+  const box = VX.el("div", {class: "prov-cka"}, grid);
+  VX.el("h3", {}, box, "CKA shown");
+  if (M) {
+    const e = M.meta;
+    dl(box, [["pair", e.model_a + " × " + e.model_b], ["estimator", e.estimator], ["pooling", e.pooling],
+             ["prompt set", e.prompt_set], ["prompts", e.n_prompts], ["preprocessing", e.preprocessing],
+             ["permutations", e.permutations || "none (no null)"], ["computed by", e.computed_by]]);
+  } else {
+    VX.el("p", {class: "empty"}, box, "No CKA matrix for this pair in the lake.");
+  }
+  const g = VX.data.generated || {};
+  dl(box, [["page built by", g.by], ["built at", g.at], ["sources", (g.sources || []).join(", ")]]);
+}
+
+VX.render = function () {
+  const st = VX.state;
+  syncControls();
+  const M = VX.current();
+  const chart = document.getElementById("chart"), caption = document.getElementById("chart-caption");
+  VX.tooltip(null, null);
+  if (!M) {
+    chart.replaceChildren();
+    VX.el("p", {class: "empty"}, chart, VX.data.cka.length ? "No CKA matrix for " + VX.shownA() + " × " + VX.shownB() +
+          " in this lake (no common prompt set or pooling)." : "This lake has no pooled activations, so no CKA.");
+    caption.textContent = "";
+  } else {
+    const shown = st.view === "heatmap" ? VX.drawHeatmap(chart, M, st) : VX.drawLayers(chart, M, st);
+    const total = M.layersA.length * M.layersB.length;
+    caption.textContent = shown + " of " + total + " layer pairs pass CKA \u2265 " + st.threshold.toFixed(2) +
+      (st.hideNull && M.hasNull ? " and CKA > permutation null p95 (" + M.meta.permutations + " permutations)" : "") +
+      (M.hasNull ? "" : "; no permutation null was computed");
+    document.getElementById("hide-null").disabled = !M.hasNull;
+  }
+  if (st.sel) {  // keep the selection valid after a model change
+    const m = VX.model(st.sel.side === "a" ? VX.shownA() : VX.shownB());
+    if (!m || !m.layers.includes(st.sel.layer)) st.sel = null;
+  }
+  VX.drawLayerPanel(document.getElementById("layer-panel"), M);
+  drawProvenance(M);
+};
+
+VX.boot = function () {
+  const st = VX.state, names = VX.data.models.map((m) => m.name);
+  document.getElementById("lake-name").textContent = VX.data.title || "";
+  st.a = names[0] || null;
+  st.b = names[1] || names[0] || null;
+  st.compare = names.length > 1;
+  const ma = document.getElementById("model-a"), mb = document.getElementById("model-b");
+  fillSelect(ma, names, st.a); fillSelect(mb, names, st.b);
+  ma.disabled = mb.disabled = names.length < 2;
+  ma.addEventListener("change", () => { st.a = ma.value; st.sel = null; VX.render(); });
+  mb.addEventListener("change", () => { st.b = mb.value; st.sel = null; VX.render(); });
+  document.getElementById("compare").addEventListener("click", () => {
+    st.compare = !st.compare;
+    if (st.sel && st.sel.side === "b") st.sel = null;
+    VX.render();
+  });
+  document.getElementById("estimator").addEventListener("change", (e) => { st.estimator = e.target.value; VX.render(); });
+  document.getElementById("pooling").addEventListener("change", (e) => { st.pooling = e.target.value; VX.render(); });
+  const thr = document.getElementById("threshold");
+  thr.value = st.threshold;
+  thr.addEventListener("input", () => { st.threshold = parseFloat(thr.value); VX.render(); });
+  const hn = document.getElementById("hide-null");
+  hn.checked = st.hideNull;
+  hn.addEventListener("change", () => { st.hideNull = hn.checked; VX.render(); });
+  document.querySelectorAll(".tabs button").forEach((btn) =>
+    btn.addEventListener("click", () => { st.view = btn.dataset.view; VX.render(); }));
+  VX.render();
+  document.body.dataset.ready = "1";
+};
+
+VX.boot();

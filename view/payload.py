@@ -1,0 +1,218 @@
+"""The viewer's payload: everything the page shows, computed by the SQL layer, as plain JSON.
+
+    con = vindex.query.connect("lake/")
+    payload = build_payload(con, permutations=99)
+
+What goes in (and what never does): the manifests (provenance), CKA matrices for every model pair
+(itself included) x estimator x pooling with the permutation null, each layer's FFN features
+capped to `max_features` (strongest c_score first, `top_tokens` top tokens each), the strongest
+OV-gate heads into each layer, and the layer_stats spectra. Raw activations never: a lake of large
+models still gives a page of a few MB, whatever its d_model or prompt count.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from itertools import combinations_with_replacement
+
+from tqdm.auto import tqdm
+
+from vindex import __version__
+from vindex.errors import NotFound, VindexError
+from vindex.query.sqltext import literal
+
+from .page import finite_or_none
+
+ESTIMATORS = ("biased", "debiased")
+MATRIX_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
+FORMAT = "vindex-view/1"
+
+
+def build_payload(con, models: list[str] | None = None, estimators=ESTIMATORS, poolings: list[str] | None = None,
+                  prompt_set: str | None = None, permutations: int = 99, preprocessing: str | None = None,
+                  max_features: int = 256, top_tokens: int = 5, max_heads: int = 8, title: str | None = None,
+                  sources: list[str] | None = None, progress: bool = True) -> dict:
+    """The page's data from a `vindex.query.connect` connection.
+
+    models: which vindexes (default: all, in name order). poolings: which poolings to compare
+    (default: every pooling both models of a pair have). prompt_set: the rows CKA aligns on
+    (default: the common prompt set with the most prompts). permutations: size of the CKA
+    permutation null (0 = none). max_features: features kept per layer (0 = all).
+    """
+    all_models = [r[0] for r in con.sql("SELECT model FROM models ORDER BY model").fetchall()]
+    if models:
+        unknown = [m for m in models if m not in all_models]
+        if unknown:
+            raise NotFound(f"model(s) {unknown} are not in the sources (they hold: {', '.join(all_models)})")
+    names = list(models or all_models)
+    if not names:
+        raise NotFound("the sources hold no vindex")
+    scope = f"model IN ({', '.join(literal(m) for m in names)})"
+    return {
+        "format": FORMAT,
+        "title": title or (names[0] if len(names) == 1 else f"{len(names)} models"),
+        "generated": {"by": f"vindex-lake {__version__}", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "sources": [str(s) for s in sources or []]},
+        "models": model_records(con, names),
+        "cka": cka_records(con, names, estimators, poolings, prompt_set, permutations, preprocessing, progress),
+        "features": feature_records(con, scope, max_features, top_tokens),
+        "heads": head_records(con, scope, max_heads),
+        "spectra": spectrum_records(con, scope),
+    }
+
+
+# -- provenance ---------------------------------------------------------------------------------
+def model_records(con, names: list[str]) -> list[dict]:
+    """Each model's manifest, less its file lists (row counts per table stay)."""
+    rows = dict(con.sql(f"SELECT model, manifest FROM models WHERE model IN ({', '.join(map(literal, names))})").fetchall())
+    out = []
+    for name in names:
+        m = json.loads(rows[name])
+        tables = {t: {"rows": sum(e["rows"] for e in v.get("files", [])), "files": len(v.get("files", []))}
+                  for t, v in sorted((m.get("tables") or {}).items()) if v.get("files")}
+        n_layers = int(m["model"]["n_layers"])
+        out.append({"name": name, "model": m["model"], "extraction": m.get("extraction") or {},
+                    "prompt_sets": m.get("prompt_sets") or {}, "tables": tables,
+                    "layers": list(range(n_layers + 1)), "created_by": m.get("created_by"),
+                    "updated_at": m.get("updated_at")})
+    return out
+
+
+# -- CKA ----------------------------------------------------------------------------------------
+def cka_jobs(con, names, estimators, poolings, prompt_set) -> list[tuple]:
+    """(model_a, model_b, estimator, pooling, prompt_set) for every pair that has common rows."""
+    have = {}  # model -> {prompt_set: {pooling: n_prompts}}
+    for model, ps, pooling, n in con.sql(
+            "SELECT model, prompt_set, pooling, count(DISTINCT prompt_id) FROM pooled "
+            f"WHERE model IN ({', '.join(map(literal, names))}) GROUP BY ALL").fetchall():
+        have.setdefault(model, {}).setdefault(ps, {})[pooling] = n
+    jobs = []
+    for a, b in combinations_with_replacement(names, 2):
+        common = set(have.get(a, {})) & set(have.get(b, {}))
+        if prompt_set is not None:
+            common &= {prompt_set}
+        if not common:
+            continue
+        ps = max(sorted(common), key=lambda s: max(have[a][s].values()))
+        pools = sorted(set(have[a][ps]) & set(have[b][ps]))
+        if poolings:
+            pools = [p for p in pools if p in poolings]
+        jobs += [(a, b, est, pool, ps) for pool in pools for est in estimators]
+    return jobs
+
+
+def cka_records(con, names, estimators, poolings, prompt_set, permutations, preprocessing, progress) -> list[dict]:
+    jobs = cka_jobs(con, names, estimators, poolings, prompt_set)
+    if not jobs:
+        return []
+    from vindex.query import cka_matrix  # the SQL layer's CKA; the viewer never computes its own
+    out = []
+    for a, b, est, pool, ps in tqdm(jobs, desc="CKA matrices", unit="matrix", disable=not progress or not jobs):
+        options = {"pooling": pool, "estimator": est, "prompt_set": ps, "permutations": permutations}
+        if preprocessing is not None:
+            options["preprocessing"] = preprocessing
+        table = cka_matrix(con, a, b, **options)
+        out.append(matrix_record(table, a, b, est, pool, ps, permutations, preprocessing))
+    return out
+
+
+def matrix_record(table, a, b, estimator, pooling, prompt_set, permutations, preprocessing) -> dict:
+    """One cka_matrix result (rows of layer_a, layer_b, depth_a, depth_b, cka, ...) as 2-D lists."""
+    cols = {k: table.column(k).to_pylist() for k in table.column_names}
+    la, lb = sorted(set(cols["layer_a"])), sorted(set(cols["layer_b"]))
+    ia, ib = {x: i for i, x in enumerate(la)}, {x: j for j, x in enumerate(lb)}
+    depth_a = dict(zip(cols["layer_a"], cols["depth_a"]))
+    depth_b = dict(zip(cols["layer_b"], cols["depth_b"]))
+
+    def grid(name):
+        if name not in cols or all(v is None for v in cols[name]):
+            return None
+        g = [[None] * len(lb) for _ in la]
+        for x, y, v in zip(cols["layer_a"], cols["layer_b"], cols[name]):
+            g[ia[x]][ib[y]] = finite_or_none(v)
+        return g
+
+    meta = table.schema.metadata or {}
+    return {"model_a": a, "model_b": b, "estimator": estimator, "pooling": pooling, "prompt_set": prompt_set,
+            "preprocessing": _text(meta.get(b"preprocessing")) or preprocessing or "none",
+            "permutations": permutations, "n_prompts": _int(meta.get(b"n_prompts")),
+            "computed_by": "vindex.query.cka_matrix",
+            "layers_a": la, "layers_b": lb,
+            "depth_a": [finite_or_none(depth_a[x]) for x in la], "depth_b": [finite_or_none(depth_b[y]) for y in lb],
+            "cka": grid("cka"), "null_mean": grid("null_mean"), "null_p95": grid("null_p95"),
+            "p_value": grid("p_value")}
+
+
+def _text(b):
+    return b.decode() if isinstance(b, bytes) else b
+
+
+def _int(b):
+    return int(b) if b not in (None, b"") else None
+
+
+# -- features, heads, spectra -------------------------------------------------------------------
+def feature_records(con, scope: str, max_features: int, top_tokens: int) -> dict:
+    """{model: {layer: {n_features, rows: [[feature, expert, top_token, c_score, [[token, logit]..]]]}}}."""
+    cap = f"QUALIFY rn <= {int(max_features)}" if max_features else ""
+    rel = con.sql(f"""
+        SELECT model, layer, expert, feature, top_token, c_score, top_tokens[1:{int(top_tokens)}] AS top_tokens,
+               count(*) OVER (PARTITION BY model, layer) AS n_features,
+               row_number() OVER (PARTITION BY model, layer ORDER BY c_score DESC NULLS LAST, expert, feature) AS rn
+        FROM features WHERE {scope} {cap} ORDER BY model, layer, rn""")
+    out: dict = {}
+    for model, layer, expert, feature, top, c, toks, n, _ in rel.fetchall():
+        rec = out.setdefault(model, {}).setdefault(str(layer), {"n_features": n, "rows": []})
+        rec["rows"].append([feature, expert, top, finite_or_none(c, 5),
+                            [[t["token"], finite_or_none(t["logit"], 4)] for t in toks or []]])
+    return out
+
+
+def head_records(con, scope: str, max_heads: int) -> dict:
+    """{model: {feature_layer: [{layer, head, variant, total_coupling, top: [[feature, coupling]..]}]}}:
+    the heads whose OV-gate coupling into a layer's FFN is largest (total over all its features)."""
+    rel = con.sql(f"""
+        WITH per_head AS (
+            SELECT model, feature_layer, layer, head, variant, max(total_coupling) AS total,
+                   list(feature ORDER BY rank)[1:3] AS feats, list(coupling ORDER BY rank)[1:3] AS couplings
+            FROM ov_gate WHERE {scope} GROUP BY ALL)
+        SELECT * FROM per_head
+        QUALIFY row_number() OVER (PARTITION BY model, feature_layer, variant ORDER BY total DESC, layer, head) <= {int(max_heads)}
+        ORDER BY model, feature_layer, variant, total DESC""")
+    out: dict = {}
+    for model, fl, layer, head, variant, total, feats, couplings in rel.fetchall():
+        out.setdefault(model, {}).setdefault(str(fl), []).append(
+            {"layer": layer, "head": head, "variant": variant, "total_coupling": finite_or_none(total, 5),
+             "top": [[f, finite_or_none(c, 4)] for f, c in zip(feats, couplings)]})
+    return out
+
+
+def spectrum_records(con, scope: str) -> dict:
+    """{model: {layer: [{matrix, rows, cols, effective_rank, ..., top_singular_values}]}}."""
+    rel = con.sql(f"""
+        SELECT model, layer, matrix, rows, cols, effective_rank, spectral_entropy, energy_top1pct,
+               energy_top10pct, top_singular_values[1:32] AS sv
+        FROM layer_stats WHERE {scope} ORDER BY model, layer""")
+    out: dict = {}
+    for model, layer, matrix, r, c, er, ent, e1, e10, sv in rel.fetchall():
+        out.setdefault(model, {}).setdefault(str(layer), []).append(
+            {"matrix": matrix, "rows": r, "cols": c, "effective_rank": finite_or_none(er, 5),
+             "spectral_entropy": finite_or_none(ent, 5), "energy_top1pct": finite_or_none(e1, 5),
+             "energy_top10pct": finite_or_none(e10, 5), "top_singular_values": [finite_or_none(x, 4) for x in sv or []]})
+    for layers in out.values():
+        for rows in layers.values():
+            rows.sort(key=lambda r: (MATRIX_ORDER.index(r["matrix"]) if r["matrix"] in MATRIX_ORDER else 99, r["matrix"]))
+    return out
+
+
+def check_payload(payload: dict) -> None:
+    """Refuse a payload that holds nothing to show (a clear error instead of an empty page)."""
+    if not payload["models"]:
+        raise VindexError("nothing to view: no models")
+    if not (payload["cka"] or payload["features"] or payload["spectra"] or payload["heads"]):
+        names = ", ".join(m["name"] for m in payload["models"])
+        raise VindexError(f"nothing to view for {names}: the lake has no pooled, features, ov_gate or layer_stats "
+                          "rows (build them with `vindex ingest` first)")
+
+
+__all__ = ["build_payload", "check_payload", "ESTIMATORS", "FORMAT"]
