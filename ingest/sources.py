@@ -310,8 +310,10 @@ def _resolve_offline(m: OfflineModel, cache_dir, trust_remote_code, progress) ->
             _concatenate(parts, target, m.sha256, m.name)
             return target
         _dequantize_into(entry, gguf_file, desc, progress)
+    meta = json.loads((entry / _SOURCE_FILE).read_text())
     return _from_folder(entry, name=m.name, model_id=m.model_id, revision=revision, kind="package",
-                        source=m.name, trust_remote_code=trust_remote_code, quantization=m.quantization)
+                        source=m.name, trust_remote_code=trust_remote_code,
+                        quantization=meta.get("file_type") or m.quantization)
 
 
 def _concatenate(parts: list[Path], target: Path, sha256: str | None, name: str) -> None:

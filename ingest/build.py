@@ -1,0 +1,280 @@
+"""`build()`: run a model over a prompt set and write per-layer activations into a vindex.
+
+    from vindex.ingest import build
+    root = build("smollm2-135m")                               # -> lake/smollm2-135m
+    root = build("path/to/hf-folder", "lake/mine", layers="0-8,12", dtype="float32")
+
+Tables written: `prompts` (the prompt set), `activations` (one row per prompt x layer x real
+token, padding never stored) and `pooled` (one row per prompt x layer x pooling rule).
+
+How it stays bounded and resumable: the prompts are tokenized up front and packed into shard
+groups of length-sorted batches (`plan_groups`), each at most `shard_rows` token rows, so only
+one group's states (all selected layers) are held in memory. A group ends with one shard per
+layer per table and ONE manifest commit listing them all; a killed build (even kill -9) leaves
+whole groups committed, and a rerun with the same arguments recomputes the same plan, skips the
+committed groups, and overwrites any orphan shard of the group that was cut off. Forward passes
+are deterministic for a fixed batch, so the result equals an uninterrupted run.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from vindex.errors import InvalidValue, ManifestError
+from vindex.writer import VindexWriter
+from .activations import (DEFAULT_POOLINGS, POOLINGS, HiddenStates, TokenText, check_poolings, pad_batch,
+                          parse_layers, plan_groups, pool, tokenize_prompts)
+from .prompts import PromptSet, load_prompts
+from .sources import load_model, resolve_model
+
+DTYPES = ("float16", "float32")
+_FLOAT16_MAX = 65504.0
+SPECIAL_RULE = ("special = added by the tokenizer (BOS/EOS/CLS/SEP), any id in all_special_ids, or "
+                "(with chat_template) outside the prompt text; char offsets are null for specials")
+
+
+def build(source, out=None, *, name: str | None = None, prompts="default", layers=None,
+          dtype: str = "float16", batch_size: int = 16, max_tokens: int = 256,
+          poolings=DEFAULT_POOLINGS, resume: bool = True, progress: bool = True,
+          trust_remote_code: bool = False, chat_template: bool = False, prompt_set_name: str | None = None,
+          device: str | None = None, buffer_mb: int = 512, shard_rows: int | None = None,
+          cache_dir=None) -> Path:
+    """Build (or resume) the activations of `source` over a prompt set; returns the vindex folder.
+
+    source: a HF folder, .gguf file, Hub id or offline name (see `resolve_model`).
+    out: the vindex folder (default lake/<name>); it may already hold other tables (weights).
+    prompts: "default", "heldout", a file (JSONL/CSV/Parquet/txt) or a PromptSet.
+    layers: "0-8,12", a list, or None for all (0 = embeddings, n_layers = last block).
+    dtype: stored vector type, float16 (default) or float32; norms are always float32.
+    batch_size / max_tokens: prompts per forward pass; tokens kept per prompt (truncated).
+    poolings: any of mean, last, mean_nosink (rules recorded in the manifest).
+    resume: continue a build cut off earlier (its arguments must match); False rebuilds this
+      prompt set's activations from scratch.
+    buffer_mb: memory for buffered states; sets `shard_rows` (token rows per shard) unless given.
+    """
+    t0 = time.perf_counter()
+    if dtype not in DTYPES:
+        raise InvalidValue(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if batch_size < 1 or max_tokens < 1:
+        raise InvalidValue(f"batch_size ({batch_size}) and max_tokens ({max_tokens}) must be >= 1")
+    poolings = check_poolings(poolings)
+    ps = load_prompts(prompts, name=prompt_set_name) if not isinstance(prompts, PromptSet) else prompts
+    src = resolve_model(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir, progress=progress)
+    mm = src.manifest_model()
+    n_layers, d = int(mm["n_layers"]), int(mm["d_model"])
+    layers = parse_layers(layers, n_layers)
+    name = name or src.name
+    root = Path(out) if out is not None else Path("lake") / name
+    itemsize = 2 if dtype == "float16" else 4
+    shard_rows = int(shard_rows or max(1, buffer_mb * 2**20 // (len(layers) * d * itemsize)))
+
+    import torch
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_model(src, device=device)
+    tokenized = tokenize_prompts(tok, ps.prompts, max_tokens, chat_template=chat_template)
+    groups = plan_groups(tokenized, batch_size, shard_rows)
+
+    params = {"prompt_sha256": ps.sha256, "model_id": src.model_id, "model_revision": src.revision,
+              "layers": layers, "dtype": dtype, "batch_size": batch_size, "max_tokens": max_tokens,
+              "poolings": list(poolings), "chat_template": chat_template, "shard_rows": shard_rows}
+    w = _open_vindex(root, name, mm)
+    base, skip_done = _reserve_parts(w, ps, params, len(groups), resume)
+    w.declare_vectors("activations", d, dtype)
+    w.declare_vectors("pooled", d, dtype)
+    if not w.has_shard("prompts", {"prompt_set": ps.name}, 0):
+        w.add_files("prompts", [w.write_shard("prompts", ps.rows(), {"prompt_set": ps.name}, 0, commit=False)],
+                    commit=False)
+    runner = HiddenStates(model, device=device)
+    extraction = dict(w.manifest["extraction"].get("activations") or {})
+    extraction.update({
+        "layers": layers, "dtype": dtype, "compute_dtype": "float32", "max_tokens": max_tokens,
+        "batch_size": batch_size, "padding": "right; padding never stored", "chat_template": chat_template,
+        "poolings": {p: POOLINGS[p] for p in poolings}, "special_tokens": SPECIAL_RULE,
+        "norm": "L2 norm of the float32 hidden state of the token", "prompt_set": ps.name,
+        "prompt_set_sha256": ps.sha256})
+    w.update(extraction={"activations": extraction})
+
+    done = [skip_done and _group_done(w, layers, base + k) for k in range(len(groups))]
+    n_done = sum(len(b) for k, g in enumerate(groups) if done[k] for b in g)
+    bar = _progress(len(ps), n_done, f"{name}/{ps.name}", progress)
+    text = TokenText(tok)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    try:
+        for k, group in enumerate(groups):
+            if done[k]:
+                continue
+            acts, pooled = _capture_group(runner, tokenized, group, layers, poolings, dtype, pad_id, n_layers, bar)
+            _write_group(w, ps.name, acts, pooled, layers, poolings, base + k, text)
+            if "hidden_states" not in extraction:
+                extraction["hidden_states"] = runner.convention()
+                w.update(extraction={"activations": extraction})
+    finally:
+        bar.close()
+    w.manifest["prompt_sets"][ps.name]["complete"] = True
+    w.commit()
+    if progress:
+        _summary(w, ps, base, len(groups), time.perf_counter() - t0, len(ps) - n_done)
+    return root
+
+
+# -- manifest bookkeeping -------------------------------------------------------------------------
+
+def _open_vindex(root: Path, name: str, mm: dict) -> VindexWriter:
+    w = VindexWriter.create(root, name, model={k: v for k, v in mm.items() if v is not None}, exist_ok=True)
+    have = w.manifest["model"].get("id")
+    if have != mm["id"]:
+        raise ManifestError(f"{root}: this vindex holds model {have!r}, not {mm['id']!r}; choose another out folder")
+    w.update(model={k: v for k, v in mm.items() if v is not None}, commit=False)
+    return w
+
+
+def _reserve_parts(w: VindexWriter, ps: PromptSet, params: dict, n_parts: int, resume: bool):
+    """Part numbers of this prompt set's shards: [base, base + n_parts). Returns (base, may_skip).
+
+    Prompt sets share the activations/pooled folders (partitioned by layer only), so each set
+    owns a contiguous range of part numbers, recorded in the manifest.
+    """
+    sets = w.manifest["prompt_sets"]
+    prev = sets.get(ps.name)
+    others_end = max((s.get("part_base", 0) + s.get("n_parts", 0) for n, s in sets.items() if n != ps.name),
+                     default=0)
+    if prev is not None and prev.get("build") == params and resume:
+        base, may_skip = prev["part_base"], True
+    else:
+        if prev is not None and resume and prev.get("build") is not None:
+            old = prev["build"]
+            diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
+            raise InvalidValue(
+                f"{w.root}: prompt set {ps.name!r} was built with other arguments "
+                f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); pass resume=False "
+                "(--no-resume) to rebuild it, or another out folder / prompt set name")
+        if prev is not None:
+            _drop_parts(w, prev.get("part_base", 0), prev.get("n_parts", 0))
+            base = prev.get("part_base", 0) if n_parts <= prev.get("n_parts", 0) else others_end
+        else:
+            base = others_end
+        may_skip = False
+    w.add_prompt_set(ps.name, ps.sha256, len(ps), commit=False, categories=ps.categories(), source=ps.source,
+                     part_base=base, n_parts=n_parts, build=params, complete=False)
+    return base, may_skip
+
+
+def _drop_parts(w: VindexWriter, base: int, n: int) -> None:
+    """Forget (and delete) a prompt set's old activation/pooled shards before a rebuild."""
+    from vindex.files import safe_join
+    wanted = {f"part-{p:05d}.parquet" for p in range(base, base + n)}
+    for table in ("activations", "pooled"):
+        t = w.manifest["tables"].get(table)
+        if not t:
+            continue
+        keep = []
+        for e in t["files"]:
+            if e["path"].rsplit("/", 1)[-1] in wanted:
+                safe_join(w.root, e["path"]).unlink(missing_ok=True)
+            else:
+                keep.append(e)
+        t["files"] = keep
+    w.commit()
+
+
+def _group_done(w: VindexWriter, layers, part: int) -> bool:
+    return all(w.has_shard(t, {"layer": l}, part) for t in ("activations", "pooled") for l in layers)
+
+
+# -- capture and write ----------------------------------------------------------------------------
+
+def _capture_group(runner, tokenized, group, layers, poolings, dtype, pad_id, n_layers, bar):
+    """Forward every batch of a group; per layer, the token rows and pooled vectors (numpy)."""
+    import torch
+    store = torch.float16 if dtype == "float16" else torch.float32
+    acts = {l: {"act": [], "norm": []} for l in layers}
+    pooled = {l: [] for l in layers}
+    meta = {"tokens": [], "prompts": []}
+    for batch in group:
+        toks = [tokenized[i] for i in batch]
+        ids, attn, content = pad_batch(toks, pad_id)
+        hs = runner.run(ids, attn)
+        if len(hs) != n_layers + 1:
+            raise InvalidValue(f"the model returned {len(hs)} hidden states, its config says {n_layers} layers + 1")
+        m = torch.from_numpy(attn).to(hs[0].device)
+        c = torch.from_numpy(content).to(hs[0].device)
+        for l in layers:
+            h = hs[l].float()                                     # [B, T, d]
+            sel = h[m]                                            # [N, d] real tokens, row-major order
+            amax = float(sel.abs().amax()) if sel.numel() else 0.0
+            if not np.isfinite(amax) or (store == torch.float16 and amax > _FLOAT16_MAX):
+                what = "NaN/inf" if not np.isfinite(amax) else f"|x| up to {amax:.4g}, beyond float16"
+                raise InvalidValue(f"layer {l}: hidden states hold {what}" +
+                                   ("; rebuild with dtype='float32' (--dtype float32)" if np.isfinite(amax) else ""))
+            acts[l]["norm"].append(torch.linalg.vector_norm(sel, dim=-1).cpu().numpy())
+            acts[l]["act"].append(sel.to(store).cpu().numpy())
+            pv = pool(h, c, poolings)
+            pooled[l].append(torch.stack([pv[p] for p in poolings], 1).to(store).cpu().numpy())  # [B, P, d]
+        meta["tokens"].extend(toks)
+        meta["prompts"].extend(t.prompt_id for t in toks)
+        bar.update(len(batch))
+    return ({"meta": meta, **{l: {k: np.concatenate(v) for k, v in a.items()} for l, a in acts.items()}},
+            {l: np.concatenate(v) for l, v in pooled.items()})
+
+
+def _write_group(w, prompt_set, acts, pooled, layers, poolings, part, text):
+    """One shard per layer per table, committed to the manifest together."""
+    toks = acts["meta"]["tokens"]
+    lengths = np.array([len(t) for t in toks])
+    pids = np.repeat([t.prompt_id for t in toks], lengths)
+    perm = np.argsort(pids, kind="stable")        # rows by prompt_id, tokens in order
+    token_ids = np.concatenate([t.ids for t in toks])[perm]
+    starts = np.concatenate([t.starts for t in toks])[perm]
+    ends = np.concatenate([t.ends for t in toks])[perm]
+    n = len(perm)
+    common = {
+        "prompt_set": pa.array([prompt_set] * n, pa.string()),
+        "prompt_id": pa.array(pids[perm], pa.int32()),
+        "token_index": pa.array(np.concatenate([np.arange(k) for k in lengths])[perm], pa.int32()),
+        "token_id": pa.array(token_ids, pa.int32()),
+        "token": pa.array([text(int(i)) for i in token_ids], pa.string()),
+        "char_start": pa.array(starts, pa.int32(), mask=starts < 0),
+        "char_end": pa.array(ends, pa.int32(), mask=ends < 0),
+        "special": pa.array(np.concatenate([t.special for t in toks])[perm]),
+    }
+    prompt_ids = np.asarray(acts["meta"]["prompts"])
+    pperm = np.argsort(prompt_ids, kind="stable")
+    P = len(poolings)
+    pcommon = {"prompt_set": pa.array([prompt_set] * (len(prompt_ids) * P), pa.string()),
+               "prompt_id": pa.array(np.repeat(prompt_ids[pperm], P), pa.int32()),
+               "pooling": pa.array(list(poolings) * len(prompt_ids), pa.string())}
+    a_entries, p_entries = [], []
+    for l in layers:
+        a_entries.append(w.write_shard("activations", {**common, "norm": acts[l]["norm"][perm],
+                                                       "act": acts[l]["act"][perm]},
+                                       {"layer": l}, part, commit=False))
+        vec = pooled[l][pperm].reshape(len(prompt_ids) * P, -1)  # [B*P, d], pooling fastest
+        p_entries.append(w.write_shard("pooled", {**pcommon, "act": vec}, {"layer": l}, part, commit=False))
+    w.add_files("activations", a_entries, commit=False)
+    w.add_files("pooled", p_entries, commit=False)
+    w.commit()
+
+
+# -- reporting ------------------------------------------------------------------------------------
+
+def _progress(total, initial, desc, enabled):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit="prompt", disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
+def _summary(w, ps, base, n_parts, seconds, computed):
+    from vindex.info import human_bytes
+    parts = {f"part-{p:05d}.parquet" for p in range(base, base + n_parts)}
+    lines = [f"built {w.root} ({ps.name}: {len(ps)} prompts, {computed} computed now) in {seconds:.1f} s"
+             + (f", {computed / seconds:.1f} prompts/s" if computed and seconds > 0 else "")]
+    for table in ("activations", "pooled"):
+        files = [e for e in w.manifest["tables"].get(table, {}).get("files", [])
+                 if e["path"].rsplit("/", 1)[-1] in parts]
+        lines.append(f"  {table:<12} {len(files):>5} files {sum(e['rows'] for e in files):>10} rows "
+                     f"{human_bytes(sum(e['bytes'] for e in files)):>10}")
+    print("\n".join(lines), file=sys.stderr)

@@ -1,0 +1,143 @@
+"""Prompt sets: the shipped ones (`default`, `heldout`) and the user's own files.
+
+    ps = load_prompts("default")          # 256 prompts: 64 factual, coding, reasoning, translation
+    ps = load_prompts("my_prompts.csv")   # JSONL, CSV, Parquet or a text file (one prompt a line)
+    ps.name, ps.sha256, len(ps), ps.prompts[0].text
+
+A prompt set is identified by a content hash (`sha256` over its canonical JSON lines of
+prompt_id, category and text), so the same prompts give the same hash whatever file format
+they came in, and two vindexes can be checked to have seen the same prompts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from vindex.errors import InvalidValue, NotFound
+
+SHIPPED = ("default", "heldout")
+_TEXT_COLUMNS = ("text", "prompt")
+_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: int
+    category: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    prompts: tuple[Prompt, ...]
+    source: str  # "shipped:default" or the file path
+
+    @property
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for p in self.prompts:
+            h.update(json.dumps([p.prompt_id, p.category, p.text], ensure_ascii=False).encode())
+            h.update(b"\n")
+        return h.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def categories(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.prompts:
+            out[p.category or "null"] = out.get(p.category or "null", 0) + 1
+        return out
+
+    def rows(self) -> dict:
+        """Columns for the `prompts` table."""
+        return {"prompt_set": [self.name] * len(self), "prompt_id": [p.prompt_id for p in self.prompts],
+                "category": [p.category for p in self.prompts], "text": [p.text for p in self.prompts]}
+
+
+def load_prompts(spec: str | Path | PromptSet, name: str | None = None) -> PromptSet:
+    """A shipped set by name, or a JSONL / CSV / Parquet / text file of prompts.
+
+    Files: a `text` (or `prompt`) column, optional `category` and `prompt_id` (unique
+    non-negative integers; row order otherwise). A .txt file holds one prompt per line.
+    `name` overrides the set's name (default: the shipped name or the file's stem).
+    """
+    if isinstance(spec, PromptSet):
+        return spec if name is None else PromptSet(_check_name(name), spec.prompts, spec.source)
+    text = str(spec)
+    if text in SHIPPED:
+        ref = resources.files("vindex.ingest").joinpath("prompt_sets", f"{text}.jsonl")
+        rows = _jsonl_rows(ref.read_text(encoding="utf-8"), f"shipped prompt set {text!r}")
+        return _build(rows, name or text, f"shipped:{text}")
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise NotFound(f"prompt file {text!r} not found (give a JSONL, CSV, Parquet or .txt file, "
+                       f"or a shipped set: {', '.join(SHIPPED)})")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        rows = _jsonl_rows(path.read_text(encoding="utf-8"), str(path))
+    elif suffix in (".csv", ".tsv"):
+        rows = _csv_rows(path, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+        rows = pq.read_table(path).to_pylist()
+    elif suffix in (".txt", ".text", ""):
+        rows = [{"text": line} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        raise InvalidValue(f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .csv, .tsv, .parquet or .txt")
+    return _build(rows, name or _NAME.sub("-", path.stem).strip("-.") or "prompts", str(path))
+
+
+def _check_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+        raise InvalidValue(f"prompt set name {name!r} must be made of [A-Za-z0-9_.-]")
+    return name
+
+
+def _jsonl_rows(text: str, where: str) -> list[dict]:
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InvalidValue(f"{where}: line {i} is not valid JSON ({e})") from None
+        rows.append(row if isinstance(row, dict) else {"text": row})
+    return rows
+
+
+def _csv_rows(path: Path, delimiter: str) -> list[dict]:
+    import csv
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter=delimiter))
+
+
+def _build(rows: list[dict], name: str, source: str) -> PromptSet:
+    name = _check_name(name)
+    if not rows:
+        raise InvalidValue(f"{source}: the prompt set is empty")
+    col = next((c for c in _TEXT_COLUMNS if c in rows[0]), None)
+    if col is None:
+        raise InvalidValue(f"{source}: no 'text' (or 'prompt') column; found {sorted(rows[0])}")
+    prompts, seen = [], set()
+    for i, r in enumerate(rows):
+        text = r.get(col)
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidValue(f"{source}: row {i} has an empty or non-string {col!r}")
+        pid = r.get("prompt_id", i)
+        try:
+            pid = int(pid)
+        except (TypeError, ValueError):
+            raise InvalidValue(f"{source}: row {i}: prompt_id {pid!r} is not an integer") from None
+        if pid < 0 or pid >= 2**31 or pid in seen:
+            raise InvalidValue(f"{source}: row {i}: prompt_id {pid} is negative, too large or repeated")
+        seen.add(pid)
+        cat = r.get("category")
+        prompts.append(Prompt(pid, str(cat) if cat not in (None, "") else None, text))
+    return PromptSet(name, tuple(prompts), source)
