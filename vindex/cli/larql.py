@@ -1,0 +1,37 @@
+"""`vindex import-larql`: bring a LarQL vindex (folder or hf:// repo) into the lake."""
+from __future__ import annotations
+
+import click
+
+from ..errors import VindexError
+from .core import fail
+
+
+@click.command("import-larql")
+@click.argument("src")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder of the new vindex (created; a re-import of the same SRC replaces its tables).")
+@click.option("--name", default=None, help="Vindex name (the `model` column); default: the --out folder's name.")
+@click.option("--gate-vectors", is_flag=True,
+              help="Also import gate_vectors.bin as features.vector (large: downloads it from the Hub).")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for hf:// sources.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def import_larql(src, out, name, gate_vectors, revision, quiet):
+    """Import the LarQL vindex SRC (a folder or hf://[datasets/]org/name[@rev]) as a Parquet vindex.
+
+    Reads index.json, down_meta, tokenizer.json, label files and ov-gate NDJSON (and, with
+    --gate-vectors, gate_vectors.bin); never the inference weights.
+    """
+    from vindex.ingest.larql import import_larql as run
+    try:
+        root = run(src, out, name=name, gate_vectors=gate_vectors, revision=revision, progress=not quiet)
+    except VindexError as e:
+        fail(e)
+    from vindex import Vindex
+    vx = Vindex.open(root)
+    rows = {t: sum(e["rows"] for e in vx.files(t)) for t in vx.tables}
+    click.echo(f"imported {src} -> {root} (vindex {vx.name!r}: "
+               + ", ".join(f"{t} {n} rows" for t, n in rows.items()) + ")")
+
+
+COMMANDS = [import_larql]
