@@ -1,0 +1,52 @@
+"""`vindex build`: a thin shell over vindex.ingest.build.build (same names, same defaults)."""
+from __future__ import annotations
+
+import click
+
+from ..errors import VindexError
+from .core import fail
+
+
+@click.command()
+@click.argument("source")
+@click.argument("out", required=False, type=click.Path(file_okay=False))
+@click.option("--name", help="vindex name (the `model` column); default: the model's short name.")
+@click.option("--prompts", default="default", show_default=True,
+              help="'default', 'heldout', or a JSONL / CSV / Parquet / .txt file of prompts.")
+@click.option("--prompt-set-name", help="name of the prompt set in the vindex (default: the file's stem).")
+@click.option("--layers", help="layers to store, e.g. '0-8,12' (0 = embeddings); default: all.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="stored vector type (norms are always float32).")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="prompts per forward pass.")
+@click.option("--max-tokens", type=int, default=256, show_default=True, help="tokens kept per prompt.")
+@click.option("--poolings", default="mean,last,mean_nosink", show_default=True,
+              help="comma-separated pooling rules for the pooled table.")
+@click.option("--chat-template/--no-chat-template", default=False, show_default=True,
+              help="wrap each prompt in the tokenizer's chat template (template tokens flagged special).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="continue an interrupted build; --no-resume rebuilds this prompt set.")
+@click.option("--device", help="torch device (default: cuda when available, else cpu).")
+@click.option("--buffer-mb", type=int, default=512, show_default=True,
+              help="memory for buffered hidden states; bounds the shard size.")
+@click.option("--trust-remote-code", is_flag=True, help="allow the model's own Python code (off by default).")
+@click.option("--quiet", is_flag=True, help="no progress bar or summary.")
+def build(source, out, name, prompts, prompt_set_name, layers, dtype, batch_size, max_tokens, poolings,
+          chat_template, resume, device, buffer_mb, trust_remote_code, quiet):
+    """Run a model over a prompt set and write per-layer activations into a vindex.
+
+    SOURCE is a Hugging Face model folder, a .gguf file, a Hub id (org/name[@revision]) or an
+    offline model name (smollm2-135m, gemma3-270m, qwen2.5-0.5b, minilm-l6). OUT defaults to
+    lake/<name>. Rerunning the same command after an interruption continues where it stopped.
+    """
+    from vindex.ingest.build import build as build_fn
+    try:
+        root = build_fn(source, out, name=name, prompts=prompts, prompt_set_name=prompt_set_name,
+                        layers=layers, dtype=dtype, batch_size=batch_size, max_tokens=max_tokens,
+                        poolings=poolings, chat_template=chat_template, resume=resume, device=device,
+                        buffer_mb=buffer_mb, trust_remote_code=trust_remote_code, progress=not quiet)
+    except VindexError as e:
+        fail(e)
+    click.echo(str(root))
+
+
+COMMANDS = [build]
