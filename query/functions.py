@@ -1,6 +1,227 @@
-"""Registering the vindex SQL functions (UDFs and macros) on a DuckDB connection."""
+"""Registering the vindex SQL functions on a DuckDB connection: vectorized (Arrow) Python UDFs for
+the math, and SQL macros (scalar and table) that give them defaults and named parameters.
+
+DuckDB 1.5's Python API registers scalar UDFs only, so every table-valued function here
+(`cka_matrix`, `cka_depth`, `kmeans`, ...) is a table macro over those scalars; see macros.py.
+UDF names start with `vindex_` where a macro is the documented face; docs/sql.md lists them all.
+"""
 from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from . import cka as C
+from . import cluster, knn
+from .macros import MACROS
+from .vectors import double_lists, row_arrays, row_labels, row_matrices, scalars
+
+NULL_STRUCT = "STRUCT(null_mean DOUBLE, null_p95 DOUBLE, p_value DOUBLE)"
+
+
+# -- CKA ----------------------------------------------------------------------------------------
+def udf_cka(a, b, estimator, kernel, preprocess) -> pa.Array:
+    """cka(list_a, list_b, estimator, kernel, preprocess) -> DOUBLE per row."""
+    xs, ys = row_matrices(a, "cka: first list"), row_matrices(b, "cka: second list")
+    n = len(xs)
+    out = []
+    for X, Y, est, ker, pre in zip(xs, ys, scalars(estimator, n), scalars(kernel, n), scalars(preprocess, n)):
+        if X is None or Y is None:
+            out.append(None)
+            continue
+        try:
+            out.append(C.cka(X, Y, est, ker, pre))
+        except C.DegenerateInput as e:
+            C.warn_undefined("cka", e)
+            out.append(None)
+    return pa.array(out, pa.float64())
+
+
+def udf_cka_options(estimator, kernel, preprocess) -> pa.Array:
+    """The canonical spelling of CKA options ('rbf' -> 'rbf:1'), raising on unknown ones."""
+    n = len(estimator)
+    out = []
+    for est, ker, pre in zip(scalars(estimator, n), scalars(kernel, n), scalars(preprocess, n)):
+        o = C.options(est, ker, pre)
+        out.append({"estimator": o.estimator, "kernel": o.kernel_name, "preprocess": o.preprocess_name})
+    return pa.array(out, pa.struct([("estimator", pa.string()), ("kernel", pa.string()), ("preprocess", pa.string())]))
+
+
+def udf_unit_gram(vectors, estimator, kernel, preprocess) -> pa.Array:
+    """cka_gram(list) -> the unit centred Gram, DOUBLE[n*n]; CKA of two = list_dot_product."""
+    xs = row_matrices(vectors, "cka_gram")
+    n = len(xs)
+    out = []
+    for X, est, ker, pre in zip(xs, scalars(estimator, n), scalars(kernel, n), scalars(preprocess, n)):
+        out.append(_gram_or_none(lambda: C.unit_gram(X, C.options(est, ker, pre)), X))
+    return double_lists(out)
+
+
+def udf_minibatch_gram(vectors, batch_size, seed, kernel, preprocess) -> pa.Array:
+    """cka_minibatch_gram(list, batch_size, seed, ...) -> concatenated unit batch Grams."""
+    xs = row_matrices(vectors, "cka_minibatch_gram")
+    n = len(xs)
+    out = []
+    for X, b, s, ker, pre in zip(xs, scalars(batch_size, n), scalars(seed, n), scalars(kernel, n),
+                                 scalars(preprocess, n)):
+        out.append(_gram_or_none(
+            lambda: C.minibatch_unit_gram(X, int(b), int(s), C.options("debiased", ker, pre)), X))
+    return double_lists(out)
+
+
+def _gram_or_none(make, X):
+    if X is None:
+        return None
+    try:
+        return make().ravel()
+    except C.DegenerateInput as e:
+        C.warn_undefined("cka_gram", e)
+        return None
+
+
+def udf_minibatch_cka(a, b, batch_size, seed, kernel, preprocess) -> pa.Array:
+    xs, ys = row_matrices(a, "minibatch_cka: first list"), row_matrices(b, "minibatch_cka: second list")
+    n = len(xs)
+    out = []
+    for X, Y, bs, s, ker, pre in zip(xs, ys, scalars(batch_size, n), scalars(seed, n), scalars(kernel, n),
+                                     scalars(preprocess, n)):
+        if X is None or Y is None:
+            out.append(None)
+            continue
+        try:
+            out.append(C.minibatch_cka(X, Y, int(bs), int(s), ker, pre))
+        except C.DegenerateInput as e:
+            C.warn_undefined("minibatch_cka", e)
+            out.append(None)
+    return pa.array(out, pa.float64())
+
+
+def udf_cka_null(ga, gb, permutations, seed) -> pa.Array:
+    """cka_null(g_a, g_b, permutations, seed) -> STRUCT(null_mean, null_p95, p_value) per row.
+
+    Rows of one call share Grams (a cross join repeats each layer's Gram), so the Grams are
+    de-duplicated and each permutation is applied once per distinct Gram, on whichever side has
+    fewer distinct Grams: <g_a, P g_b P^T> = <P^T g_a P, g_b>.
+    """
+    xs, ys = row_arrays(ga), row_arrays(gb)
+    n_rows = len(xs)
+    counts, seeds = scalars(permutations, n_rows), scalars(seed, n_rows)
+    result = [None] * n_rows
+    groups: dict[tuple, list[int]] = {}
+    for r, (x, y) in enumerate(zip(xs, ys)):
+        if x is None or y is None or not counts[r]:
+            continue
+        if x.size != y.size:
+            raise C.InvalidValue(f"cka_null: Grams of different sizes ({x.size} and {y.size} values)")
+        groups.setdefault((x.size, int(counts[r]), int(seeds[r])), []).append(r)
+    for (size, count, s), rows in groups.items():
+        n = int(round(np.sqrt(size)))
+        if n * n != size:
+            raise C.InvalidValue(f"cka_null: a Gram must hold n*n values, got {size}")
+        if count < 0:
+            raise C.InvalidValue(f"cka_null: permutations must be >= 0, got {count}")
+        ia, ua = _dedupe([xs[r] for r in rows])
+        ib, ub = _dedupe([ys[r] for r in rows])
+        perms = C.permutations(n, count, s)
+        GA, GB = np.stack(ua).reshape(-1, n, n), np.stack(ub).reshape(-1, n, n)
+        if len(ub) <= len(ua):
+            null = C.null_scores(GA, GB, perms)
+        else:
+            null = C.null_scores(GB, GA, np.argsort(perms, axis=1)).transpose(1, 0, 2)
+        for j, r in enumerate(rows):
+            obs = float(np.dot(xs[r], ys[r]))
+            summary = C.null_summary(obs, null[ia[j], ib[j]])
+            result[r] = {k: float(v) for k, v in summary.items()}
+    return pa.array(result, pa.struct([("null_mean", pa.float64()), ("null_p95", pa.float64()),
+                                       ("p_value", pa.float64())]))
+
+
+def _dedupe(arrays: list[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
+    """Index of each array in the list of distinct ones (content equality, sampled key first)."""
+    index, uniques, buckets = [], [], {}
+    for a in arrays:
+        key = (a.size, a[:: max(1, a.size // 64)].tobytes())
+        for u in buckets.setdefault(key, []):
+            if np.array_equal(uniques[u], a):
+                index.append(u)
+                break
+        else:
+            buckets[key].append(len(uniques))
+            index.append(len(uniques))
+            uniques.append(a)
+    return index, uniques
+
+
+# -- mutual k-NN, clustering --------------------------------------------------------------------
+def udf_mutual_knn(a, b, k) -> pa.Array:
+    xs, ys = row_matrices(a, "mutual_knn: first list"), row_matrices(b, "mutual_knn: second list")
+    return pa.array([None if X is None or Y is None else knn.mutual_knn(X, Y, int(kk))
+                     for X, Y, kk in zip(xs, ys, scalars(k, len(xs)))], pa.float64())
+
+
+def udf_knn_graph(vectors, k) -> pa.Array:
+    xs = row_matrices(vectors, "knn_graph")
+    return double_lists([None if X is None else knn.unit_knn_graph(X, int(kk)).ravel()
+                         for X, kk in zip(xs, scalars(k, len(xs)))])
+
+
+def udf_kmeans_labels(vectors, k, seed, max_iter) -> pa.Array:
+    xs = row_matrices(vectors, "kmeans_labels")
+    n = len(xs)
+    out = [None if X is None else cluster.kmeans(X, int(kk), seed=int(s), max_iter=int(it)).labels.tolist()
+           for X, kk, s, it in zip(xs, scalars(k, n), scalars(seed, n), scalars(max_iter, n))]
+    return pa.array(out, pa.list_(pa.int32()))
+
+
+def udf_kmeans_distances(vectors, k, seed, max_iter) -> pa.Array:
+    xs = row_matrices(vectors, "kmeans")
+    n = len(xs)
+    out = []
+    for X, kk, s, it in zip(xs, scalars(k, n), scalars(seed, n), scalars(max_iter, n)):
+        if X is None:
+            out.append(None)
+            continue
+        res = cluster.kmeans(X, int(kk), seed=int(s), max_iter=int(it))
+        out.append({"cluster": res.labels.tolist(), "distance": res.distances.tolist(),
+                    "inertia": float(res.inertia), "iterations": int(res.iterations)})
+    return pa.array(out, pa.struct([("cluster", pa.list_(pa.int32())), ("distance", pa.list_(pa.float64())),
+                                    ("inertia", pa.float64()), ("iterations", pa.int32())]))
+
+
+def _label_score(fn, name):
+    def udf(labels, clusters) -> pa.Array:
+        ls, cs = row_labels(labels, f"{name}: labels"), row_labels(clusters, f"{name}: clusters")
+        return pa.array([None if a is None or b is None else fn(a, b) for a, b in zip(ls, cs)], pa.float64())
+    return udf
+
+
+# -- registration -------------------------------------------------------------------------------
+UDFS = [
+    # name, function, return type
+    ("vindex_cka", udf_cka, "DOUBLE"),
+    ("vindex_cka_options", udf_cka_options, "STRUCT(estimator VARCHAR, kernel VARCHAR, preprocess VARCHAR)"),
+    ("vindex_cka_gram", udf_unit_gram, "DOUBLE[]"),
+    ("vindex_minibatch_gram", udf_minibatch_gram, "DOUBLE[]"),
+    ("vindex_minibatch_cka", udf_minibatch_cka, "DOUBLE"),
+    ("vindex_cka_null", udf_cka_null, NULL_STRUCT),
+    ("vindex_mutual_knn", udf_mutual_knn, "DOUBLE"),
+    ("vindex_knn_graph", udf_knn_graph, "DOUBLE[]"),
+    ("vindex_kmeans_labels", udf_kmeans_labels, "INTEGER[]"),
+    ("vindex_kmeans", udf_kmeans_distances,
+     "STRUCT(cluster INTEGER[], distance DOUBLE[], inertia DOUBLE, iterations INTEGER)"),
+    ("nmi", _label_score(cluster.nmi, "nmi"), "DOUBLE"),
+    ("ami", _label_score(cluster.ami, "ami"), "DOUBLE"),
+]
 
 
 def register_functions(con) -> None:
-    """Create the vindex SQL functions on `con` (idempotent)."""
+    """Create the vindex SQL functions on `con` (again on a connection that has them: replaced)."""
+    import duckdb
+
+    for name, fn, ret in UDFS:
+        try:
+            con.remove_function(name)
+        except duckdb.Error:
+            pass
+        con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow")
+    for sql in MACROS:
+        con.execute(sql)

@@ -1,0 +1,334 @@
+"""CKA, the math: Gram matrices, centring, HSIC (biased and unbiased), CKA, and its permutation null.
+
+Shapes: X is (n, d): n rows (prompts or tokens) aligned across the two sides, d features.
+Everything is float64: float16/float32 dot products lose the digits CKA differences live in.
+
+The fast path (what the SQL functions use) never forms a Gram per pair: for each side,
+`unit_gram` returns the centred Gram scaled to unit Frobenius norm, and then
+
+    CKA(X, Y) = <g_X, g_Y>                     (one dot product per layer pair)
+
+because CKA is the cosine of the two centred Grams (Kornblith et al. 2019, eq. 4):
+
+    CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)),   HSIC(K, L) ∝ <HKH, HLH>_F
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from vindex.errors import InvalidValue
+
+ESTIMATORS = ("biased", "debiased")
+KERNELS = ("linear", "rbf")
+PREPROCESS = ("none", "l2", "clip")
+
+
+class CKAWarning(UserWarning):
+    """A CKA value is undefined (e.g. a constant layer) and was returned as NULL/None."""
+
+
+class DegenerateInput(InvalidValue):
+    """The rows carry no variance, so CKA is undefined (0/0): a constant layer."""
+
+
+# -- options ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Options:
+    """Parsed, canonical CKA options; `str()` of each part is what results record."""
+    estimator: str = "biased"
+    kernel: str = "linear"
+    sigma: float = 1.0          # RBF bandwidth as a fraction of the median distance
+    preprocess: str = "none"
+    percentile: float = 99.0    # clip each dimension to [P(100-p), P(p)]
+
+    @property
+    def kernel_name(self) -> str:
+        return "linear" if self.kernel == "linear" else f"rbf:{self.sigma:g}"
+
+    @property
+    def preprocess_name(self) -> str:
+        return f"clip:{self.percentile:g}" if self.preprocess == "clip" else self.preprocess
+
+
+def _split(text, what: str, allowed) -> tuple[str, float | None]:
+    if not isinstance(text, str):
+        raise InvalidValue(f"{what} must be a string, one of {list(allowed)}; got {text!r}")
+    name, _, arg = text.strip().lower().partition(":")
+    if name not in allowed:
+        raise InvalidValue(f"unknown {what} {text!r}; expected one of {list(allowed)}")
+    if not arg:
+        return name, None
+    try:
+        return name, float(arg)
+    except ValueError:
+        raise InvalidValue(f"{what} {text!r}: the part after ':' must be a number") from None
+
+
+def options(estimator="biased", kernel="linear", preprocess="none") -> Options:
+    """Parse 'biased'|'debiased', 'linear'|'rbf'|'rbf:0.5', 'none'|'l2'|'clip'|'clip:99.5'."""
+    est, _ = _split({"unbiased": "debiased"}.get(str(estimator).lower(), estimator), "estimator", ESTIMATORS)
+    ker, sigma = _split(kernel, "kernel", KERNELS)
+    if ker == "linear" and sigma is not None:
+        raise InvalidValue(f"kernel {kernel!r}: the linear kernel takes no bandwidth")
+    if sigma is not None and not sigma > 0:
+        raise InvalidValue(f"kernel {kernel!r}: the RBF bandwidth fraction must be > 0")
+    pre, pct = _split(preprocess, "preprocess", PREPROCESS)
+    if pre != "clip" and pct is not None:
+        raise InvalidValue(f"preprocess {preprocess!r}: only 'clip' takes a percentile")
+    if pct is not None and not 50 < pct <= 100:
+        raise InvalidValue(f"preprocess {preprocess!r}: the clip percentile must be in (50, 100]")
+    return Options(est, ker, 1.0 if sigma is None else sigma, pre, 99.0 if pct is None else pct)
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def as_rows(X, what: str = "X") -> np.ndarray:
+    """X as a finite float64 (n, d) array, or a clear error."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise InvalidValue(f"{what}: expected a list of vectors (n, d), got shape {X.shape}")
+    if X.shape[0] < 2:
+        raise InvalidValue(f"{what}: CKA needs at least 2 rows, got {X.shape[0]}")
+    if not np.isfinite(X).all():
+        bad = np.argwhere(~np.isfinite(X))[0]
+        raise InvalidValue(f"{what}: row {bad[0]} holds NaN or inf (at dimension {bad[1]})")
+    return X
+
+
+def check_pair(X: np.ndarray, Y: np.ndarray, opts: Options) -> None:
+    if X.shape[0] != Y.shape[0]:
+        raise InvalidValue(f"CKA needs row-aligned inputs: the lists have {X.shape[0]} and {Y.shape[0]} rows")
+    if opts.estimator == "debiased" and X.shape[0] < 4:
+        raise InvalidValue(f"the debiased estimator needs n >= 4 rows (it divides by n-3), got {X.shape[0]}")
+
+
+def preprocess_rows(X: np.ndarray, opts: Options) -> np.ndarray:
+    """Tame massive activations and rogue dimensions before comparing.
+
+    l2:   x_i <- x_i / ||x_i||
+    clip: x_ij <- clip(x_ij, P_{100-p}(x_:j), P_p(x_:j)) per dimension j, then l2
+          (the outlier removal of the Platonic-representation code, Huh et al. 2024, done per
+          dimension so that one rogue dimension cannot set the threshold for all)
+    """
+    if opts.preprocess == "none":
+        return X
+    if opts.preprocess == "clip":
+        lo, hi = np.percentile(X, [100 - opts.percentile, opts.percentile], axis=0)
+        X = np.clip(X, lo, hi)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+# -- Gram matrices ------------------------------------------------------------------------------
+def gram_linear(X: np.ndarray) -> np.ndarray:
+    """K = X X^T, (n, n): BLAS, not einsum (3x faster here)."""
+    return X @ X.T
+
+
+def gram_rbf(X: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2 median_kl ||x_k - x_l||^2)).
+
+    The bandwidth is `sigma` times the median distance, the median taken over all n^2 entries
+    (diagonal included) as in Kornblith et al. 2019's reference code.
+    """
+    G = X @ X.T
+    sq = np.diag(G)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * G, 0.0)
+    med = np.median(d2)
+    if not med > 0:
+        raise DegenerateInput("the RBF kernel's median distance is 0: (more than half the) rows are identical")
+    return np.exp(-d2 / (2 * sigma ** 2 * med))
+
+
+# -- centring -----------------------------------------------------------------------------------
+def centre_gram(K: np.ndarray) -> np.ndarray:
+    """H K H with H = I - 11^T/n: subtract row and column means, add back the grand mean."""
+    row = K.mean(axis=0)
+    return K - row[:, None] - row[None, :] + row.mean()
+
+
+def u_centre_gram(K: np.ndarray) -> np.ndarray:
+    """U-centring (Székely & Rizzo 2014): with K's diagonal set to 0 and S_i its row sums,
+
+        U_ij = K_ij - S_i/(n-2) - S_j/(n-2) + sum(S)/((n-1)(n-2))   (i != j),   U_ii = 0,
+
+    so that <U(K), U(L)> / (n(n-3)) is the unbiased HSIC of Song et al. 2012 (see hsic_unbiased).
+    """
+    n = K.shape[0]
+    K = K.copy()
+    np.fill_diagonal(K, 0.0)
+    S = K.sum(axis=0)
+    U = K - S[:, None] / (n - 2) - S[None, :] / (n - 2) + S.sum() / ((n - 1) * (n - 2))
+    np.fill_diagonal(U, 0.0)
+    return U
+
+
+# -- HSIC (the references the fast path is tested against) -------------------------------------
+def hsic_biased(K: np.ndarray, L: np.ndarray) -> float:
+    """HSIC_0 = tr(K H L H) / (n-1)^2   (Gretton et al. 2005)."""
+    n = K.shape[0]
+    H = np.eye(n) - 1.0 / n
+    return float(np.trace(K @ H @ L @ H) / (n - 1) ** 2)
+
+
+def hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:
+    """HSIC_1 (Song et al. 2012, eq. 5), with K~, L~ the Grams with zeroed diagonals:
+
+        [tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3))
+    """
+    n = K.shape[0]
+    K, L = K.copy(), L.copy()
+    np.fill_diagonal(K, 0.0)
+    np.fill_diagonal(L, 0.0)
+    KL = K @ L
+    return float((np.trace(KL) + K.sum() * L.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * KL.sum())
+                 / (n * (n - 3)))
+
+
+# -- CKA ----------------------------------------------------------------------------------------
+def unit_gram(X, opts: Options | None = None) -> np.ndarray:
+    """The (n, n) centred Gram of X scaled to unit Frobenius norm, so CKA = <g_X, g_Y>.
+
+    biased:   HKH / ||HKH||_F              (Kornblith et al. 2019)
+    debiased: U(K) / ||U(K)||_F            (unbiased HSIC, Song et al. 2012; can give CKA < 0)
+    Raises DegenerateInput for a constant layer (the Gram is 0 after centring).
+    """
+    opts = opts or Options()
+    X = preprocess_rows(as_rows(X), opts)
+    if opts.kernel == "linear":
+        Xc = X - X.mean(axis=0)   # centring X first is exact for the linear kernel and better conditioned
+        if not np.linalg.norm(Xc) > 1e-12 * max(np.linalg.norm(X), 1e-300):
+            raise DegenerateInput(f"all {X.shape[0]} rows are the same vector (a constant layer): CKA is undefined")
+        K = gram_linear(Xc)
+    else:
+        K = gram_rbf(X, opts.sigma)
+    G = u_centre_gram(K) if opts.estimator == "debiased" else centre_gram(K)
+    norm = np.linalg.norm(G)
+    if not norm > 1e-12 * max(np.abs(K).max(), 1e-300):
+        raise DegenerateInput("the centred Gram is 0 (a constant layer): CKA is undefined")
+    return G / norm
+
+
+def cka(X, Y, estimator="biased", kernel="linear", preprocess="none") -> float:
+    """CKA between row-aligned X (n, d_x) and Y (n, d_y). Invariant to orthogonal transforms and
+    isotropic scaling of either side; 1 for identical representations."""
+    opts = options(estimator, kernel, preprocess)
+    X, Y = as_rows(X, "X"), as_rows(Y, "Y")
+    check_pair(X, Y, opts)
+    if opts.kernel == "linear" and X.shape[0] > 2 * (X.shape[1] + Y.shape[1]):
+        return feature_space_cka(preprocess_rows(X, opts), preprocess_rows(Y, opts), opts.estimator)
+    return float(np.dot(unit_gram(X, opts).ravel(), unit_gram(Y, opts).ravel()))
+
+
+def feature_space_cka(X: np.ndarray, Y: np.ndarray, estimator: str = "biased") -> float:
+    """Linear CKA without n x n Grams, for n >> d (token rows): cost n d_x d_y, not n^2 d.
+
+    biased:   ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F)   (Kornblith et al. 2019, eq. 5)
+    debiased: the same with each <.,.> replaced by the unbiased HSIC written in features
+              (Kornblith et al.'s `_debiased_dot_product_similarity_helper`):
+              ||Y^T X||^2 - n/(n-2) <r_X, r_Y> + ||X||^2 ||Y||^2 / ((n-1)(n-2)),  r = squared row norms
+    """
+    Xc, Yc = X - X.mean(axis=0), Y - Y.mean(axis=0)
+
+    def dot(A, B):
+        return np.linalg.norm(A.T @ B) ** 2
+
+    if estimator == "biased":
+        xx, yy = np.linalg.norm(Xc.T @ Xc), np.linalg.norm(Yc.T @ Yc)
+        if not (xx > 0 and yy > 0):
+            raise DegenerateInput("a side has zero variance (a constant layer): CKA is undefined")
+        return float(dot(Xc, Yc) / (xx * yy))
+    n = X.shape[0]
+    rx, ry = (Xc ** 2).sum(axis=1), (Yc ** 2).sum(axis=1)
+
+    def unbiased(ab, ra, rb):
+        return ab - n / (n - 2) * ra.dot(rb) + ra.sum() * rb.sum() / ((n - 1) * (n - 2))
+
+    xx, yy = unbiased(dot(Xc, Xc), rx, rx), unbiased(dot(Yc, Yc), ry, ry)
+    if not (xx > 0 and yy > 0):
+        raise DegenerateInput("a side has zero variance (a constant layer): CKA is undefined")
+    return float(unbiased(dot(Xc, Yc), rx, ry) / np.sqrt(xx * yy))
+
+
+# -- minibatch CKA ------------------------------------------------------------------------------
+def minibatch_unit_gram(X, batch_size: int, seed: int = 0, opts: Options | None = None) -> np.ndarray:
+    """Minibatch CKA (Nguyen, Raghu & Kornblith 2021) as one unit vector per side:
+
+        CKA_mb = sum_b HSIC_1(K_b, L_b) / sqrt(sum_b HSIC_1(K_b, K_b) sum_b HSIC_1(L_b, L_b))
+
+    over random batches b of the n rows (a permutation drawn from `seed`, so two sides with the same
+    n and seed get the same batches; rows left over after the last full batch are dropped). Each
+    batch contributes U(K_b)/sqrt(b(b-3)) and the concatenation is normalised, so CKA_mb = <g_X, g_Y>.
+    Random batches matter: topic-sorted rows would give each batch its own mean.
+    """
+    opts = opts or Options(estimator="debiased")
+    X = preprocess_rows(as_rows(X), opts)
+    n = X.shape[0]
+    b = min(int(batch_size), n)
+    if b < 4:
+        raise InvalidValue(f"minibatch CKA needs batches of >= 4 rows (unbiased HSIC), got batch_size={batch_size}, n={n}")
+    order = np.random.default_rng(seed).permutation(n)
+    parts = []
+    for start in range(0, n - b + 1, b):
+        Xb = X[order[start:start + b]]
+        K = gram_linear(Xb) if opts.kernel == "linear" else gram_rbf(Xb, opts.sigma)
+        parts.append((u_centre_gram(K) / np.sqrt(b * (b - 3))).ravel())
+    g = np.concatenate(parts)
+    norm = np.linalg.norm(g)
+    if not norm > 0:
+        raise DegenerateInput("every batch has zero variance (a constant layer): CKA is undefined")
+    return g / norm
+
+
+def minibatch_cka(X, Y, batch_size: int = 256, seed: int = 0, kernel="linear", preprocess="none") -> float:
+    opts = options("debiased", kernel, preprocess)
+    X, Y = as_rows(X, "X"), as_rows(Y, "Y")
+    check_pair(X, Y, opts)
+    return float(np.dot(minibatch_unit_gram(X, batch_size, seed, opts), minibatch_unit_gram(Y, batch_size, seed, opts)))
+
+
+# -- the permutation null -----------------------------------------------------------------------
+def permutations(n: int, count: int, seed: int = 0) -> np.ndarray:
+    """(count, n) row permutations, the same for every pair that shares n and seed."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(n) for _ in range(count)]) if count else np.empty((0, n), np.int64)
+
+
+def null_scores(GX: np.ndarray, GY: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """CKA under shuffled prompt rows of Y, from stored unit Grams, no Gram recomputed.
+
+    Permuting Y's rows by p permutes both axes of its (centred) Gram, and centring commutes with
+    permutation, so CKA(X, Y[p]) = <g_X, g_Y[p][:, p]>.  GX: (a, n, n), GY: (b, n, n) -> (a, b, count).
+    """
+    a, n = GX.shape[0], GX.shape[1]
+    flat_x = GX.reshape(a, n * n)
+    out = np.empty((a, GY.shape[0], len(perms)))
+    for k, p in enumerate(perms):
+        out[:, :, k] = flat_x @ GY[:, p][:, :, p].reshape(GY.shape[0], n * n).T
+    return out
+
+
+def null_summary(observed, null: np.ndarray) -> dict:
+    """null_mean, null_p95 and p_value = (1 + #{null >= observed}) / (1 + N) (never 0: Phipson & Smyth 2010)."""
+    observed = np.asarray(observed, dtype=np.float64)
+    count = null.shape[-1]
+    return {"null_mean": null.mean(axis=-1), "null_p95": np.percentile(null, 95, axis=-1),
+            "p_value": (1 + (null >= observed[..., None] - 1e-12).sum(axis=-1)) / (1 + count)}
+
+
+def permutation_test(X, Y, permutations_count: int = 99, seed: int = 0, estimator="biased", kernel="linear",
+                     preprocess="none") -> dict:
+    """CKA of X and Y with its permutation null: cka, null_mean, null_p95, p_value."""
+    opts = options(estimator, kernel, preprocess)
+    X, Y = as_rows(X, "X"), as_rows(Y, "Y")
+    check_pair(X, Y, opts)
+    gx, gy = unit_gram(X, opts), unit_gram(Y, opts)
+    obs = float(np.dot(gx.ravel(), gy.ravel()))
+    null = null_scores(gx[None], gy[None], permutations(X.shape[0], permutations_count, seed))[0, 0]
+    return {"cka": obs, **{k: float(v) for k, v in null_summary(obs, null).items()}}
+
+
+def warn_undefined(where: str, err: Exception) -> None:
+    warnings.warn(f"{where}: {err}; returning NULL", CKAWarning, stacklevel=3)

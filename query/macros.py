@@ -1,0 +1,185 @@
+"""The SQL face of the vindex functions: scalar macros (defaults, named parameters) over the UDFs of
+functions.py, and table macros for the analyses over whole models.
+
+The CKA matrix is computed the fast way: one centred, unit-norm Gram per (model, layer), from
+`list(act ORDER BY prompt)`, then `list_dot_product` for every layer pair; the permutation null
+permutes the stored Grams. Inside a macro, a bare name that is also a parameter means the
+parameter, so every column is qualified with its table alias.
+
+Each table macro starts from a one-row `checks` CTE that raises a clear error (unknown model,
+no rows, bad option) and is used in the final WHERE, so DuckDB cannot prune it away.
+"""
+from __future__ import annotations
+
+CKA_OPTIONS = "estimator := 'biased', kernel := 'linear', preprocess := 'none'"
+
+SCALAR_MACROS = [
+    f"CREATE OR REPLACE MACRO cka(list_a, list_b, {CKA_OPTIONS}) AS "
+    "vindex_cka(list_a, list_b, estimator, kernel, preprocess)",
+    f"CREATE OR REPLACE MACRO cka_gram(vectors, {CKA_OPTIONS}) AS "
+    "vindex_cka_gram(vectors, estimator, kernel, preprocess)",
+    "CREATE OR REPLACE MACRO minibatch_cka(list_a, list_b, batch_size := 256, seed := 0, kernel := 'linear', "
+    "preprocess := 'none') AS vindex_minibatch_cka(list_a, list_b, batch_size, seed, kernel, preprocess)",
+    "CREATE OR REPLACE MACRO cka_minibatch_gram(vectors, batch_size := 256, seed := 0, kernel := 'linear', "
+    "preprocess := 'none') AS vindex_minibatch_gram(vectors, batch_size, seed, kernel, preprocess)",
+    "CREATE OR REPLACE MACRO cka_null(gram_a, gram_b, permutations := 99, seed := 0) AS "
+    "vindex_cka_null(gram_a, gram_b, permutations, seed)",
+    "CREATE OR REPLACE MACRO mutual_knn(list_a, list_b, k := 10) AS vindex_mutual_knn(list_a, list_b, k)",
+    "CREATE OR REPLACE MACRO knn_graph(vectors, k := 10) AS vindex_knn_graph(vectors, k)",
+    "CREATE OR REPLACE MACRO kmeans_labels(vectors, k := 8, seed := 0, max_iter := 300) AS "
+    "vindex_kmeans_labels(vectors, k, seed, max_iter)",
+]
+
+
+def model_checks(fn: str, table: str, models: list[str], where: str, what: str) -> str:
+    """CASE expression raising a clear error for an unknown model or one without matching rows."""
+    whens = []
+    for m in models:
+        whens.append(f"WHEN NOT EXISTS (FROM models AS mm WHERE mm.model = {m}) THEN error('{fn}: unknown "
+                     f"model ''' || {m} || '''; the lake holds: ' || coalesce((SELECT string_agg(mm.model, ', ' "
+                     "ORDER BY mm.model) FROM models AS mm), 'no models'))")
+    for m in models:
+        whens.append(f"WHEN NOT EXISTS (FROM {table} AS r WHERE r.model = {m} AND {where}) THEN error('{fn}: "
+                     f"model ''' || {m} || ''' has no {table} rows with ' || {what})")
+    return "CASE " + " ".join(whens) + " ELSE true END"
+
+
+# rows of one side, for a pooled-activation analysis: the WHERE and a description for errors
+POOLED_WHERE = "r.pooling = pooling AND (prompt_set IS NULL OR r.prompt_set = prompt_set)"
+POOLED_WHAT = "'pooling = ' || pooling || coalesce(' and prompt_set = ' || prompt_set, '')"
+
+
+def side_grams(alias: str, model: str, gram: str, table: str = "pooled", where: str = POOLED_WHERE,
+               order: str = "r.prompt_set, r.prompt_id", key: str = "r.prompt_set, r.prompt_id") -> str:
+    """CTE body: one row per layer of `model` with its Gram and a fingerprint of its row keys."""
+    return f"""{alias} AS (
+  SELECT r.layer AS layer, any_value(r.depth)::DOUBLE AS depth, count(*) AS n,
+         count(DISTINCT ({key})) AS n_distinct,
+         hash(list(({key}) ORDER BY {order})) AS rows_key,
+         {gram.format(vectors=f"list(r.act ORDER BY {order})")} AS g
+  FROM {table} AS r WHERE r.model = {model} AND {where}
+  GROUP BY r.layer)"""
+
+
+def pair_value(fn: str, expr: str, what: str = "prompts") -> str:
+    """The per-pair value, or an error when the two layers do not hold the same rows in the same order."""
+    return (f"CASE WHEN a.n_distinct <> a.n OR b.n_distinct <> b.n THEN error('{fn}: a layer lists the same "
+            f"row twice (' || a.n || ' rows, ' || a.n_distinct || ' distinct); filter by prompt_set or pooling') "
+            f"WHEN a.rows_key <> b.rows_key THEN error('{fn}: layer ' || a.layer || ' of ' || model_a || "
+            f"' and layer ' || b.layer || ' of ' || model_b || ' hold different {what} (' || a.n || ' vs ' || b.n "
+            f"|| ' rows); CKA needs the same rows on both sides, in the same order') ELSE {expr} END")
+
+
+CKA_MATRIX = f"""
+CREATE OR REPLACE MACRO cka_matrix(model_a, model_b, pooling := 'mean', {CKA_OPTIONS}, prompt_set := NULL,
+                                   permutations := 0, seed := 0) AS TABLE
+WITH
+opts AS (SELECT vindex_cka_options(estimator, kernel, preprocess) AS o),
+checks AS (SELECT {model_checks('cka_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)}
+                  AND (permutations >= 0 OR error('cka_matrix: permutations must be >= 0')) AS ok),
+{side_grams('ga', 'model_a', "vindex_cka_gram({vectors}, estimator, kernel, preprocess)")},
+{side_grams('gb', 'model_b', "vindex_cka_gram({vectors}, estimator, kernel, preprocess)")},
+pairs AS (
+  SELECT a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a, b.depth AS depth_b,
+         {pair_value('cka_matrix', 'list_dot_product(a.g, b.g)')} AS cka,
+         CASE WHEN permutations > 0 THEN vindex_cka_null(a.g, b.g, permutations, seed) END AS nul,
+         a.n AS n
+  FROM ga AS a CROSS JOIN gb AS b)
+SELECT model_a AS model_a, model_b AS model_b, p.layer_a, p.layer_b, p.depth_a, p.depth_b, p.cka,
+       p.nul.null_mean AS null_mean, p.nul.null_p95 AS null_p95, p.nul.p_value AS p_value, p.n,
+       pooling AS pooling, prompt_set::VARCHAR AS prompt_set, o.o.estimator AS estimator, o.o.kernel AS kernel,
+       o.o.preprocess AS preprocess, permutations::INTEGER AS permutations, seed::INTEGER AS seed
+FROM checks AS c CROSS JOIN opts AS o CROSS JOIN pairs AS p
+WHERE c.ok
+ORDER BY p.layer_a, p.layer_b
+"""
+
+CKA_DEPTH = f"""
+CREATE OR REPLACE MACRO cka_depth(model_a, model_b, pooling := 'mean', {CKA_OPTIONS}, prompt_set := NULL,
+                                  permutations := 0, seed := 0, band := 0.15) AS TABLE
+WITH
+m AS (SELECT * FROM cka_matrix(model_a, model_b, pooling := pooling, estimator := estimator, kernel := kernel,
+                               preprocess := preprocess, prompt_set := prompt_set, permutations := permutations,
+                               seed := seed)),
+diag AS (SELECT *, row_number() OVER (PARTITION BY x.layer_a ORDER BY abs(x.depth_a - x.depth_b), x.layer_b) AS r
+         FROM m AS x),
+off AS (SELECT x.layer_a, avg(x.cka) AS off_mean, max(x.cka) AS off_max, count(*) AS n_off
+        FROM m AS x WHERE abs(x.depth_a - x.depth_b) >= band GROUP BY x.layer_a)
+SELECT d.model_a, d.model_b, d.layer_a, d.depth_a, d.layer_b, d.depth_b, d.cka AS diagonal, o.off_mean, o.off_max,
+       o.n_off, d.cka - o.off_mean AS margin, d.null_mean, d.null_p95, d.p_value, d.n, d.pooling, d.prompt_set,
+       d.estimator, d.kernel, d.preprocess, d.permutations, d.seed, band::DOUBLE AS band
+FROM diag AS d LEFT JOIN off AS o ON o.layer_a = d.layer_a
+WHERE d.r = 1
+ORDER BY d.layer_a
+"""
+
+TOKEN_WHERE = ("(include_special OR NOT r.special) AND r.token_index >= min_token_index "
+               "AND (prompt_set IS NULL OR r.prompt_set = prompt_set)")
+TOKEN_WHAT = "'include_special = ' || include_special || ', min_token_index = ' || min_token_index || " \
+             "coalesce(' and prompt_set = ' || prompt_set, '')"
+TOKEN_KEY = "r.prompt_set, r.prompt_id, r.token_index, r.token_id"
+TOKEN_ORDER = "r.prompt_set, r.prompt_id, r.token_index"
+
+CKA_TOKEN_MATRIX = f"""
+CREATE OR REPLACE MACRO cka_token_matrix(model_a, model_b, batch_size := 256, seed := 0, kernel := 'linear',
+                                         preprocess := 'none', prompt_set := NULL, include_special := false,
+                                         min_token_index := 0) AS TABLE
+WITH
+opts AS (SELECT vindex_cka_options('debiased', kernel, preprocess) AS o),
+checks AS (SELECT {model_checks('cka_token_matrix', 'activations', ['model_a', 'model_b'], TOKEN_WHERE,
+                                TOKEN_WHAT)} AS ok),
+{side_grams('ga', 'model_a', "vindex_minibatch_gram({vectors}, batch_size, seed, kernel, preprocess)",
+            'activations', TOKEN_WHERE, TOKEN_ORDER, TOKEN_KEY)},
+{side_grams('gb', 'model_b', "vindex_minibatch_gram({vectors}, batch_size, seed, kernel, preprocess)",
+            'activations', TOKEN_WHERE, TOKEN_ORDER, TOKEN_KEY)}
+SELECT model_a AS model_a, model_b AS model_b, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a,
+       b.depth AS depth_b,
+       {pair_value('cka_token_matrix', 'list_dot_product(a.g, b.g)',
+                   'tokens (the models must share a tokenizer: same token ids at the same positions)')} AS cka,
+       a.n AS n, batch_size::INTEGER AS batch_size, seed::INTEGER AS seed, 'minibatch' AS estimator,
+       o.o.kernel AS kernel, o.o.preprocess AS preprocess, prompt_set::VARCHAR AS prompt_set,
+       include_special::BOOLEAN AS include_special, min_token_index::INTEGER AS min_token_index
+FROM checks AS c CROSS JOIN opts AS o CROSS JOIN ga AS a CROSS JOIN gb AS b
+WHERE c.ok
+ORDER BY a.layer, b.layer
+"""
+
+MUTUAL_KNN_MATRIX = f"""
+CREATE OR REPLACE MACRO mutual_knn_matrix(model_a, model_b, k := 10, pooling := 'mean', prompt_set := NULL) AS TABLE
+WITH
+checks AS (SELECT {model_checks('mutual_knn_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE,
+                                POOLED_WHAT)} AS ok),
+{side_grams('ga', 'model_a', "vindex_knn_graph({vectors}, k)")},
+{side_grams('gb', 'model_b', "vindex_knn_graph({vectors}, k)")}
+SELECT model_a AS model_a, model_b AS model_b, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a,
+       b.depth AS depth_b, {pair_value('mutual_knn_matrix', 'list_dot_product(a.g, b.g)')} AS mutual_knn,
+       a.n AS n, k::INTEGER AS k, pooling AS pooling, prompt_set::VARCHAR AS prompt_set
+FROM checks AS c CROSS JOIN ga AS a CROSS JOIN gb AS b
+WHERE c.ok
+ORDER BY a.layer, b.layer
+"""
+
+FEATURES_WHERE = "(layer IS NULL OR r.layer = layer) AND r.vector IS NOT NULL"
+FEATURES_WHAT = "'a feature vector' || coalesce(' in layer ' || layer, '')"
+
+KMEANS = f"""
+CREATE OR REPLACE MACRO kmeans(model_name, layer := NULL, k := 8, seed := 0, max_iter := 300) AS TABLE
+WITH
+checks AS (SELECT {model_checks('kmeans', 'features', ['model_name'], FEATURES_WHERE, FEATURES_WHAT)} AS ok),
+g AS (
+  SELECT r.layer AS layer,
+         list(r.expert ORDER BY r.expert NULLS FIRST, r.feature) AS experts,
+         list(r.feature ORDER BY r.expert NULLS FIRST, r.feature) AS features,
+         vindex_kmeans(list(r.vector ORDER BY r.expert NULLS FIRST, r.feature), k, seed, max_iter) AS res
+  FROM features AS r WHERE r.model = model_name AND {FEATURES_WHERE}
+  GROUP BY r.layer)
+SELECT model_name AS model, g.layer AS layer, unnest(g.experts) AS expert, unnest(g.features) AS feature,
+       unnest(g.res.cluster) AS cluster, unnest(g.res.distance) AS distance, g.res.inertia AS inertia,
+       k::INTEGER AS k, seed::INTEGER AS seed
+FROM checks AS c CROSS JOIN g
+WHERE c.ok
+ORDER BY 2, 3 NULLS FIRST, 4
+"""
+
+TABLE_MACROS = [CKA_MATRIX, CKA_DEPTH, CKA_TOKEN_MATRIX, MUTUAL_KNN_MATRIX, KMEANS]
+MACROS = SCALAR_MACROS + TABLE_MACROS
