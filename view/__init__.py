@@ -19,7 +19,7 @@ from .payload import ESTIMATORS, build_payload, check_payload
 
 def view(*sources, out: str | Path | None = "view.html", models: list[str] | None = None,
          estimators=ESTIMATORS, poolings: list[str] | None = None, prompt_set: str | None = None,
-         permutations: int = 99, preprocessing: str | None = None, max_features: int = 256,
+         permutations: int = 99, preprocess: str | None = None, max_features: int = 256,
          title: str | None = None, serve: bool = False, port: int = 8000, progress: bool = True,
          ready=None) -> Path | None:
     """Build the viewer page for `sources` (lake roots, vindex folders, hf:// repos) and write it
@@ -33,7 +33,7 @@ def view(*sources, out: str | Path | None = "view.html", models: list[str] | Non
     con = connect(*sources)
     try:
         payload = build_payload(con, models=models, estimators=estimators, poolings=poolings,
-                                prompt_set=prompt_set, permutations=permutations, preprocessing=preprocessing,
+                                prompt_set=prompt_set, permutations=permutations, preprocess=preprocess,
                                 max_features=max_features, title=title or _title(sources),
                                 sources=[str(s) for s in sources], progress=progress)
     finally:

@@ -15,6 +15,7 @@ import json
 from datetime import datetime, timezone
 from itertools import combinations_with_replacement
 
+import duckdb
 from tqdm.auto import tqdm
 
 from vindex import __version__
@@ -29,7 +30,7 @@ FORMAT = "vindex-view/1"
 
 
 def build_payload(con, models: list[str] | None = None, estimators=ESTIMATORS, poolings: list[str] | None = None,
-                  prompt_set: str | None = None, permutations: int = 99, preprocessing: str | None = None,
+                  prompt_set: str | None = None, permutations: int = 99, preprocess: str | None = None,
                   max_features: int = 256, top_tokens: int = 5, max_heads: int = 8, title: str | None = None,
                   sources: list[str] | None = None, progress: bool = True) -> dict:
     """The page's data from a `vindex.query.connect` connection.
@@ -37,7 +38,8 @@ def build_payload(con, models: list[str] | None = None, estimators=ESTIMATORS, p
     models: which vindexes (default: all, in name order). poolings: which poolings to compare
     (default: every pooling both models of a pair have). prompt_set: the rows CKA aligns on
     (default: the common prompt set with the most prompts). permutations: size of the CKA
-    permutation null (0 = none). max_features: features kept per layer (0 = all).
+    permutation null (0 = none). preprocess: the SQL layer's CKA preprocessing (None: its default).
+    max_features: features kept per layer (0 = all).
     """
     all_models = [r[0] for r in con.sql("SELECT model FROM models ORDER BY model").fetchall()]
     if models:
@@ -47,6 +49,7 @@ def build_payload(con, models: list[str] | None = None, estimators=ESTIMATORS, p
     names = list(models or all_models)
     if not names:
         raise NotFound("the sources hold no vindex")
+    notes: list[str] = []  # what was left out and why, shown with the provenance
     scope = f"model IN ({', '.join(literal(m) for m in names)})"
     return {
         "format": FORMAT,
@@ -54,10 +57,11 @@ def build_payload(con, models: list[str] | None = None, estimators=ESTIMATORS, p
         "generated": {"by": f"vindex-lake {__version__}", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       "sources": [str(s) for s in sources or []]},
         "models": model_records(con, names),
-        "cka": cka_records(con, names, estimators, poolings, prompt_set, permutations, preprocessing, progress),
+        "cka": cka_records(con, names, estimators, poolings, prompt_set, permutations, preprocess, progress, notes),
         "features": feature_records(con, scope, max_features, top_tokens),
         "heads": head_records(con, scope, max_heads),
         "spectra": spectrum_records(con, scope),
+        "notes": notes,
     }
 
 
@@ -101,24 +105,32 @@ def cka_jobs(con, names, estimators, poolings, prompt_set) -> list[tuple]:
     return jobs
 
 
-def cka_records(con, names, estimators, poolings, prompt_set, permutations, preprocessing, progress) -> list[dict]:
+def cka_records(con, names, estimators, poolings, prompt_set, permutations, preprocess, progress,
+                notes: list | None = None) -> list[dict]:
+    """Run the SQL layer's `cka_matrix` for every job; a pair the SQL layer refuses (rows that do
+    not align, a model without rows) is left out with its reason in `notes`, not fatal."""
     jobs = cka_jobs(con, names, estimators, poolings, prompt_set)
-    if not jobs:
-        return []
-    from vindex.query import cka_matrix  # the SQL layer's CKA; the viewer never computes its own
     out = []
     for a, b, est, pool, ps in tqdm(jobs, desc="CKA matrices", unit="matrix", disable=not progress or not jobs):
-        options = {"pooling": pool, "estimator": est, "prompt_set": ps, "permutations": permutations}
-        if preprocessing is not None:
-            options["preprocessing"] = preprocessing
-        table = cka_matrix(con, a, b, **options)
-        out.append(matrix_record(table, a, b, est, pool, ps, permutations, preprocessing))
+        args = [literal(a), literal(b), f"pooling := {literal(pool)}", f"estimator := {literal(est)}",
+                f"prompt_set := {literal(ps)}", f"permutations := {int(permutations)}"]
+        if preprocess is not None:
+            args.append(f"preprocess := {literal(preprocess)}")
+        try:
+            rel = con.sql(f"SELECT * FROM cka_matrix({', '.join(args)})")
+            columns, rows = rel.columns, rel.fetchall()
+        except duckdb.Error as e:
+            if notes is None:
+                raise
+            notes.append(f"CKA {a} x {b} ({est}, {pool}, prompt set {ps}) left out: {str(e).splitlines()[0]}")
+            continue
+        out.append(matrix_record(columns, rows, a, b, est, pool, ps, permutations))
     return out
 
 
-def matrix_record(table, a, b, estimator, pooling, prompt_set, permutations, preprocessing) -> dict:
+def matrix_record(columns, rows, a, b, estimator, pooling, prompt_set, permutations) -> dict:
     """One cka_matrix result (rows of layer_a, layer_b, depth_a, depth_b, cka, ...) as 2-D lists."""
-    cols = {k: table.column(k).to_pylist() for k in table.column_names}
+    cols = {k: [r[i] for r in rows] for i, k in enumerate(columns)}
     la, lb = sorted(set(cols["layer_a"])), sorted(set(cols["layer_b"]))
     ia, ib = {x: i for i, x in enumerate(la)}, {x: j for j, x in enumerate(lb)}
     depth_a = dict(zip(cols["layer_a"], cols["depth_a"]))
@@ -132,23 +144,15 @@ def matrix_record(table, a, b, estimator, pooling, prompt_set, permutations, pre
             g[ia[x]][ib[y]] = finite_or_none(v)
         return g
 
-    meta = table.schema.metadata or {}
-    return {"model_a": a, "model_b": b, "estimator": estimator, "pooling": pooling, "prompt_set": prompt_set,
-            "preprocessing": _text(meta.get(b"preprocessing")) or preprocessing or "none",
-            "permutations": permutations, "n_prompts": _int(meta.get(b"n_prompts")),
-            "computed_by": "vindex.query.cka_matrix",
+    first = dict(zip(columns, rows[0])) if rows else {}
+    return {"model_a": a, "model_b": b, "estimator": estimator, "pooling": pooling,
+            "prompt_set": prompt_set, "kernel": first.get("kernel"), "preprocess": first.get("preprocess"),
+            "permutations": permutations, "seed": first.get("seed"), "n_prompts": first.get("n"),
+            "computed_by": "cka_matrix (vindex SQL)",
             "layers_a": la, "layers_b": lb,
             "depth_a": [finite_or_none(depth_a[x]) for x in la], "depth_b": [finite_or_none(depth_b[y]) for y in lb],
             "cka": grid("cka"), "null_mean": grid("null_mean"), "null_p95": grid("null_p95"),
             "p_value": grid("p_value")}
-
-
-def _text(b):
-    return b.decode() if isinstance(b, bytes) else b
-
-
-def _int(b):
-    return int(b) if b not in (None, b"") else None
 
 
 # -- features, heads, spectra -------------------------------------------------------------------

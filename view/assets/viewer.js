@@ -125,11 +125,13 @@ function drawProvenance(M) {
   if (M) {
     const e = M.meta;
     dl(box, [["pair", e.model_a + " × " + e.model_b], ["estimator", e.estimator], ["pooling", e.pooling],
-             ["prompt set", e.prompt_set], ["prompts", e.n_prompts], ["preprocessing", e.preprocessing],
-             ["permutations", e.permutations || "none (no null)"], ["computed by", e.computed_by]]);
+             ["kernel", e.kernel], ["prompt set", e.prompt_set], ["prompts", e.n_prompts],
+             ["preprocessing", e.preprocess], ["permutations", e.permutations || "none (no null)"],
+             ["seed", e.permutations ? e.seed : null], ["computed by", e.computed_by]]);
   } else {
     VX.el("p", {class: "empty"}, box, "No CKA matrix for this pair in the lake.");
   }
+  (VX.data.notes || []).forEach((n) => VX.el("p", {class: "muted note"}, box, n));
   const g = VX.data.generated || {};
   dl(box, [["page built by", g.by], ["built at", g.at], ["sources", (g.sources || []).join(", ")]]);
 }

@@ -17,15 +17,15 @@ from ..errors import VindexError
 @click.option("--prompt-set", default=None, help="Prompt set CKA aligns on (default: the largest common one).")
 @click.option("--permutations", default=99, show_default=True, type=click.IntRange(min=0),
               help="Size of the CKA permutation null (0: none; 99 resolves p < 0.01).")
-@click.option("--preprocess", "preprocessing", default=None,
-              help="CKA preprocessing passed to the SQL layer (e.g. none, l2; default: its default).")
+@click.option("--preprocess", default=None,
+              help="CKA preprocessing (none | l2 | clip | clip:99.5; default: the SQL layer's, none).")
 @click.option("--max-features", default=256, show_default=True, type=click.IntRange(min=0),
               help="FFN features kept per layer, strongest c_score first (0: all).")
 @click.option("--title", default=None, help="Page title (default: the source names).")
 @click.option("--serve", is_flag=True, help="Also serve the page on 127.0.0.1 until Ctrl-C.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port for --serve (0: any free port).")
-def view(sources, out, models, estimators, poolings, prompt_set, permutations, preprocessing, max_features,
+def view(sources, out, models, estimators, poolings, prompt_set, permutations, preprocess, max_features,
          title, serve, port):
     """Write one offline HTML page showing a lake: CKA between two models' layers, features, provenance.
 
@@ -38,7 +38,7 @@ def view(sources, out, models, estimators, poolings, prompt_set, permutations, p
     try:
         path = view_fn(*sources, out=out, models=list(models) or None, estimators=tuple(estimators) or
                        ("biased", "debiased"), poolings=list(poolings) or None, prompt_set=prompt_set,
-                       permutations=permutations, preprocessing=preprocessing, max_features=max_features,
+                       permutations=permutations, preprocess=preprocess, max_features=max_features,
                        title=title, serve=serve, port=port,
                        ready=lambda url: click.echo(f"serving {path_msg(out)} at {url} (Ctrl-C to stop)"))
     except (VindexError, OSError, ValueError) as e:
