@@ -130,8 +130,8 @@ VX.drawLayers = function (host, M, st) {
  * hover shows the values, click selects the pair. Filtered cells are drawn grey. */
 VX.drawHeatmap = function (host, M, st) {
   const nA = M.layersA.length, nB = M.layersB.length;
-  const W = 560, left = 66, right = 64, top = 30, bottom = 54;
-  const cs = Math.max(3, Math.min((W - left - right) / nB, 600 / nA, 34));
+  const W = 560, left = 66, right = 70, top = 36, bottom = 54;
+  const cs = Math.max(3, Math.min((W - left - right) / nB, 640 / nA, 60));
   const H = top + cs * nA + bottom;
   const svg = VX.svg("svg", {viewBox: "0 0 " + W + " " + H, id: "heatmap-svg", role: "img",
                              "aria-label": "CKA heatmap of " + M.modelA + " against " + M.modelB});
@@ -165,19 +165,27 @@ VX.drawHeatmap = function (host, M, st) {
       VX.svg("text", {x: xx, y: top + cs * nA + 16, "text-anchor": "middle"}, axis).textContent = t.toFixed(2);
     }
   });
+  // layer numbers along the top (B) and the right edge (A), thinned to stay legible
+  const every = Math.max(1, Math.ceil(14 / cs));
+  M.layersB.forEach((l, j) => {
+    if (j % every === 0) VX.svg("text", {x: left + (j + 0.5) * cs, y: top - 3, "text-anchor": "middle", class: "legend"}, axis).textContent = "L" + l;
+  });
+  M.layersA.forEach((l, i) => {
+    if (i % every === 0) VX.svg("text", {x: left + nB * cs + 3, y: top + (i + 0.5) * cs + 3, class: "legend"}, axis).textContent = "L" + l;
+  });
   VX.svg("text", {x: left + cs * nB / 2, y: top + cs * nA + 34, "text-anchor": "middle", class: "col-title"}, svg)
     .textContent = M.modelB + " — normalized depth";
   const yt = VX.svg("text", {x: 14, y: top + cs * nA / 2, "text-anchor": "middle", class: "col-title",
                              transform: "rotate(-90 14 " + (top + cs * nA / 2) + ")"}, svg);
   yt.textContent = M.modelA + " — normalized depth";
-  VX.svg("text", {x: left, y: top - 10, class: "legend"}, svg).textContent =
+  VX.svg("text", {x: left, y: top - 16, class: "legend"}, svg).textContent =
     "CKA (" + M.meta.estimator + ", " + M.meta.pooling + "); grey = below threshold or null";
 
   // colour legend
   const defs = VX.svg("defs", {}, svg);
   const grad = VX.svg("linearGradient", {id: "vx-grad", x1: 0, y1: 1, x2: 0, y2: 0}, defs);
   VIRIDIS.forEach((c, k) => VX.svg("stop", {offset: (k / (VIRIDIS.length - 1)).toFixed(3), "stop-color": c}, grad));
-  const lx = W - right + 18, lh = Math.min(160, cs * nA);
+  const lx = W - right + 30, lh = Math.min(160, cs * nA);
   VX.svg("rect", {x: lx, y: top, width: 10, height: lh, fill: "url(#vx-grad)"}, svg);
   [0, 0.5, 1].forEach((t) => {
     VX.svg("text", {x: lx + 14, y: top + lh * (1 - t) + 3, class: "legend"}, svg).textContent = t.toFixed(1);

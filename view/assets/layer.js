@@ -175,7 +175,8 @@ VX.drawLayerPanel = function (panel, M) {
     return;
   }
   const model = st.sel.side === "a" ? VX.shownA() : VX.shownB();
-  const info = VX.model(model), depth = info && info.n_layers ? st.sel.layer / info.n_layers : null;
+  const rec = VX.model(model), nl = rec && rec.model ? rec.model.n_layers : null;
+  const depth = nl ? st.sel.layer / nl : null;
   VX.el("h2", {id: "layer-title", "data-model": model, "data-layer": st.sel.layer}, panel,
         model + " · layer " + st.sel.layer + (depth === null ? "" : " · depth " + VX.fmt(depth, 3)));
   if (M) correspondence(panel, M, st);

@@ -1,0 +1,228 @@
+"""The viewer in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+The page is opened from a file with every network request refused; the test clicks the compare
+toggle, layers, controls and the heatmap, and checks each number shown against the lake, asked
+independently through the SQL layer. Screenshots go to test-artifacts/ (gitignored) for a human to
+look at. Skipped, with the reason, when Chromium or Playwright is missing (.ci/run installs both).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vindex.query import connect
+from vindex.view import view
+
+from view_lake import write_view_lake
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("VINDEX_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+PERMUTATIONS = 19
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed "
+                               "(pip install -e '.[dev]')")
+if CHROMIUM is None:
+    pytest.skip("no chromium on PATH: install Debian's package (apt-get install chromium), as .ci/run does",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    return write_view_lake(tmp_path_factory.mktemp("browser-lake"))
+
+
+@pytest.fixture(scope="module")
+def page_file(lake, tmp_path_factory):
+    return view(lake, out=tmp_path_factory.mktemp("page") / "view.html", permutations=PERMUTATIONS, progress=False)
+
+
+@pytest.fixture(scope="module")
+def con(lake):
+    c = connect(lake)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, page_file):
+    """The page opened from disk, offline, with any non-file request aborted and recorded."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 1000}, offline=True)
+    requests, errors = [], []
+
+    def refuse(route):
+        requests.append(route.request.url)
+        route.abort()
+    ctx.route(lambda url: not url.startswith("file:"), refuse)
+    pg = ctx.new_page()
+    pg.on("request", lambda r: None if r.url.startswith("file:") else requests.append(r.url))
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.goto(page_file.as_uri())
+    pg.wait_for_selector("body[data-ready='1']", timeout=10_000)
+    yield pg
+    assert errors == [], errors
+    assert requests == [], f"the page tried the network: {requests}"
+    ctx.close()
+
+
+def shot(pg, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"view-{name}.png"), full_page=True)
+
+
+def cka_sql(con, a, b, estimator, pooling="mean"):
+    """{(layer_a, layer_b): (cka, null_p95, p_value)} straight from the SQL layer."""
+    rows = con.sql(f"SELECT layer_a, layer_b, cka, null_p95, p_value FROM cka_matrix('{a}', '{b}', "
+                   f"pooling := '{pooling}', estimator := '{estimator}', prompt_set := 'default', "
+                   f"permutations := {PERMUTATIONS})").fetchall()
+    return {(r[0], r[1]): r[2:] for r in rows}
+
+
+def corr_rows(pg):
+    """The correspondence table: [(layer, cka shown, cka attribute, null p95 shown, p shown)]."""
+    return pg.eval_on_selector_all("#corr-table tbody tr", """rows => rows.map(r => [
+        +r.dataset.layer, r.querySelector('td.cka').textContent, +r.dataset.cka,
+        r.children[3].textContent, r.children[4].textContent])""")
+
+
+def check_correspondence(pg, truth, layer, side="a"):
+    rows = corr_rows(pg)
+    mine = {k[1] if side == "a" else k[0]: v for k, v in truth.items() if (k[0] if side == "a" else k[1]) == layer}
+    assert len(rows) == min(8, len(mine))
+    ranked = sorted(mine, key=lambda other: -mine[other][0])
+    assert [r[0] for r in rows] == ranked[:len(rows)]           # sorted by CKA, as the lake says
+    for other, shown, attr, null_shown, p_shown in rows:
+        cka, null95, p = mine[other]
+        assert shown == f"{cka:.3f}" and attr == pytest.approx(cka, abs=1e-5)
+        assert null_shown == f"{null95:.3f}" and p_shown == f"{p:.3f}"
+    best = pg.locator("#best-match")
+    assert int(best.get_attribute("data-layer")) == ranked[0]
+    assert f"CKA {mine[ranked[0]][0]:.3f}" in best.text_content()
+
+
+def test_compare_toggle_and_layer_click_show_the_lakes_numbers(page, con):
+    pg = page
+    assert pg.locator("#compare").get_attribute("aria-pressed") == "true"
+    assert pg.locator("#model-a").input_value() == "alpha" and pg.locator("#model-b").input_value() == "beta"
+    assert pg.locator("#estimator").input_value() == "debiased" and pg.locator("#pooling").input_value() == "mean"
+    cross = cka_sql(con, "alpha", "beta", "debiased")
+    pg.fill("#threshold", "0")  # sets the range input and fires `input`
+    pg.uncheck("#hide-null")
+    assert pg.locator("#layers-svg line.edge").count() == sum(v[0] >= 0 for v in cross.values())
+
+    pg.click("#node-a-2")
+    assert pg.locator("#layer-title").text_content() == "alpha · layer 2 · depth 0.500"
+    check_correspondence(pg, cross, 2)
+    assert pg.locator("#layers-svg line.edge.hot").count() == sum(1 for k, v in cross.items() if k[0] == 2 and v[0] >= 0)
+    shot(pg, "compare-on")
+
+    pg.click("#compare")  # off: alpha against itself
+    assert pg.locator("#compare").get_attribute("aria-pressed") == "false"
+    assert pg.locator("#model-b").is_disabled()
+    self_ = cka_sql(con, "alpha", "alpha", "debiased")
+    check_correspondence(pg, self_, 2)
+    assert corr_rows(pg)[0][0] == 2 and corr_rows(pg)[0][2] == pytest.approx(1.0, abs=1e-5)  # a layer is itself
+    shot(pg, "compare-off")
+
+    pg.click("#compare")  # back on, then a layer of the other column
+    pg.click("#node-b-4")
+    assert pg.locator("#layer-title").get_attribute("data-model") == "beta"
+    check_correspondence(pg, cross, 4, side="b")
+
+    pg.select_option("#estimator", "biased")
+    check_correspondence(pg, cka_sql(con, "alpha", "beta", "biased"), 4, side="b")
+    pg.select_option("#pooling", "last")
+    check_correspondence(pg, cka_sql(con, "alpha", "beta", "biased", "last"), 4, side="b")
+
+
+def test_threshold_and_null_filters_count_the_lakes_pairs(page, con):
+    pg = page
+    cross = cka_sql(con, "alpha", "beta", "debiased")
+    for thr in ("0.5", "0.8"):
+        pg.fill("#threshold", thr)
+        want = sum(v[0] >= float(thr) and v[0] > v[1] for v in cross.values())
+        assert pg.locator("#layers-svg line.edge").count() == want
+        assert pg.locator("#chart-caption").text_content().startswith(f"{want} of {len(cross)} layer pairs")
+    pg.uncheck("#hide-null")
+    assert pg.locator("#layers-svg line.edge").count() == sum(v[0] >= 0.8 for v in cross.values())
+
+
+def test_heatmap_cells_and_hover(page, con):
+    pg = page
+    pg.click(".tabs button[data-view=heatmap]")
+    cross = cka_sql(con, "alpha", "beta", "debiased")
+    cells = pg.eval_on_selector_all("#heatmap-svg rect.cell", "cs => cs.map(c => [+c.dataset.i, +c.dataset.j, +c.dataset.cka])")
+    assert len(cells) == len(cross) == 5 * 7
+    for i, j, v in cells:
+        assert v == pytest.approx(cross[(i, j)][0], abs=1e-5)   # layers are 0..L on both sides here
+    # matched depth is where the lake says the correspondence is: the row maximum sits near the diagonal
+    best = {i: max(range(7), key=lambda j: cross[(i, j)][0]) for i in range(5)}
+    assert all(abs(i / 4 - j / 6) <= 0.2 for i, j in best.items()), best
+    pg.hover("#heatmap-svg rect.cell[data-i='3'][data-j='4']")
+    tip = pg.locator("#tooltip").text_content()
+    assert "alpha L3" in tip and "beta L4" in tip and f"CKA {cross[(3, 4)][0]:.3f}" in tip
+    assert f"null p95 {cross[(3, 4)][1]:.3f}" in tip
+    pg.click("#heatmap-svg rect.cell[data-i='3'][data-j='4']")
+    assert pg.locator("#layer-title").get_attribute("data-layer") == "3"
+    ticks = pg.eval_on_selector_all("#heatmap-svg .axis text", "ts => ts.map(t => t.textContent)")
+    assert ticks.count("0.50") == 2  # a depth axis on each side
+    shot(pg, "heatmap")
+
+
+def test_feature_browser_shows_the_layers_features_and_searches_tokens(page, con):
+    pg = page
+    pg.click("#node-a-3")
+    want = con.sql("SELECT feature, c_score FROM features WHERE model = 'alpha' AND layer = 3 "
+                   "ORDER BY c_score DESC, feature").fetchall()
+    rows = pg.eval_on_selector_all("#feature-table tbody tr", "rs => rs.map(r => [+r.dataset.feature, +r.dataset.cScore, r.querySelector('td.c-score').textContent])")
+    assert [r[0] for r in rows] == [w[0] for w in want]
+    for (_, c, shown), (_, wc) in zip(rows, want):
+        assert c == pytest.approx(wc, rel=1e-4) and shown == f"{wc:.2f}"
+
+    heads = con.sql("SELECT layer, head, max(total_coupling) AS t FROM ov_gate WHERE model = 'alpha' AND feature_layer = 3 "
+                    "GROUP BY ALL ORDER BY t DESC, layer, head LIMIT 8").fetchall()
+    shown_heads = pg.eval_on_selector_all("#heads-table tbody tr", "rs => rs.map(r => r.dataset.head)")
+    assert shown_heads == [f"{h[0]}.{h[1]}" for h in heads]
+    spectra = con.sql("SELECT matrix, effective_rank FROM layer_stats WHERE model = 'alpha' AND layer = 3").fetchall()
+    shown_spec = dict(pg.eval_on_selector_all("#spectrum-table tbody tr",
+                                              "rs => rs.map(r => [r.dataset.matrix, r.children[2].textContent])"))
+    assert shown_spec == {m: f"{er:.1f}" for m, er in spectra}
+
+    pg.fill("#feature-search", "PARIS")  # case and the leading-space marker are ignored
+    n_match = con.sql("SELECT count(*) FROM features WHERE model = 'alpha' AND layer = 3 AND "
+                      "len(list_filter(top_tokens[1:5], t -> lower(t.token) LIKE '%paris%')) > 0").fetchone()[0]
+    assert n_match > 0
+    assert pg.locator("#feature-table tbody tr").count() == n_match
+    assert pg.locator("#feature-count").text_content().startswith(f"{n_match} of {len(want)} features")
+    assert pg.locator("#feature-table mark").count() >= n_match
+    assert pg.locator("#feature-search").evaluate("el => el === document.activeElement")  # typing keeps focus
+    elsewhere = pg.eval_on_selector_all("#feature-elsewhere a", "as => as.map(a => +a.dataset.layer)")
+    pg.click(f"#feature-elsewhere a[data-layer='{elsewhere[0]}']")
+    assert pg.locator("#layer-title").get_attribute("data-layer") == str(elsewhere[0])
+    assert pg.locator("#feature-search").input_value() == "PARIS"
+    # a token that tries to close the page's <script> is shown as text
+    pg.fill("#feature-search", "</script>")
+    assert pg.locator("#feature-table b").count() == 0
+    shot(pg, "features")
+
+
+def test_provenance_names_models_revisions_prompt_set_and_estimator(page):
+    pg = page
+    prov = pg.locator("#provenance").text_content()
+    for text in ("toy-org/alpha", "rev-alpha", "toy-org/beta", "rev-beta", "default: 24 prompts",
+                 "debiased", "mean", f"{PERMUTATIONS}", "cka_matrix (vindex SQL)", "unembedding", "W_E"):
+        assert text in prov, text
