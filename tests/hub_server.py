@@ -10,12 +10,15 @@ datasets; `{rev}` is a branch, `refs/pr/N` or a commit sha, URL-quoted):
     POST /api/repos/create                      create_repo (409 when it exists)
     POST /api/repos/delete                      delete_repo
     GET  /api/whoami-v2                         whoami (the test user, member of org `vindex-org`)
-    GET  /api/{t}                               list_models / list_datasets (?author=, ?search=)
+    GET  /api/{t}                               list_models / list_datasets (?author=, ?search=,
+                                                ?filter=<tag>: tags from the README's front matter)
     GET  /api/{t}/{repo}[/revision/{rev}]       repo_info / model_info / dataset_info (siblings, sha)
     GET  /api/{t}/{repo}/tree/{rev}[/{path}]    list_repo_tree (?recursive=, ?expand=), one page
     POST /api/{t}/{repo}/paths-info/{rev}       get_paths_info (form: paths, expand)
     GET  /api/{t}/{repo}/refs                   list_repo_refs
     GET  /api/{t}/{repo}/commits/{rev}          list_repo_commits
+    POST /api/{t}/{repo}/branch/{branch}        create_branch (startingPoint)
+    GET  /api/collections/{slug}                get_collection (items added with add_collection)
     POST /api/{t}/{repo}/preupload/{rev}        upload modes: "lfs" for binary or >= 10 MB, else "regular"
     POST /{p}{repo}.git/info/lfs/objects/batch  LFS batch API, "basic" transfer (no upload action if known)
     PUT  /_lfs/upload/{sha256}                  LFS object upload (sha256 and size checked)
@@ -129,7 +132,8 @@ class HubState:
         with self.lock:
             self.repos: dict[tuple[str, str], Repo] = {}
             self.blobs: dict[str, bytes] = {}
-            self.faults: dict[tuple[str, str, str], Fault] = {}
+            self.faults: dict[tuple[str, str, str], list[Fault]] = {}   # applied in order
+            self.collections: dict[str, list[tuple[str, str]]] = {}      # slug -> [(type, repo id)]
             self.log: list[dict] = []
 
     # --- repos and commits -------------------------------------------------------------------
@@ -186,15 +190,21 @@ class HubState:
                 return hits[0]
         return None
 
-    def fault_for(self, repo: Repo, path: str) -> Fault | None:
+    def add_fault(self, repo_type: str, repo_id: str, path: str, fault: Fault) -> None:
         with self.lock:
-            f = self.faults.get((repo.repo_type, repo.repo_id, path))
-            if f is None:
+            self.faults.setdefault((repo_type, repo_id, path), []).append(fault)
+
+    def fault_for(self, repo: Repo, path: str) -> Fault | None:
+        """The first queued fault of `path` (used up after its `times` requests), or None."""
+        with self.lock:
+            queue = self.faults.get((repo.repo_type, repo.repo_id, path))
+            if not queue:
                 return None
+            f = queue[0]
             if f.times is not None:
                 f.times -= 1
                 if f.times <= 0:
-                    del self.faults[(repo.repo_type, repo.repo_id, path)]
+                    queue.pop(0)
             return f
 
 
@@ -202,8 +212,9 @@ class HubServer:
     """The running server plus helpers for tests (what the `hub_server` fixture returns).
 
     Attributes: `endpoint` (http://127.0.0.1:PORT), `token`, `log` (list of request dicts:
-    method, path, range, status, sent). Helpers: create_repo, put_files, files, read_file,
-    tamper, interrupt, fail, clear_faults, requests_for, bytes_sent, reset.
+    method, path, query, range, status, sent). Helpers: create_repo, put_files, put_folder, files,
+    read_file, head, tamper, interrupt, fail, clear_faults, add_collection, requests_for,
+    bytes_sent, clear_log, reset.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str = TOKEN):
@@ -277,17 +288,25 @@ class HubServer:
 
     def tamper(self, repo_id: str, path: str, data: bytes, repo_type: str = "dataset",
                times: int | None = None) -> None:
-        """Serve `data` instead of the stored bytes of `path` (headers unchanged), `times` times."""
-        self.state.faults[(repo_type, repo_id, path)] = Fault("tamper", times, data=data)
+        """Serve `data` instead of the stored bytes of `path` (headers unchanged), `times` GETs.
+
+        Faults of one path queue up: `interrupt(..., times=1)` then `fail(...)` drops the first
+        download half way and refuses every retry.
+        """
+        self.state.add_fault(repo_type, repo_id, path, Fault("tamper", times, data=data))
 
     def interrupt(self, repo_id: str, path: str, after: int, repo_type: str = "dataset",
                   times: int | None = None) -> None:
         """Drop the connection after `after` body bytes of each GET of `path`, `times` times."""
-        self.state.faults[(repo_type, repo_id, path)] = Fault("interrupt", times, after=after)
+        self.state.add_fault(repo_type, repo_id, path, Fault("interrupt", times, after=after))
 
     def fail(self, repo_id: str, path: str, repo_type: str = "dataset", times: int | None = None) -> None:
-        """Answer 500 to GET/HEAD of `path`, `times` times."""
-        self.state.faults[(repo_type, repo_id, path)] = Fault("fail", times)
+        """Answer 500 to GETs of `path`, `times` times."""
+        self.state.add_fault(repo_type, repo_id, path, Fault("fail", times))
+
+    def add_collection(self, slug: str, items: list[tuple[str, str]]) -> None:
+        """A collection `slug` (e.g. 'vindex-org/lake-0123') of [(repo_type, repo_id)] items."""
+        self.state.collections[slug] = list(items)
 
     def clear_faults(self) -> None:
         self.state.faults.clear()
@@ -462,6 +481,16 @@ class _Handler(BaseHTTPRequestHandler):
             if state.repos.pop((d.get("type") or "model", repo_id), None) is None:
                 raise _HubError(404, f"Repository not found: {repo_id}", "RepoNotFound")
             return self._json({})
+        if seg[:1] == ["collections"] and len(seg) >= 3 and method == "GET":
+            slug = "/".join(unquote(x) for x in seg[1:])
+            items = state.collections.get(slug)
+            if items is None:
+                raise _HubError(404, f"Collection not found: {slug}")
+            return self._json({"slug": slug, "title": slug, "owner": {"name": slug.split("/")[0]},
+                               "lastUpdated": _now(), "position": 0, "private": False, "theme": "blue",
+                               "upvotes": 0, "description": None,
+                               "items": [{"_id": f"item{i}", "id": rid, "type": t, "position": i}
+                                         for i, (t, rid) in enumerate(items)]})
         if not seg or seg[0] not in _REPO_TYPES:
             raise _HubError(404, f"no api route /api/{'/'.join(seg)}")
         repo_type = _REPO_TYPES[seg[0]]
@@ -493,6 +522,14 @@ class _Handler(BaseHTTPRequestHandler):
                             "authors": [{"user": USER}]})
                 c = repo.commits.get(c.parent) if c.parent else None
             return self._json(out)
+        if op == "branch" and len(rest) == 2 and method == "POST":
+            repo = self._repo(repo_type, repo_id, write=True)
+            branch = unquote(rest[1])
+            if branch in repo.branches:
+                raise _HubError(409, f"Reference already exists: {branch}")
+            start = json.loads(body or b"{}").get("startingPoint") or "main"
+            repo.branches[branch] = self._commit(repo, start).oid
+            return self._json({})
         if op == "preupload" and len(rest) == 2 and method == "POST":
             return self._preupload(repo_type, repo_id, unquote(rest[1]), body)
         if op == "commit" and len(rest) == 2 and method == "POST":
@@ -524,6 +561,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _list_repos(self, repo_type):
         author = (self._query.get("author") or [None])[0]
         search = (self._query.get("search") or [None])[0]
+        tags = set(self._query.get("filter") or [])   # the card's `tags:` (the Hub also matches other facets)
         out = []
         for (t, rid), repo in sorted(self.hub.state.repos.items()):
             if t != repo_type or (author and rid.split("/")[0] != author) or (search and search not in rid):
@@ -531,6 +569,10 @@ class _Handler(BaseHTTPRequestHandler):
             if repo.private and not self._authorized():
                 continue
             info = self._info_dict(repo, repo.commits[repo.branches["main"]])
+            card_tags = info["cardData"].get("tags") or []
+            info["tags"] = list(card_tags) if isinstance(card_tags, list) else [card_tags]
+            if not tags <= set(info["tags"]):
+                continue
             if not self._query.get("full"):
                 info.pop("siblings")
             out.append(info)

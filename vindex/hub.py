@@ -217,8 +217,8 @@ def find_remote_vindexes(location: str | HubLocation, token=None, commit: str | 
         folders = [e.path for e in entries if hasattr(e, "tree_id") and not PurePosixPath(e.path).name.startswith(".")]
         found = _hub_call(loc.uri(), api.get_paths_info, loc.repo_id, [f"{f}/{MANIFEST}" for f in folders],
                           repo_type=loc.repo_type, revision=commit) if folders else []
-        candidates = sorted((loc.with_path(str(PurePosixPath(f.path).parent)), f.path)
-                            for f in found if not hasattr(f, "tree_id"))
+        candidates = [(loc.with_path(str(PurePosixPath(p).parent)), p)
+                      for p in sorted(f.path for f in found if not hasattr(f, "tree_id"))]
     if not candidates:
         raise NotFound(f"{loc.uri()}: no {MANIFEST} at the top of the repo{' folder' if loc.path else ''} "
                        "or in any top-level folder; is it a vindex (or a lake of vindexes)?")

@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 STAGING = ".vindex-pull"     # hidden: globs, `vindex verify` and DuckDB scans never look inside
 RETRIES = 4                  # transient network failures per file (each retry resumes)
+RETRY_WAIT = 0.5             # seconds before the first retry; doubles each time
 _CHUNK = 1 << 20
 
 
@@ -349,7 +351,7 @@ def _download(url: str, headers: dict, part: Path, size: int, bar, stop: threadi
                     have, h = 0, hashlib.sha256()
                     part.unlink(missing_ok=True)
                 with open(part, "ab") as f:
-                    for chunk in r.iter_bytes(_CHUNK):
+                    for chunk in r.iter_bytes():   # as they arrive: an interruption keeps what came
                         if stop.is_set():
                             raise KeyboardInterrupt
                         if have + len(chunk) > size:
@@ -366,6 +368,7 @@ def _download(url: str, headers: dict, part: Path, size: int, bar, stop: threadi
             if not _is_transient(e) or attempts >= RETRIES:
                 raise _as_vindex_error(e, what) from None
             attempts += 1
+            time.sleep(RETRY_WAIT * 2 ** (attempts - 1))
             log.info("%s: %s; resuming at byte %d (retry %d/%d)", what, e, have, attempts, RETRIES)
     return have, h.hexdigest()
 
