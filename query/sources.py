@@ -109,6 +109,13 @@ def _resolve_local(path: Path) -> list[ResolvedVindex]:
 
 
 def _resolve_hub(location: str) -> list[ResolvedVindex]:
-    """hf://datasets/<owner>/<repo>[/<subfolder>]: added by the Hub work (vindex.hub)."""
-    raise NotFound(f"{location}: hf:// sources are not supported by this build yet; download the repo "
-                   "(`vindex pull`) and connect to the local folder")
+    """hf://datasets/<owner>/<repo>[@<rev>][/<folder>]: the repo's vindex, or each vindex of a lake repo.
+
+    The manifests come through vindex.hub (validated like a pulled one) and the files stay on the
+    Hub: DuckDB reads them through HfFileSystem, only the row groups a query needs, at the commit
+    the manifests were read at.
+    """
+    from vindex.hub import find_remote_vindexes, hub_filesystem
+
+    fs = hub_filesystem()
+    return [ResolvedVindex(rv.manifest, rv.fs_url(), location, fs) for rv in find_remote_vindexes(location)]
