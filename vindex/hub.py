@@ -125,6 +125,8 @@ def _hub_call(what: str, fn, *args, **kwargs):
         raise NotFound(f"{what}: no such file in the repo") from None
     except hf_errors.HfHubHTTPError as e:
         raise HubError(f"{what}: the Hub answered {e}".splitlines()[0]) from None
+    except ValueError as e:  # huggingface_hub's own checks, e.g. README metadata the Hub refuses
+        raise HubError(f"{what}: {e}") from None
     except OSError as e:  # connection refused, DNS, timeouts (httpx errors are OSError subclasses or not)
         raise HubError(f"{what}: cannot reach {endpoint()} ({e})") from None
     except Exception as e:  # httpx transport errors do not subclass OSError
@@ -309,6 +311,11 @@ def publish(path: str | Path, repo: str, revision: str | None = None, private: b
         for t in m["tables"].values():
             for e in t.get("files", []):
                 local_files[_join(prefix, e["path"])] = (safe_join(folder, e["path"]), e)
+    names = [m["name"] for _, m in manifests]
+    if len(set(names)) < len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise VindexError(f"{path}: several vindexes are named {dup}; names must be unique in a repo "
+                          "(they are the `model` column)")
     _check_checksums(local_files, progress)
     # 2. the remote side: create what is missing, list what is there
     api = hub_api(token)
