@@ -211,7 +211,8 @@ class HubState:
 class HubServer:
     """The running server plus helpers for tests (what the `hub_server` fixture returns).
 
-    Attributes: `endpoint` (http://127.0.0.1:PORT), `token`, `log` (list of request dicts:
+    Attributes: `endpoint` (http://127.0.0.1:PORT), `token`, `orgs` (namespaces the test user
+    may create repos in; add to it), `log` (list of request dicts:
     method, path, query, range, status, sent). Helpers: create_repo, put_files, put_folder, files,
     read_file, head, tamper, interrupt, fail, clear_faults, add_collection, requests_for,
     bytes_sent, clear_log, reset.
@@ -220,6 +221,7 @@ class HubServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str = TOKEN):
         self.state = HubState()
         self.token = token
+        self.orgs = set(ORGS)   # namespaces the test user may create repos in (besides its own)
         handler = type("Handler", (_Handler,), {"hub": self})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -243,6 +245,7 @@ class HubServer:
     # --- helpers for tests ---------------------------------------------------------------------
     def reset(self) -> None:
         self.state.reset()
+        self.orgs = set(ORGS)
 
     @property
     def log(self) -> list[dict]:
@@ -452,7 +455,7 @@ class _Handler(BaseHTTPRequestHandler):
         if seg == ["whoami-v2"] and method == "GET":
             self._require_auth()
             return self._json({"type": "user", "name": USER, "fullname": "vindex tests",
-                               "orgs": [{"type": "org", "name": o} for o in ORGS],
+                               "orgs": [{"type": "org", "name": o} for o in sorted(self.hub.orgs)],
                                "auth": {"type": "access_token", "accessToken": {"role": "write"}}})
         if seg == ["validate-yaml"] and method == "POST":
             return self._validate_yaml(json.loads(body or b"{}"))
@@ -463,7 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
             if repo_type not in ("model", "dataset"):
                 raise _HubError(400, f"repo type {repo_type!r} is not supported by the test server")
             name, org = d["name"], d.get("organization") or USER
-            if org != USER and org not in ORGS:
+            if org != USER and org not in self.hub.orgs:
                 raise _HubError(403, f"You don't have the rights to create a repo under {org!r}")
             repo_id = f"{org}/{name}"
             private = d.get("private") or d.get("visibility") == "private"

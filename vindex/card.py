@@ -41,8 +41,9 @@ def card_metadata(manifests: list[tuple[str, dict]]) -> dict:
             if not files:
                 continue
             name = f"{m['name']}-{table}" if lake else table
+            globs = table_globs(files, prefix)
             configs.append({"config_name": name,
-                            "data_files": [{"split": "train", "path": table_globs(files, prefix)}]})
+                            "data_files": [{"split": "train", "path": globs[0] if len(globs) == 1 else globs}]})
     if configs:
         configs[0]["default"] = True
     names = ", ".join(m["name"] for _, m in manifests)
@@ -56,7 +57,7 @@ def dataset_card(manifests: list[tuple[str, dict]], repo_id: str) -> str:
     lake = len(manifests) > 1 or any(prefix for prefix, _ in manifests)
     names = ", ".join(m["name"] for _, m in manifests)
     out.append(f"# vindex: {names}\n")
-    out.append("A [vindex](https://github.com/vindex-lake/vindex) is the queryable record of one model: what its "
+    out.append("A vindex (made with `vindex-lake`) is the queryable record of one model: what its "
                "weights say and what it does to a set of prompts, as plain Parquet. "
                + ("This repo is a lake: one vindex per folder.\n" if lake else "\n"))
     for prefix, m in manifests:
