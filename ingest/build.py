@@ -42,7 +42,7 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
           poolings=DEFAULT_POOLINGS, resume: bool = True, progress: bool = True,
           trust_remote_code: bool = False, chat_template: bool = False, prompt_set_name: str | None = None,
           device: str | None = None, buffer_mb: int = 512, shard_rows: int | None = None,
-          cache_dir=None) -> Path:
+          cache_dir=None, ray=None, actors: int | None = None, gpus_per_actor: float | None = None) -> Path:
     """Build (or resume) the activations of `source` over a prompt set; returns the vindex folder.
 
     source: a HF folder, .gguf file, Hub id or offline name (see `resolve_model`).
@@ -55,7 +55,17 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
     resume: continue a build cut off earlier (its arguments must match); False rebuilds this
       prompt set's activations from scratch.
     buffer_mb: memory for buffered states; sets `shard_rows` (token rows per shard) unless given.
+    ray: run on a Ray cluster (True, or its address; see vindex.ingest.distributed), with `actors`
+      model copies of `gpus_per_actor` GPUs each; same shards, one manifest commit at the end.
     """
+    if ray is not None and ray is not False:
+        from .distributed import build_distributed
+        return build_distributed(
+            source, out, address=ray, actors=actors, gpus_per_actor=gpus_per_actor, name=name, prompts=prompts,
+            layers=layers, dtype=dtype, batch_size=batch_size, max_tokens=max_tokens, poolings=poolings,
+            resume=resume, progress=progress, trust_remote_code=trust_remote_code, chat_template=chat_template,
+            prompt_set_name=prompt_set_name, device=device, buffer_mb=buffer_mb, shard_rows=shard_rows,
+            cache_dir=cache_dir)
     t0 = time.perf_counter()
     if dtype not in DTYPES:
         raise InvalidValue(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")

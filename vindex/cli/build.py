@@ -30,8 +30,13 @@ from .core import fail
               help="memory for buffered hidden states; bounds the shard size.")
 @click.option("--trust-remote-code", is_flag=True, help="allow the model's own Python code (off by default).")
 @click.option("--quiet", is_flag=True, help="no progress bar or summary.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="run on a Ray cluster: --ray alone uses RAY_ADDRESS or a local cluster; or give "
+                   "ray://head:10001, auto, local (needs the `distributed` extra).")
+@click.option("--actors", type=int, help="with --ray: model copies in the actor pool (default: what fits).")
+@click.option("--gpus-per-actor", type=float, help="with --ray: GPUs per actor (default 1 if the cluster has GPUs, else 0).")
 def build(source, out, name, prompts, prompt_set_name, layers, dtype, batch_size, max_tokens, poolings,
-          chat_template, resume, device, buffer_mb, trust_remote_code, quiet):
+          chat_template, resume, device, buffer_mb, trust_remote_code, quiet, ray_address, actors, gpus_per_actor):
     """Run a model over a prompt set and write per-layer activations into a vindex.
 
     SOURCE is a Hugging Face model folder, a .gguf file, a Hub id (org/name[@revision]) or an
@@ -43,7 +48,8 @@ def build(source, out, name, prompts, prompt_set_name, layers, dtype, batch_size
         root = build_fn(source, out, name=name, prompts=prompts, prompt_set_name=prompt_set_name,
                         layers=layers, dtype=dtype, batch_size=batch_size, max_tokens=max_tokens,
                         poolings=poolings, chat_template=chat_template, resume=resume, device=device,
-                        buffer_mb=buffer_mb, trust_remote_code=trust_remote_code, progress=not quiet)
+                        buffer_mb=buffer_mb, trust_remote_code=trust_remote_code, progress=not quiet,
+                        ray=ray_address, actors=actors, gpus_per_actor=gpus_per_actor)
     except VindexError as e:
         fail(e)
     click.echo(str(root))
