@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_toy_vindex
-from vindex import ChecksumError, ManifestError, NotFound, UnsafePath, Vindex, verify
+from vindex import ChecksumError, ManifestError, NotFound, UnsafePath, Vindex, VindexError, verify
 from vindex.errors import UnsupportedSchemaVersion
 from vindex.hub import HubError, cache_root, ls, publish
 from vindex.pull import STAGING, pull
@@ -221,3 +221,23 @@ def test_lake_repo_publish_and_pull_some_models(hub_server, tmp_path):
     assert Vindex.open(one.path).name == "alpha"
     with pytest.raises(NotFound, match="gamma.*alpha, beta"):
         pull("hf://datasets/vindex-org/lake", models=["gamma"], out=tmp_path / "x", progress=False)
+
+
+def test_pull_never_overwrites_a_local_vindex(hub_server, published, tmp_path):
+    mine = write_toy_vindex(tmp_path / "mine", seed=5)
+    before = _files(mine)
+    with pytest.raises(VindexError, match="not pulled from.*built locally"):
+        pull(URI, out=mine, progress=False)
+    assert _files(mine) == before and verify(mine) == []
+
+
+def test_publish_to_a_branch_and_pull_it(hub_server, published, tmp_path):
+    root, _ = published
+    v2 = write_toy_vindex(tmp_path / "v2", n_prompts=4, seed=9)
+    publish(v2, REPO, revision="v2", progress=False)
+    assert hub_server.read_file(REPO, "vindex.json", revision="v2") == (v2 / "vindex.json").read_bytes()
+    assert hub_server.read_file(REPO, "vindex.json") == (root / "vindex.json").read_bytes()   # main untouched
+    res = pull(URI + "@v2", tables=["pooled"], layers=[0], progress=False)
+    assert res.path.name == "v2" and _files(res.path) == {
+        p: b for p, b in _files(v2).items() if p.startswith("data/pooled/layer=00/")}
+    assert Vindex.open(res.path).manifest["pulled_from"]["revision"] == "v2"

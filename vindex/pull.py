@@ -109,6 +109,7 @@ def pull(source: str, tables: list[str] | None = None, layers: list[int] | None 
     for rv in remotes:
         rel = rv.location.path[len(loc.path):].strip("/")
         dest = target if single else safe_join(target, rel)
+        _check_dest(dest, rv)
         validate_manifest(rv.manifest, where=rv.location.uri(revision=commit, path=rv.repo_path(MANIFEST)),
                           root=dest)   # again, against the real folder: symlinks cannot lead out
         plans.append((rv, dest, _select_entries(rv, tables, layers)))
@@ -133,6 +134,22 @@ def pull(source: str, tables: list[str] | None = None, layers: list[int] | None 
     if failures:
         _raise_failures(failures, len(jobs))
     return result
+
+
+def _check_dest(dest: Path, rv: RemoteVindex) -> None:
+    """Pull only into an empty folder or an earlier pull of the same repo: a pull replaces and
+    deletes files, which must never touch a vindex built locally (or pulled from elsewhere)."""
+    if not (dest / MANIFEST).is_file():
+        return
+    try:
+        src = load_manifest(dest).get("pulled_from") or {}
+    except VindexError:
+        src = {}
+    if (src.get("repo_id"), src.get("repo_type"), src.get("path")) != \
+            (rv.location.repo_id, rv.location.repo_type, rv.location.path):
+        where = src.get("uri") or "built locally"
+        raise VindexError(f"{dest}: holds a vindex that was not pulled from {rv.location.uri()} ({where}); "
+                          "pull into another folder (--out) so it is not overwritten")
 
 
 # --- what to pull -----------------------------------------------------------------------------------
@@ -310,8 +327,9 @@ def _fetch(job: _Job, headers: dict, bar, report, stop: threading.Event) -> bool
                 raise _Damaged(f"sha256 {digest[:16]}... does not match the manifest's {e['sha256'][:16]}... (tampered)")
         except _Damaged as d:
             problem = str(d)
+            counted = job.part.stat().st_size if job.part.exists() else 0   # what the bar was given
             job.part.unlink(missing_ok=True)
-            bar.update(-min(e["bytes"], bar.n))
+            bar.update(-counted)
             report(f"{job.uri}: {problem}; " + ("fetching it again" if attempt == 0 else "rejected, not kept"))
             continue
         job.final.parent.mkdir(parents=True, exist_ok=True)
