@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -202,9 +203,11 @@ def unit_gram(X, opts: Options | None = None) -> np.ndarray:
         if not np.linalg.norm(Xc) > 1e-12 * max(np.linalg.norm(X), 1e-300):
             raise DegenerateInput(f"all {X.shape[0]} rows are the same vector (a constant layer): CKA is undefined")
         K = gram_linear(Xc)
+        # Xc has zero column means, so K = Xc Xc^T is already HKH: the biased path is one GEMM
+        G = u_centre_gram(K) if opts.estimator == "debiased" else K
     else:
         K = gram_rbf(X, opts.sigma)
-    G = u_centre_gram(K) if opts.estimator == "debiased" else centre_gram(K)
+        G = u_centre_gram(K) if opts.estimator == "debiased" else centre_gram(K)
     norm = np.linalg.norm(G)
     if not norm > 1e-12 * max(np.abs(K).max(), 1e-300):
         raise DegenerateInput("the centred Gram is 0 (a constant layer): CKA is undefined")
@@ -253,6 +256,29 @@ def feature_space_cka(X: np.ndarray, Y: np.ndarray, estimator: str = "biased") -
 
 
 # -- minibatch CKA ------------------------------------------------------------------------------
+def packed_order(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each packed entry: the diagonal, then the upper triangle row by row."""
+    iu, ju = np.triu_indices(n, 1)
+    d = np.arange(n)
+    return np.concatenate([d, iu]), np.concatenate([d, ju])
+
+
+def pack_symmetric(G: np.ndarray) -> np.ndarray:
+    """[diag(G), sqrt(2) G_ij for i < j]: n(n+1)/2 numbers with <pack(A), pack(B)> = <A, B>_F for
+    symmetric A, B. Half the bytes of the full Gram to move and multiply for every layer pair."""
+    n = G.shape[0]
+    iu, ju = np.triu_indices(n, 1)
+    return np.concatenate([np.diag(G), np.sqrt(2.0) * G[iu, ju]])
+
+
+def packed_size(m: int) -> int:
+    """n for a packed vector of m = n(n+1)/2 numbers."""
+    n = int(round((np.sqrt(8 * m + 1) - 1) / 2))
+    if n * (n + 1) // 2 != m:
+        raise InvalidValue(f"a packed Gram holds n(n+1)/2 numbers; {m} is not of that form")
+    return n
+
+
 def minibatch_unit_gram(X, batch_size: int, seed: int = 0, opts: Options | None = None) -> np.ndarray:
     """Minibatch CKA (Nguyen, Raghu & Kornblith 2021) as one unit vector per side:
 
@@ -260,7 +286,8 @@ def minibatch_unit_gram(X, batch_size: int, seed: int = 0, opts: Options | None 
 
     over random batches b of the n rows (a permutation drawn from `seed`, so two sides with the same
     n and seed get the same batches; rows left over after the last full batch are dropped). Each
-    batch contributes U(K_b)/sqrt(b(b-3)) and the concatenation is normalised, so CKA_mb = <g_X, g_Y>.
+    batch contributes pack(U(K_b))/sqrt(b(b-3)) and the concatenation is normalised, so
+    CKA_mb = <g_X, g_Y>.
     Random batches matter: topic-sorted rows would give each batch its own mean.
     """
     opts = opts or Options(estimator="debiased")
@@ -274,7 +301,7 @@ def minibatch_unit_gram(X, batch_size: int, seed: int = 0, opts: Options | None 
     for start in range(0, n - b + 1, b):
         Xb = X[order[start:start + b]]
         K = gram_linear(Xb) if opts.kernel == "linear" else gram_rbf(Xb, opts.sigma)
-        parts.append((u_centre_gram(K) / np.sqrt(b * (b - 3))).ravel())
+        parts.append(pack_symmetric(u_centre_gram(K) / np.sqrt(b * (b - 3))))
     g = np.concatenate(parts)
     norm = np.linalg.norm(g)
     if not norm > 0:
@@ -296,17 +323,33 @@ def permutations(n: int, count: int, seed: int = 0) -> np.ndarray:
     return np.stack([rng.permutation(n) for _ in range(count)]) if count else np.empty((0, n), np.int64)
 
 
-def null_scores(GX: np.ndarray, GY: np.ndarray, perms: np.ndarray) -> np.ndarray:
-    """CKA under shuffled prompt rows of Y, from stored unit Grams, no Gram recomputed.
+@lru_cache(maxsize=8)
+def permutation_gather(n: int, count: int, seed: int = 0, inverse: bool = False) -> np.ndarray:
+    """(count, m) index into a packed Gram giving the packed Gram of the row-permuted data.
 
-    Permuting Y's rows by p permutes both axes of its (centred) Gram, and centring commutes with
-    permutation, so CKA(X, Y[p]) = <g_X, g_Y[p][:, p]>.  GX: (a, n, n), GY: (b, n, n) -> (a, b, count).
+    Permuting the rows by p permutes both axes of the centred Gram (centring commutes with
+    permutation): G[p][:, p]. Packed, entry (i, j) of the result is entry (p_i, p_j) of G; diagonal
+    stays diagonal, so the sqrt(2) weights still match. `inverse` uses p^-1 (to permute the other side:
+    <G_X, G_Y[p][:, p]> = <G_X[q][:, q], G_Y> with q = p^-1). Cached: every layer pair shares it.
     """
-    a, n = GX.shape[0], GX.shape[1]
-    flat_x = GX.reshape(a, n * n)
-    out = np.empty((a, GY.shape[0], len(perms)))
-    for k, p in enumerate(perms):
-        out[:, :, k] = flat_x @ GY[:, p][:, :, p].reshape(GY.shape[0], n * n).T
+    perms = permutations(n, count, seed)
+    if inverse:
+        perms = np.argsort(perms, axis=1)
+    rows, cols = packed_order(n)
+    where = np.empty((n, n), np.int32)
+    where[rows, cols] = where[cols, rows] = np.arange(len(rows), dtype=np.int32)
+    gather = where.ravel()[perms[:, rows] * n + perms[:, cols]]
+    gather.flags.writeable = False
+    return gather
+
+
+def null_scores(PX: np.ndarray, PY: np.ndarray, gather: np.ndarray) -> np.ndarray:
+    """CKA under shuffled prompt rows of Y, from stored packed unit Grams, no Gram recomputed:
+    CKA(X, Y[p]) = <G_X, G_Y[p][:, p]> = PX . PY[gather_p].
+    PX: (a, m), PY: (b, m), gather: (count, m) from permutation_gather -> (a, b, count)."""
+    out = np.empty((PX.shape[0], PY.shape[0], gather.shape[0]))
+    for b in range(PY.shape[0]):  # one GEMM per Y Gram: (a, m) x (m, count)
+        out[:, b, :] = PX @ PY[b][gather].T
     return out
 
 
@@ -324,9 +367,9 @@ def permutation_test(X, Y, permutations_count: int = 99, seed: int = 0, estimato
     opts = options(estimator, kernel, preprocess)
     X, Y = as_rows(X, "X"), as_rows(Y, "Y")
     check_pair(X, Y, opts)
-    gx, gy = unit_gram(X, opts), unit_gram(Y, opts)
-    obs = float(np.dot(gx.ravel(), gy.ravel()))
-    null = null_scores(gx[None], gy[None], permutations(X.shape[0], permutations_count, seed))[0, 0]
+    gx, gy = pack_symmetric(unit_gram(X, opts)), pack_symmetric(unit_gram(Y, opts))
+    obs = float(np.dot(gx, gy))
+    null = null_scores(gx[None], gy[None], permutation_gather(X.shape[0], permutations_count, seed))[0, 0]
     return {"cka": obs, **{k: float(v) for k, v in null_summary(obs, null).items()}}
 
 

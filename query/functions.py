@@ -13,7 +13,7 @@ import pyarrow as pa
 from . import cka as C
 from . import cluster, knn
 from .macros import MACROS
-from .vectors import double_lists, row_arrays, row_labels, row_matrices, scalars
+from .vectors import double_lists, row_arrays, row_keys, row_labels, row_matrices, scalars
 
 NULL_STRUCT = "STRUCT(null_mean DOUBLE, null_p95 DOUBLE, p_value DOUBLE)"
 
@@ -47,12 +47,12 @@ def udf_cka_options(estimator, kernel, preprocess) -> pa.Array:
 
 
 def udf_unit_gram(vectors, estimator, kernel, preprocess) -> pa.Array:
-    """cka_gram(list) -> the unit centred Gram, DOUBLE[n*n]; CKA of two = list_dot_product."""
+    """cka_gram(list) -> the packed unit centred Gram, DOUBLE[n(n+1)/2]; CKA of two = list_dot_product."""
     xs = row_matrices(vectors, "cka_gram")
     n = len(xs)
     out = []
     for X, est, ker, pre in zip(xs, scalars(estimator, n), scalars(kernel, n), scalars(preprocess, n)):
-        out.append(_gram_or_none(lambda: C.unit_gram(X, C.options(est, ker, pre)), X))
+        out.append(_gram_or_none(lambda: C.pack_symmetric(C.unit_gram(X, C.options(est, ker, pre))), X))
     return double_lists(out)
 
 
@@ -78,6 +78,44 @@ def _gram_or_none(make, X):
         return None
 
 
+# -- per-layer Grams for the matrix macros: rows arrive unordered with their keys ----------------
+LAYER_GRAM = "STRUCT(g DOUBLE[], rows_key BIGINT, n INTEGER, n_distinct INTEGER)"
+
+
+def _keyed(make_gram, what: str):
+    """A UDF (vectors, keys, *args) -> LAYER_GRAM: sort the rows by their keys here (an ordered
+    list() aggregate costs DuckDB more than numpy's argsort), fingerprint the keys so the two sides of
+    a pair can be checked for the same rows, and build the Gram with make_gram(X, *args)."""
+    def udf(vectors, keys, *args) -> pa.Array:
+        xs = row_matrices(vectors, what)
+        ks = row_keys(keys)
+        n_rows = len(xs)
+        consts = [scalars(a, n_rows) for a in args]
+        out = []
+        for i, (X, key) in enumerate(zip(xs, ks)):
+            if X is None:
+                out.append(None)
+                continue
+            order, fingerprint, n_distinct = key
+            g = _gram_or_none(lambda: make_gram(X[order], *[c[i] for c in consts]), X)
+            out.append({"g": g, "rows_key": fingerprint, "n": len(X), "n_distinct": n_distinct})
+        grams = double_lists([None if o is None else o["g"] for o in out])
+        valid = [o is not None for o in out]
+        fields = [grams] + [pa.array([o[f] if o else None for o in out], t) for f, t in
+                            (("rows_key", pa.int64()), ("n", pa.int32()), ("n_distinct", pa.int32()))]
+        return pa.StructArray.from_arrays(fields, names=["g", "rows_key", "n", "n_distinct"],
+                                          mask=pa.array([not v for v in valid]))
+    return udf
+
+
+udf_layer_gram = _keyed(lambda X, est, ker, pre: C.pack_symmetric(C.unit_gram(X, C.options(est, ker, pre))),
+                        "cka_matrix")
+udf_layer_minibatch_gram = _keyed(
+    lambda X, b, s, ker, pre: C.minibatch_unit_gram(X, int(b), int(s), C.options("debiased", ker, pre)),
+    "cka_token_matrix")
+udf_layer_knn_graph = _keyed(lambda X, k: knn.unit_knn_graph(X, int(k)), "mutual_knn_matrix")
+
+
 def udf_minibatch_cka(a, b, batch_size, seed, kernel, preprocess) -> pa.Array:
     xs, ys = row_matrices(a, "minibatch_cka: first list"), row_matrices(b, "minibatch_cka: second list")
     n = len(xs)
@@ -96,7 +134,8 @@ def udf_minibatch_cka(a, b, batch_size, seed, kernel, preprocess) -> pa.Array:
 
 
 def udf_cka_null(ga, gb, permutations, seed) -> pa.Array:
-    """cka_null(g_a, g_b, permutations, seed) -> STRUCT(null_mean, null_p95, p_value) per row.
+    """cka_null(g_a, g_b, permutations, seed) -> STRUCT(null_mean, null_p95, p_value) per row, from
+    packed Grams (cka_gram).
 
     Rows of one call share Grams (a cross join repeats each layer's Gram), so the Grams are
     de-duplicated and each permutation is applied once per distinct Gram, on whichever side has
@@ -114,19 +153,16 @@ def udf_cka_null(ga, gb, permutations, seed) -> pa.Array:
             raise C.InvalidValue(f"cka_null: Grams of different sizes ({x.size} and {y.size} values)")
         groups.setdefault((x.size, int(counts[r]), int(seeds[r])), []).append(r)
     for (size, count, s), rows in groups.items():
-        n = int(round(np.sqrt(size)))
-        if n * n != size:
-            raise C.InvalidValue(f"cka_null: a Gram must hold n*n values, got {size}")
         if count < 0:
             raise C.InvalidValue(f"cka_null: permutations must be >= 0, got {count}")
+        n = C.packed_size(size)
         ia, ua = _dedupe([xs[r] for r in rows])
         ib, ub = _dedupe([ys[r] for r in rows])
-        perms = C.permutations(n, count, s)
-        GA, GB = np.stack(ua).reshape(-1, n, n), np.stack(ub).reshape(-1, n, n)
+        PA, PB = np.stack(ua), np.stack(ub)
         if len(ub) <= len(ua):
-            null = C.null_scores(GA, GB, perms)
+            null = C.null_scores(PA, PB, C.permutation_gather(n, count, s))
         else:
-            null = C.null_scores(GB, GA, np.argsort(perms, axis=1)).transpose(1, 0, 2)
+            null = C.null_scores(PB, PA, C.permutation_gather(n, count, s, inverse=True)).transpose(1, 0, 2)
         for j, r in enumerate(rows):
             obs = float(np.dot(xs[r], ys[r]))
             summary = C.null_summary(obs, null[ia[j], ib[j]])
@@ -203,6 +239,9 @@ UDFS = [
     ("vindex_minibatch_gram", udf_minibatch_gram, "DOUBLE[]"),
     ("vindex_minibatch_cka", udf_minibatch_cka, "DOUBLE"),
     ("vindex_cka_null", udf_cka_null, NULL_STRUCT),
+    ("vindex_layer_gram", udf_layer_gram, LAYER_GRAM),
+    ("vindex_layer_minibatch_gram", udf_layer_minibatch_gram, LAYER_GRAM),
+    ("vindex_layer_knn_graph", udf_layer_knn_graph, LAYER_GRAM),
     ("vindex_mutual_knn", udf_mutual_knn, "DOUBLE"),
     ("vindex_knn_graph", udf_knn_graph, "DOUBLE[]"),
     ("vindex_kmeans_labels", udf_kmeans_labels, "INTEGER[]"),

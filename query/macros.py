@@ -50,15 +50,16 @@ POOLED_WHAT = "'pooling = ' || pooling || coalesce(' and prompt_set = ' || promp
 
 
 def side_grams(alias: str, model: str, gram: str, table: str = "pooled", where: str = POOLED_WHERE,
-               order: str = "r.prompt_set, r.prompt_id", key: str = "r.prompt_set, r.prompt_id") -> str:
-    """CTE body: one row per layer of `model` with its Gram and a fingerprint of its row keys."""
+               key: str = "r.prompt_set, r.prompt_id") -> str:
+    """CTE body: one row per layer of `model` with its Gram (`gram` formatted with {vectors} and
+    {keys}), row count, distinct keys and a fingerprint of its sorted row keys. The rows go to the
+    UDF unordered, with their keys, and are sorted there (cheaper than list(... ORDER BY ...))."""
+    call = gram.format(vectors="list(r.act)", keys=f"list(({key}))")
     return f"""{alias} AS (
-  SELECT r.layer AS layer, any_value(r.depth)::DOUBLE AS depth, count(*) AS n,
-         count(DISTINCT ({key})) AS n_distinct,
-         hash(list(({key}) ORDER BY {order})) AS rows_key,
-         {gram.format(vectors=f"list(r.act ORDER BY {order})")} AS g
-  FROM {table} AS r WHERE r.model = {model} AND {where}
-  GROUP BY r.layer)"""
+  SELECT s.layer, s.depth, s.x.n AS n, s.x.n_distinct AS n_distinct, s.x.rows_key AS rows_key, s.x.g AS g
+  FROM (SELECT r.layer AS layer, any_value(r.depth)::DOUBLE AS depth, {call} AS x
+        FROM {table} AS r WHERE r.model = {model} AND {where}
+        GROUP BY r.layer) AS s)"""
 
 
 def pair_value(fn: str, expr: str, what: str = "prompts") -> str:
@@ -77,8 +78,8 @@ WITH
 opts AS (SELECT vindex_cka_options(estimator, kernel, preprocess) AS o),
 checks AS (SELECT {model_checks('cka_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)}
                   AND (permutations >= 0 OR error('cka_matrix: permutations must be >= 0')) AS ok),
-{side_grams('ga', 'model_a', "vindex_cka_gram({vectors}, estimator, kernel, preprocess)")},
-{side_grams('gb', 'model_b', "vindex_cka_gram({vectors}, estimator, kernel, preprocess)")},
+{side_grams('ga', 'model_a', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)")},
+{side_grams('gb', 'model_b', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)")},
 pairs AS (
   SELECT a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a, b.depth AS depth_b,
          {pair_value('cka_matrix', 'list_dot_product(a.g, b.g)')} AS cka,
@@ -118,7 +119,6 @@ TOKEN_WHERE = ("(include_special OR NOT r.special) AND r.token_index >= min_toke
 TOKEN_WHAT = "'include_special = ' || include_special || ', min_token_index = ' || min_token_index || " \
              "coalesce(' and prompt_set = ' || prompt_set, '')"
 TOKEN_KEY = "r.prompt_set, r.prompt_id, r.token_index, r.token_id"
-TOKEN_ORDER = "r.prompt_set, r.prompt_id, r.token_index"
 
 CKA_TOKEN_MATRIX = f"""
 CREATE OR REPLACE MACRO cka_token_matrix(model_a, model_b, batch_size := 256, seed := 0, kernel := 'linear',
@@ -128,10 +128,10 @@ WITH
 opts AS (SELECT vindex_cka_options('debiased', kernel, preprocess) AS o),
 checks AS (SELECT {model_checks('cka_token_matrix', 'activations', ['model_a', 'model_b'], TOKEN_WHERE,
                                 TOKEN_WHAT)} AS ok),
-{side_grams('ga', 'model_a', "vindex_minibatch_gram({vectors}, batch_size, seed, kernel, preprocess)",
-            'activations', TOKEN_WHERE, TOKEN_ORDER, TOKEN_KEY)},
-{side_grams('gb', 'model_b', "vindex_minibatch_gram({vectors}, batch_size, seed, kernel, preprocess)",
-            'activations', TOKEN_WHERE, TOKEN_ORDER, TOKEN_KEY)}
+{side_grams('ga', 'model_a', "vindex_layer_minibatch_gram({vectors}, {keys}, batch_size, seed, kernel, preprocess)",
+            'activations', TOKEN_WHERE, TOKEN_KEY)},
+{side_grams('gb', 'model_b', "vindex_layer_minibatch_gram({vectors}, {keys}, batch_size, seed, kernel, preprocess)",
+            'activations', TOKEN_WHERE, TOKEN_KEY)}
 SELECT model_a AS model_a, model_b AS model_b, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a,
        b.depth AS depth_b,
        {pair_value('cka_token_matrix', 'list_dot_product(a.g, b.g)',
@@ -149,8 +149,8 @@ CREATE OR REPLACE MACRO mutual_knn_matrix(model_a, model_b, k := 10, pooling := 
 WITH
 checks AS (SELECT {model_checks('mutual_knn_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE,
                                 POOLED_WHAT)} AS ok),
-{side_grams('ga', 'model_a', "vindex_knn_graph({vectors}, k)")},
-{side_grams('gb', 'model_b', "vindex_knn_graph({vectors}, k)")}
+{side_grams('ga', 'model_a', "vindex_layer_knn_graph({vectors}, {keys}, k)")},
+{side_grams('gb', 'model_b', "vindex_layer_knn_graph({vectors}, {keys}, k)")}
 SELECT model_a AS model_a, model_b AS model_b, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a,
        b.depth AS depth_b, {pair_value('mutual_knn_matrix', 'list_dot_product(a.g, b.g)')} AS mutual_knn,
        a.n AS n, k::INTEGER AS k, pooling AS pooling, prompt_set::VARCHAR AS prompt_set

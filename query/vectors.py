@@ -7,6 +7,8 @@ slicing offsets (a bare `.values` of a sliced array does not).
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pyarrow as pa
 
@@ -73,6 +75,45 @@ def row_arrays(column) -> list[np.ndarray | None]:
                 piece = values.slice(offsets[i], offsets[i + 1] - offsets[i])
                 out.append(piece.to_numpy(zero_copy_only=False))
     return out
+
+
+def row_keys(column) -> list[tuple[np.ndarray, int, int] | None]:
+    """For each row of a list of key structs (e.g. list((prompt_set, prompt_id))): the order that
+    sorts the rows by their keys, a 64-bit fingerprint of the sorted keys, and how many are distinct."""
+    out = []
+    for chunk in _chunks(column):
+        offsets = chunk.offsets.to_numpy()
+        values = chunk.values
+        for i in range(len(chunk)):
+            if not chunk[i].is_valid:
+                out.append(None)
+                continue
+            part = values.slice(offsets[i], offsets[i + 1] - offsets[i])
+            fields = [part.field(j) for j in range(part.type.num_fields)] if pa.types.is_struct(part.type) \
+                else [part]
+            out.append(_sort_keys([f.to_numpy(zero_copy_only=False) for f in fields]))
+    return out
+
+
+def _sort_keys(fields: list[np.ndarray]) -> tuple[np.ndarray, int, int]:
+    codes = [np.unique(f, return_inverse=True)[1].ravel() for f in fields]  # strings -> sortable ints
+    order = np.lexsort(codes[::-1]) if codes else np.zeros(0, np.int64)   # first field is the primary key
+    digest = hashlib.blake2b(digest_size=8)
+    for f in fields:
+        sorted_f = f[order]
+        digest.update(("\x1f".join(map(str, sorted_f)).encode() if sorted_f.dtype == object else
+                       np.ascontiguousarray(sorted_f).tobytes()))
+        digest.update(b"\x1e")
+    n = len(order)
+    if n:
+        same = np.ones(n - 1, bool)
+        for c in codes:
+            sc = c[order]
+            same &= sc[1:] == sc[:-1]
+        n_distinct = int(n - same.sum())
+    else:
+        n_distinct = 0
+    return order, int.from_bytes(digest.digest(), "little", signed=True), n_distinct
 
 
 def row_labels(column, what: str = "labels") -> list[np.ndarray | None]:

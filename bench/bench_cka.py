@@ -1,0 +1,175 @@
+"""Benchmark: a full CKA matrix through SQL (`cka_matrix`) vs a hand-written numpy/BLAS pipeline
+reading the same shards, vs third-party CKA (ckatorch, repsim) called pair by pair.
+
+Two synthetic vindexes shaped like the real models (Gemma 3 270M: 18 blocks -> 19 layers, d 640;
+Qwen2.5 0.5B: 24 blocks -> 25 layers, d 896; --d-b 2048 for a wider one), 256 prompts, float16
+shards, one file per layer. Prints medians of --repeats runs and the ratios the issue sets:
+SQL / numpy <= 1.3, third-party / SQL >= 15.
+
+    python bench/bench_cka.py                 # builds the lake in a temp folder
+    python bench/bench_cka.py --d-b 2048 --permutations 99
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from vindex import Vindex, VindexWriter
+
+
+def build_model(root: Path, name: str, n_blocks: int, d: int, n_prompts: int, seed: int) -> Path:
+    """A vindex whose pooled layers share a low-rank prompt signal (so CKA is not trivial)."""
+    rng = np.random.default_rng(seed)
+    latent = np.random.default_rng(0).standard_normal((n_prompts, 24))  # shared across models
+    w = VindexWriter.create(root / name, name, {"id": f"bench/{name}", "n_layers": n_blocks, "d_model": d},
+                            exist_ok=True)
+    w.declare_vectors("pooled", d, "float16")
+    entries = []
+    for layer in range(n_blocks + 1):
+        mix = rng.standard_normal((24, d)) * (1 + layer / n_blocks)
+        act = latent @ mix + 2.0 * rng.standard_normal((n_prompts, d))
+        entries.append(w.write_shard("pooled", {
+            "prompt_set": ["bench"] * n_prompts, "prompt_id": np.arange(n_prompts),
+            "pooling": ["mean"] * n_prompts, "act": act.astype(np.float32)}, partition={"layer": layer},
+            commit=False))
+    w.add_files("pooled", entries)
+    return root / name
+
+
+def load_layers(root: Path) -> list[np.ndarray]:
+    """Every layer's (n, d) pooled matrix, read with pyarrow from the manifest's shards."""
+    vx = Vindex.open(root)
+    out = []
+    for layer in vx.layers("pooled"):
+        t = pq.read_table(vx.path(vx.files("pooled", layer=layer)[0]), columns=["prompt_id", "act"])
+        t = t.sort_by("prompt_id")
+        col = t.column("act").combine_chunks()
+        out.append(np.asarray(col.flatten().to_numpy(), dtype=np.float64).reshape(len(t), col.type.list_size))
+    return out
+
+
+def numpy_pipeline(root_a: Path, root_b: Path, permutations: int = 0) -> np.ndarray:
+    """The hand-written baseline: read shards, one centred unit Gram per layer, one GEMM."""
+    def grams(root):
+        gs = []
+        for X in load_layers(root):
+            Xc = X - X.mean(axis=0)
+            K = Xc @ Xc.T
+            gs.append(K / np.linalg.norm(K))
+        return np.stack(gs)
+    GA, GB = grams(root_a), grams(root_b)
+    n = GA.shape[1]
+    out = GA.reshape(len(GA), -1) @ GB.reshape(len(GB), -1).T
+    if permutations:  # the same permuted-Gram algorithm, without SQL around it
+        from vindex.query.cka import null_scores, pack_symmetric, permutation_gather
+        null_scores(np.stack([pack_symmetric(g) for g in GA]), np.stack([pack_symmetric(g) for g in GB]),
+                    permutation_gather(n, permutations, 0))
+    return out
+
+
+def sql_pipeline(con, permutations: int = 0):
+    return con.sql(f"SELECT layer_a, layer_b, cka, p_value FROM cka_matrix('bench-a', 'bench-b', "
+                   f"permutations := {permutations})").fetchall()
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def timed_together(fns: list, repeats: int) -> list[tuple[float, object]]:
+    """Medians of `repeats` rounds, each round running every fn once (interleaved, so a change in
+    machine load hits all of them alike)."""
+    times = [[] for _ in fns]
+    results = [None] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            results[i] = fn()
+            times[i].append(time.perf_counter() - t0)
+    return [(statistics.median(t), r) for t, r in zip(times, results)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, help="lake folder (default: a temp folder)")
+    ap.add_argument("--d-a", type=int, default=640)
+    ap.add_argument("--d-b", type=int, default=896)
+    ap.add_argument("--blocks-a", type=int, default=18)
+    ap.add_argument("--blocks-b", type=int, default=24)
+    ap.add_argument("--prompts", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--third-party-repeats", type=int, default=1)
+    ap.add_argument("--permutations", type=int, default=0, help="also time the permutation null")
+    ap.add_argument("--skip-third-party", action="store_true")
+    args = ap.parse_args(argv)
+
+    tmp = None if args.root else tempfile.TemporaryDirectory()
+    root = args.root or Path(tmp.name)
+    t0 = time.perf_counter()
+    ra = build_model(root, "bench-a", args.blocks_a, args.d_a, args.prompts, 1)
+    rb = build_model(root, "bench-b", args.blocks_b, args.d_b, args.prompts, 2)
+    la, lb = args.blocks_a + 1, args.blocks_b + 1
+    print(f"lake: {la} x {lb} layers, {args.prompts} prompts, d {args.d_a} / {args.d_b}, float16 "
+          f"(built in {time.perf_counter() - t0:.1f} s)")
+
+    from vindex.query import connect
+    con = connect(root)
+    sql_pipeline(con)  # warm: file system cache, UDF import
+    numpy_pipeline(ra, rb)
+
+    (t_np, want), (t_sql, rows) = timed_together([lambda: numpy_pipeline(ra, rb), lambda: sql_pipeline(con)],
+                                                  args.repeats)
+    got = np.array([r[2] for r in rows]).reshape(la, lb)
+    print(f"max |SQL - numpy| = {np.abs(got - want).max():.2e}")
+    print(f"numpy/BLAS pipeline   {t_np * 1e3:8.1f} ms")
+    print(f"SQL cka_matrix        {t_sql * 1e3:8.1f} ms   ratio SQL/numpy = {t_sql / t_np:.2f}  (target <= 1.3)")
+    if args.permutations:
+        (t_npp, _), (t_sqlp, _) = timed_together([lambda: numpy_pipeline(ra, rb, args.permutations),
+                                                  lambda: sql_pipeline(con, args.permutations)],
+                                                 max(1, args.repeats // 2))
+        print(f"with {args.permutations} permutations: numpy {t_npp:.2f} s, SQL {t_sqlp:.2f} s, "
+              f"ratio {t_sqlp / t_npp:.2f}")
+
+    if not args.skip_third_party:
+        xs, ys = load_layers(ra), load_layers(rb)
+
+        def pairwise(fn):
+            return [fn(x, y) for x in xs for y in ys]
+
+        try:
+            import torch
+            from ckatorch.core import cka_base
+            tx = [torch.from_numpy(x) for x in xs]
+            ty = [torch.from_numpy(y) for y in ys]
+            t_ck, res = timed(lambda: [float(cka_base(x, y)) for x in tx for y in ty], args.third_party_repeats)
+            print(f"ckatorch pair by pair {t_ck * 1e3:8.1f} ms   = {t_ck / t_sql:5.1f}x SQL "
+                  f"(target >= 15)  max diff {np.abs(np.array(res).reshape(la, lb) - want).max():.1e}")
+        except ImportError as e:
+            print(f"ckatorch: skipped ({e})")
+        try:
+            import repsim
+            t_rs, res = timed(lambda: pairwise(lambda x, y: repsim.cka([x, y], "linear", "gretton")[0, 1]),
+                              args.third_party_repeats)
+            print(f"repsim pair by pair   {t_rs * 1e3:8.1f} ms   = {t_rs / t_sql:5.1f}x SQL "
+                  f"(target >= 15)  max diff {np.abs(np.array(res).reshape(la, lb) - want).max():.1e}")
+        except ImportError as e:
+            print(f"repsim: skipped ({e})")
+    if tmp:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

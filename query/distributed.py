@@ -1,0 +1,363 @@
+"""Lake-scale CKA: every layer pair of every model pair of a lake, in one job, locally or on Ray.
+
+    from vindex.query.distributed import cka_all
+    table = cka_all("lake/", out="lake-cka.parquet")                    # this machine
+    table = cka_all("hf://datasets/org/lake", ray=True, out="cka.parquet")   # a Ray cluster
+    connect("lake/").sql("SELECT * FROM 'lake-cka.parquet' WHERE layer_a = 6 ORDER BY cka DESC")
+
+The computation is the SQL layer's `cka_matrix`, organised for a whole lake:
+
+1. one task per (model, layer): read that layer's `pooled` shards (local files or hf:// through
+   HfFileSystem), keep `pooling` (and `prompt_set`) rows ordered by (prompt_set, prompt_id), and
+   compute the centred, unit-norm Gram g = HKH/||HKH||_F, packed (`gram_vector`: the function
+   behind the SQL `cka_gram` UDF). Cost: models x layers x n^2 d.
+2. one task per model pair: CKA(a, b) = <g_a, g_b> (Kornblith et al. 2019, eq. 4, as the cosine of
+   centred Grams) for all layer pairs at once, G_A G_B^T, and with permutations > 0 the null of
+   `query.cka.null_scores` over the same stored Grams. Cost: pairs x layers^2 x n^2, no d.
+
+On Ray the Grams stay in the object store, each read by the pair tasks that need it (no barrier:
+a pair starts as soon as its two models' Grams exist). Without Ray the same two functions run in
+this process. The result has the columns of `cka_matrix(...)` and is written as one Parquet file.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vindex.errors import InvalidValue, NotFound, VindexError
+
+from . import cka as C
+from .sources import ResolvedVindex, resolve_source
+
+HUB_PREFIX = "hf://"
+
+RESULT_SCHEMA = pa.schema([
+    ("model_a", pa.string()), ("model_b", pa.string()), ("layer_a", pa.int32()), ("layer_b", pa.int32()),
+    ("depth_a", pa.float64()), ("depth_b", pa.float64()), ("cka", pa.float64()), ("null_mean", pa.float64()),
+    ("null_p95", pa.float64()), ("p_value", pa.float64()), ("n", pa.int32()), ("pooling", pa.string()),
+    ("prompt_set", pa.string()), ("estimator", pa.string()), ("kernel", pa.string()), ("preprocess", pa.string()),
+    ("permutations", pa.int32()), ("seed", pa.int32()),
+])
+
+
+class CKAPairSkipped(UserWarning):
+    """A model pair (or a model) of the lake could not be compared; the run goes on without it."""
+
+
+# -- step 1: one (model, layer) -> its unit centred Gram -------------------------------------------
+def layer_gram(model: str, layer: int, files: list[tuple[str, dict]], filesystem, pooling: str,
+               prompt_set: str | None, opts: C.Options) -> tuple[dict, np.ndarray | None]:
+    """Read one layer's pooled shards and return (meta, g), g the packed unit Gram (`gram_vector`) or None.
+
+    meta: model, layer, depth, n, key (digest of the ordered (prompt_set, prompt_id) rows: two
+    layers are comparable only when their keys agree) and note (why g is None, if it is).
+    """
+    parts = [_read_pooled(url, entry, filesystem) for url, entry in files]
+    t = pa.concat_tables(parts) if parts else None
+    meta = {"model": model, "layer": int(layer), "depth": None, "n": 0, "key": None, "note": None}
+    if t is not None:
+        mask = pc.equal(t["pooling"], pooling)
+        if prompt_set is not None:
+            mask = pc.and_(mask, pc.equal(t["prompt_set"], prompt_set))
+        t = t.filter(mask)
+    if t is None or t.num_rows == 0:
+        meta["note"] = f"{model} layer {layer}: no pooled rows with pooling = {pooling!r}" + \
+            (f" and prompt_set = {prompt_set!r}" if prompt_set is not None else "")
+        return meta, None
+    t = t.take(pc.sort_indices(t, [("prompt_set", "ascending"), ("prompt_id", "ascending")]))
+    sets, ids = t["prompt_set"].to_pylist(), t["prompt_id"].to_numpy()
+    meta.update(n=t.num_rows, depth=float(t["depth"][0].as_py()), key=_rows_key(sets, ids))
+    if len(set(zip(sets, ids.tolist()))) != t.num_rows:
+        meta["note"] = (f"{model} layer {layer}: a prompt appears twice ({t.num_rows} rows); filter by "
+                        "prompt_set or pooling")
+        return meta, None
+    act = t["act"].combine_chunks()
+    X = act.flatten().to_numpy(zero_copy_only=False).reshape(t.num_rows, -1).astype(np.float64)
+    try:
+        return meta, gram_vector(X, opts)
+    except (C.DegenerateInput, InvalidValue) as e:   # a constant layer, or n < 2: CKA is NULL
+        meta["note"] = f"{model} layer {layer}: {e}"
+        meta["undefined"] = True
+        return meta, None
+
+
+def gram_vector(X: np.ndarray, opts: C.Options) -> np.ndarray:
+    """The layer's Gram as the SQL layer's `cka_gram` stores it: the unit centred Gram, packed
+    (diagonal, then sqrt(2) x the upper triangle: n(n+1)/2 numbers, <pack A, pack B> = <A, B>_F)."""
+    return C.pack_symmetric(C.unit_gram(X, opts))
+
+
+def _read_pooled(url: str, entry: dict, filesystem) -> pa.Table:
+    columns = ["prompt_set", "prompt_id", "pooling", "depth", "act"]
+    if filesystem is None:
+        from vindex.reader import read_shard
+        return read_shard(Path(url), entry, columns=columns)
+    try:
+        with filesystem.open(url, "rb") as f:
+            return pq.read_table(f, columns=columns)
+    except FileNotFoundError:
+        raise NotFound(f"{url}: listed in the manifest but missing") from None
+
+
+def _rows_key(sets: list, ids: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update("\x00".join(sets).encode())
+    h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+# -- step 2: one model pair -> all its layer pairs --------------------------------------------------
+def pair_cka(metas_a: list[dict], metas_b: list[dict], grams_a: list, grams_b: list, spec: dict) -> tuple[dict, list[str]]:
+    """CKA of every layer pair of models a and b from their unit Grams; (columns, notes).
+
+    CKA = <g_a, g_b> (one matrix product per block of layers sharing the same rows); with
+    permutations > 0 also the permutation null (rows of b shuffled; `query.cka.null_scores`).
+    Layer pairs whose rows differ are left out with a note (the SQL macro raises instead).
+    """
+    cols = {f.name: [] for f in RESULT_SCHEMA}
+    notes = []
+    perms_cache = {}
+    for key in sorted({m["key"] for m in metas_a if m["key"]} & {m["key"] for m in metas_b if m["key"]}):
+        ia = [i for i, m in enumerate(metas_a) if m["key"] == key]
+        ib = [j for j, m in enumerate(metas_b) if m["key"] == key]
+        va = [i for i in ia if grams_a[i] is not None]
+        vb = [j for j in ib if grams_b[j] is not None]
+        n = metas_a[ia[0]]["n"]
+        obs = np.full((len(ia), len(ib)), np.nan)
+        null = None
+        if va and vb:
+            GA, GB = np.stack([grams_a[i] for i in va]), np.stack([grams_b[j] for j in vb])
+            block = GA @ GB.T                                            # (|va|, |vb|) = <g_a, g_b>
+            ra, rb = [ia.index(i) for i in va], [ib.index(j) for j in vb]
+            obs[np.ix_(ra, rb)] = block
+            if spec["permutations"] > 0:
+                perms = perms_cache.setdefault(n, C.permutations(n, spec["permutations"], spec["seed"]))
+                scores = C.null_scores(GA, GB, perms)                 # (|va|, |vb|, permutations)
+                summary = C.null_summary(block, scores)
+                null = {k: np.full((len(ia), len(ib)), np.nan) for k in summary}
+                for k, v in summary.items():
+                    null[k][np.ix_(ra, rb)] = v
+        for r, i in enumerate(ia):
+            for s, j in enumerate(ib):
+                ma, mb = metas_a[i], metas_b[j]
+                cols["model_a"].append(ma["model"]), cols["model_b"].append(mb["model"])
+                cols["layer_a"].append(ma["layer"]), cols["layer_b"].append(mb["layer"])
+                cols["depth_a"].append(ma["depth"]), cols["depth_b"].append(mb["depth"])
+                v = obs[r, s]
+                cols["cka"].append(None if np.isnan(v) else float(v))
+                for k in ("null_mean", "null_p95", "p_value"):
+                    x = None if null is None else null[k][r, s]
+                    cols[k].append(None if x is None or np.isnan(x) else float(x))
+                cols["n"].append(n)
+    a_keys = {m["key"] for m in metas_a if m["key"]}
+    b_keys = {m["key"] for m in metas_b if m["key"]}
+    if a_keys and b_keys and not (a_keys & b_keys):
+        notes.append(f"{metas_a[0]['model']} and {metas_b[0]['model']} hold different prompts (no layer pair has "
+                     "the same rows in the same order); pair skipped")
+    elif a_keys != b_keys and a_keys and b_keys:
+        notes.append(f"{metas_a[0]['model']} x {metas_b[0]['model']}: some layers hold other prompts than the rest; "
+                     "only layer pairs with identical rows were compared")
+    k = len(cols["model_a"])
+    for name, value in (("pooling", spec["pooling"]), ("prompt_set", spec["prompt_set"]),
+                        ("estimator", spec["estimator"]), ("kernel", spec["kernel"]),
+                        ("preprocess", spec["preprocess"]), ("permutations", spec["permutations"]),
+                        ("seed", spec["seed"])):
+        cols[name] = [value] * k
+    return cols, notes
+
+
+# -- the job ----------------------------------------------------------------------------------------
+def cka_all(*sources, models=None, pairs=None, pooling: str = "mean", estimator: str = "biased",
+            kernel: str = "linear", preprocess: str = "none", prompt_set: str | None = None,
+            permutations: int = 0, seed: int = 0, out=None, ray=None, runtime_env: dict | None = None,
+            progress: bool = True) -> pa.Table:
+    """CKA of every layer pair of every model pair in `sources` (vindex folders, lake roots, hf://).
+
+    models: restrict to these model names. pairs: explicit (model_a, model_b) pairs (default: every
+    unordered pair, names sorted). The options are `cka_matrix`'s. ray: None/False runs here; True,
+    '' or an address runs on a Ray cluster (see `vindex.cluster.connect_ray`; runtime_env is passed
+    to ray.init when this call starts Ray). out: where to write the result as Parquet.
+    Pairs that cannot be compared (different prompts, no pooled rows) are skipped with a warning.
+    Returns the table (columns of `cka_matrix`, sorted by model_a, model_b, layer_a, layer_b).
+    """
+    opts = C.options(estimator, kernel, preprocess)
+    if not isinstance(permutations, int) or permutations < 0:
+        raise InvalidValue(f"permutations must be an integer >= 0, got {permutations!r}")
+    spec = {"pooling": pooling, "prompt_set": prompt_set, "estimator": opts.estimator, "kernel": opts.kernel_name,
+            "preprocess": opts.preprocess_name, "permutations": int(permutations), "seed": int(seed)}
+    lake = resolve_lake(*sources)
+    by_name = {v.name: v for v in lake}
+    pairs = _pairs(by_name, models, pairs)
+    needed = sorted({m for p in pairs for m in p})
+    notes: list[str] = []
+    layers = {}
+    for m in needed:
+        ls = sorted({e["partition"]["layer"] for e in by_name[m].entries("pooled")})
+        if not ls:
+            notes.append(f"{m}: no pooled table; its pairs are skipped")
+        layers[m] = ls
+    pairs = [p for p in pairs if layers[p[0]] and layers[p[1]]]
+    jobs = [(m, l, _layer_files(by_name[m], l), by_name[m].filesystem) for m in needed if layers[m] for l in layers[m]]
+    t0 = time.perf_counter()
+    if ray is None or ray is False:
+        results, more = _run_local(jobs, pairs, spec, opts, progress)
+    else:
+        results, more = _run_ray(jobs, pairs, spec, opts, ray, runtime_env, progress)
+    for note in notes + more:
+        warnings.warn(f"cka_all: {note}", CKAPairSkipped, stacklevel=2)
+    table = _table(results)
+    if out is not None:
+        write_result(table, out)
+    if progress:
+        print(f"cka_all: {len(pairs)} model pair(s), {len(jobs)} Grams, {table.num_rows} layer pairs in "
+              f"{time.perf_counter() - t0:.1f} s" + (f" -> {out}" if out is not None else ""), file=sys.stderr)
+    return table
+
+
+def resolve_lake(*sources) -> list[ResolvedVindex]:
+    """The vindexes of every source (as `connect` sees them); hf:// through `vindex.hub` when the
+    SQL layer's resolver does not take it. Model names must be unique."""
+    if not sources:
+        raise VindexError("cka_all needs at least one source: a vindex folder, a lake root or an hf:// repo")
+    out: dict[str, ResolvedVindex] = {}
+    for src in sources:
+        try:
+            found = resolve_source(src)
+        except NotFound:
+            if not (isinstance(src, str) and src.startswith(HUB_PREFIX)):
+                raise
+            found = _resolve_hub(src)
+        for rv in found:
+            old = out.get(rv.name)
+            if old is not None and old.base != rv.base:
+                raise VindexError(f"two vindexes are both named {rv.name!r}: {old.base} and {rv.base}; "
+                                  "model names must be unique within a lake")
+            out[rv.name] = rv
+    return list(out.values())
+
+
+def _resolve_hub(location: str) -> list[ResolvedVindex]:
+    from vindex.hub import find_remote_vindexes, hub_filesystem
+    fs = hub_filesystem()
+    return [ResolvedVindex(rv.manifest, rv.fs_url(), location, filesystem=fs) for rv in find_remote_vindexes(location)]
+
+
+def _pairs(by_name: dict, models, pairs) -> list[tuple[str, str]]:
+    names = sorted(by_name)
+    if models is not None:
+        models = [models] if isinstance(models, str) else list(models)
+        unknown = [m for m in models if m not in by_name]
+        if unknown:
+            raise NotFound(f"cka_all: unknown model(s) {unknown}; the lake holds: {', '.join(names)}")
+        names = sorted(set(models))
+    if pairs is None:
+        out = list(itertools.combinations(names, 2))
+        if not out:
+            raise InvalidValue(f"cka_all: needs at least two models, the selection holds {names}")
+        return out
+    out = []
+    for p in pairs:
+        if len(p) != 2:
+            raise InvalidValue(f"cka_all: a pair is (model_a, model_b), got {p!r}")
+        a, b = p
+        for m in (a, b):
+            if m not in by_name:
+                raise NotFound(f"cka_all: unknown model {m!r}; the lake holds: {', '.join(sorted(by_name))}")
+        out.append((a, b))
+    return out
+
+
+def _layer_files(v: ResolvedVindex, layer: int) -> list[tuple[str, dict]]:
+    return [(v.url(e["path"]), e) for e in v.entries("pooled") if e["partition"].get("layer") == layer]
+
+
+def _run_local(jobs, pairs, spec, opts, progress):
+    from tqdm.auto import tqdm
+    grams = {}
+    for m, l, files, fs in tqdm(jobs, desc="Grams", unit="layer", disable=not progress, file=sys.stderr):
+        grams[(m, l)] = layer_gram(m, l, files, fs, spec["pooling"], spec["prompt_set"], opts)
+    notes = _gram_notes(meta for meta, _ in grams.values())
+    results = []
+    for a, b in tqdm(pairs, desc="pairs", unit="pair", disable=not progress, file=sys.stderr):
+        sa = [grams[k] for k in sorted(grams) if k[0] == a]
+        sb = [grams[k] for k in sorted(grams) if k[0] == b]
+        cols, more = pair_cka([x[0] for x in sa], [x[0] for x in sb], [x[1] for x in sa], [x[1] for x in sb], spec)
+        results.append(cols)
+        notes += more
+    return results, notes
+
+
+def _run_ray(jobs, pairs, spec, opts, address, runtime_env, progress):
+    from vindex.cluster import connect_ray
+    ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
+    gram_task = ray.remote(num_returns=2, max_retries=3)(layer_gram)
+    pair_task = ray.remote(max_retries=3)(_pair_task)
+    refs = {}
+    for m, l, files, fs in jobs:   # every Gram starts now; pairs wait only for their own inputs
+        refs[(m, l)] = gram_task.remote(m, l, files, fs, spec["pooling"], spec["prompt_set"], opts)
+    pending = {}
+    for a, b in pairs:
+        ka = [k for k in sorted(refs) if k[0] == a]
+        kb = [k for k in sorted(refs) if k[0] == b]
+        args = [refs[k][0] for k in ka] + [refs[k][0] for k in kb] + [refs[k][1] for k in ka] + \
+               [refs[k][1] for k in kb]
+        pending[pair_task.remote(spec, len(ka), len(kb), *args)] = (a, b)
+    from tqdm.auto import tqdm
+    results, notes = [], []
+    with tqdm(total=len(pending), desc="pairs on ray", unit="pair", disable=not progress, file=sys.stderr) as bar:
+        waiting = list(pending)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            cols, more = ray.get(ready[0])
+            results.append(cols)
+            notes += more
+            bar.update(1)
+    metas = ray.get([r[0] for r in refs.values()])
+    return results, _gram_notes(metas) + notes
+
+
+def _pair_task(spec, la, lb, *args):
+    """Ray entry point of `pair_cka`: Ray resolves top-level ObjectRef arguments (metas, Grams)."""
+    metas_a, metas_b = list(args[:la]), list(args[la:la + lb])
+    grams_a, grams_b = list(args[la + lb:2 * la + lb]), list(args[2 * la + lb:])
+    return pair_cka(metas_a, metas_b, grams_a, grams_b, spec)
+
+
+def _gram_notes(metas) -> list[str]:
+    return [m["note"] for m in metas if m.get("note")]
+
+
+def _table(results: list[dict]) -> pa.Table:
+    cols = {f.name: [] for f in RESULT_SCHEMA}
+    for r in results:
+        for k in cols:
+            cols[k].extend(r[k])
+    t = pa.table({f.name: pa.array(cols[f.name], f.type) for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
+    return t.sort_by([("model_a", "ascending"), ("model_b", "ascending"), ("layer_a", "ascending"),
+                      ("layer_b", "ascending")])
+
+
+def write_result(table: pa.Table, out) -> Path:
+    """Write the result atomically as one Parquet file (zstd), readable by DuckDB, polars, pandas."""
+    from vindex.files import commit_file, temp_path_for
+    out = Path(out)
+    if out.is_dir():
+        raise InvalidValue(f"out {out}: is a folder; give a file name such as {out / 'cka.parquet'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(out)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        commit_file(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
