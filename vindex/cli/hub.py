@@ -52,7 +52,7 @@ def publish(path, repo, revision, private, message, quiet):
     Verifies every local file first; uploads only files whose content changed; writes the manifest
     and README.md last, so the repo never lists files it does not have yet.
     """
-    from ..hub import publish as run
+    from ..publish import publish as run
     try:
         res = run(path, repo, revision=revision, private=private, message=message, progress=not quiet)
     except VindexError as e:
