@@ -1,10 +1,21 @@
 """DuckDB SQL over vindexes (installed as vindex.query). Never imports torch.
 
-    from vindex.query import connect
-    con = connect("lake/")
+    from vindex.query import connect, cka_matrix
+    con = connect("lake/")                     # vindex folders, lake roots, (hf:// with the Hub support)
     con.sql("SELECT * FROM cka_matrix('gemma3-270m', 'qwen2.5-0.5b', permutations := 99)").show()
+    cka_matrix(con, "gemma3-270m", "qwen2.5-0.5b")   # the same, as a pyarrow Table
+
+Modules: sources (finding vindexes), connect (views), functions + macros (the SQL functions),
+cka (the math), cluster (k-means, NMI, AMI), knn (mutual k-NN), analyses (Python mirrors of the
+table functions), plot (heatmaps). docs/sql.md documents every view and function.
 """
+from .analyses import cka_depth, cka_matrix, cka_token_matrix, kmeans, mutual_knn_matrix
+from .cka import minibatch_cka, permutation_test  # vindex.query.cka.cka: the module keeps its name
+from .cluster import ami, nmi
 from .connect import connect
+from .knn import mutual_knn
 from .sources import ResolvedVindex, resolve_source, resolve_sources
 
-__all__ = ["connect", "ResolvedVindex", "resolve_source", "resolve_sources"]
+__all__ = ["connect", "cka_matrix", "cka_depth", "cka_token_matrix", "mutual_knn_matrix", "kmeans",
+           "minibatch_cka", "permutation_test", "mutual_knn", "nmi", "ami",
+           "ResolvedVindex", "resolve_source", "resolve_sources"]

@@ -57,7 +57,9 @@ def side_grams(alias: str, model: str, gram: str, table: str = "pooled", where: 
     call = gram.format(vectors="list(r.act)", keys=f"list(({key}))")
     return f"""{alias} AS (
   SELECT s.layer, s.depth, s.x.n AS n, s.x.n_distinct AS n_distinct, s.x.rows_key AS rows_key, s.x.g AS g
-  FROM (SELECT r.layer AS layer, any_value(r.depth)::DOUBLE AS depth, {call} AS x
+  FROM (SELECT r.layer AS layer,
+               r.layer / (SELECT any_value(mm.n_layers) FROM models AS mm WHERE mm.model = {model}) AS depth,
+               {call} AS x
         FROM {table} AS r WHERE r.model = {model} AND {where}
         GROUP BY r.layer) AS s)"""
 
