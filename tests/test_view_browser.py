@@ -57,9 +57,8 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, page_file):
-    """The page opened from disk, offline, with any non-file request aborted and recorded."""
+def open_offline(browser, path):
+    """`path` opened from disk, offline, with any non-file request aborted and recorded."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 1000}, offline=True)
     requests, errors = [], []
 
@@ -71,12 +70,17 @@ def page(browser, page_file):
     pg.on("request", lambda r: None if r.url.startswith("file:") else requests.append(r.url))
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    pg.goto(page_file.as_uri())
+    pg.goto(path.as_uri())
     pg.wait_for_selector("body[data-ready='1']", timeout=10_000)
     yield pg
     assert errors == [], errors
     assert requests == [], f"the page tried the network: {requests}"
     ctx.close()
+
+
+@pytest.fixture
+def page(browser, page_file):
+    yield from open_offline(browser, page_file)
 
 
 def shot(pg, name):
@@ -226,3 +230,18 @@ def test_provenance_names_models_revisions_prompt_set_and_estimator(page):
     for text in ("toy-org/alpha", "rev-alpha", "toy-org/beta", "rev-beta", "default: 24 prompts",
                  "debiased", "mean", f"{PERMUTATIONS}", "cka_matrix (vindex SQL)", "unembedding", "W_E"):
         assert text in prov, text
+
+
+def test_a_lake_without_activations_still_browses_features(browser, tmp_path):
+    """Weights only (features, ov_gate, layer_stats; no pooled): one column of layers, no CKA controls."""
+    lake = write_view_lake(tmp_path / "lake", models=(("alpha", 4, 16),), pooled=False)
+    path = view(lake, out=tmp_path / "v.html", progress=False)
+    for pg in open_offline(browser, path):
+        assert pg.locator("#estimator").is_hidden() and pg.locator("#threshold").is_hidden()
+        assert pg.locator("#compare").is_disabled()
+        assert pg.locator("#layers-svg .column").count() == 1
+        assert "no pooled activations" in pg.locator("#chart-caption").text_content()
+        pg.click("#node-a-4")
+        assert pg.locator("#feature-table tbody tr").count() == 40
+        assert pg.locator("#corr-table").count() == 0
+        shot(pg, "weights-only")

@@ -26,7 +26,7 @@ def pooled_rows(latent: np.ndarray, depth: float, proj: np.ndarray, rng) -> np.n
     return z @ proj + 0.05 * rng.standard_normal((latent.shape[0], proj.shape[1]))
 
 
-def write_model(root, name, n_layers, d, latent, n_features=40, seed=0):
+def write_model(root, name, n_layers, d, latent, n_features=40, seed=0, pooled=True):
     rng = np.random.default_rng(seed)
     n_prompts = latent.shape[0]
     w = VindexWriter.create(root / name, name, {"id": f"toy-org/{name}", "revision": f"rev-{name}", "family": "toy",
@@ -40,7 +40,7 @@ def write_model(root, name, n_layers, d, latent, n_features=40, seed=0):
                               "text": [f"prompt {i}" for i in range(n_prompts)]}, partition={"prompt_set": "default"})
     w.add_prompt_set("default", "ab" * 32, n_prompts)
     proj = rng.standard_normal((latent.shape[1], d))
-    for layer in range(n_layers + 1):
+    for layer in range(n_layers + 1 if pooled else 0):
         acts = {p: pooled_rows(latent, layer / n_layers, proj, rng) for p in ("mean", "last")}
         w.write_shard("pooled", {"prompt_set": ["default"] * (2 * n_prompts), "prompt_id": list(range(n_prompts)) * 2,
                                  "pooling": ["mean"] * n_prompts + ["last"] * n_prompts,
@@ -70,10 +70,10 @@ def write_model(root, name, n_layers, d, latent, n_features=40, seed=0):
     return w
 
 
-def write_view_lake(root, n_prompts=24, seed=0, models=MODELS, n_features=40):
-    """A lake root holding the models of `models`; returns the root."""
+def write_view_lake(root, n_prompts=24, seed=0, models=MODELS, n_features=40, pooled=True):
+    """A lake root holding the models of `models` (pooled=False: weight tables only); returns the root."""
     rng = np.random.default_rng(seed)
     latent = rng.standard_normal((n_prompts, 24))
     for k, (name, n_layers, d) in enumerate(models):
-        write_model(root, name, n_layers, d, latent, n_features=n_features, seed=seed + k + 1)
+        write_model(root, name, n_layers, d, latent, n_features=n_features, seed=seed + k + 1, pooled=pooled)
     return root

@@ -173,21 +173,28 @@ def feature_records(con, scope: str, max_features: int, top_tokens: int) -> dict
 
 
 def head_records(con, scope: str, max_heads: int) -> dict:
-    """{model: {feature_layer: [{layer, head, variant, total_coupling, top: [[feature, coupling]..]}]}}:
-    the heads whose OV-gate coupling into a layer's FFN is largest (total over all its features)."""
+    """{model: {feature_layer: [{layer, head, variant, total_coupling, top: [[feature, coupling, top_token]..]}]}}:
+    the heads whose OV-gate coupling into a layer's FFN is largest (total over all its features),
+    each with its three strongest features and their down_meta top token (when features has it)."""
     rel = con.sql(f"""
-        WITH per_head AS (
+        WITH og AS (
+            SELECT o.*, f.top_token FROM ov_gate AS o
+            LEFT JOIN features AS f ON f.model = o.model AND f.layer = o.feature_layer AND f.feature = o.feature
+                 AND f.expert IS NOT DISTINCT FROM o.expert
+            WHERE o.{scope} AND o.rank <= 3),
+        per_head AS (
             SELECT model, feature_layer, layer, head, variant, max(total_coupling) AS total,
-                   list(feature ORDER BY rank)[1:3] AS feats, list(coupling ORDER BY rank)[1:3] AS couplings
-            FROM ov_gate WHERE {scope} GROUP BY ALL)
+                   list(feature ORDER BY rank) AS feats, list(coupling ORDER BY rank) AS couplings,
+                   list(coalesce(top_token, '') ORDER BY rank) AS tokens
+            FROM og GROUP BY ALL)
         SELECT * FROM per_head
         QUALIFY row_number() OVER (PARTITION BY model, feature_layer, variant ORDER BY total DESC, layer, head) <= {int(max_heads)}
         ORDER BY model, feature_layer, variant, total DESC""")
     out: dict = {}
-    for model, fl, layer, head, variant, total, feats, couplings in rel.fetchall():
+    for model, fl, layer, head, variant, total, feats, couplings, tokens in rel.fetchall():
         out.setdefault(model, {}).setdefault(str(fl), []).append(
             {"layer": layer, "head": head, "variant": variant, "total_coupling": finite_or_none(total, 5),
-             "top": [[f, finite_or_none(c, 4)] for f, c in zip(feats, couplings)]})
+             "top": [[f, finite_or_none(c, 4), t or None] for f, c, t in zip(feats, couplings, tokens)]})
     return out
 
 

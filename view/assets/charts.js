@@ -73,9 +73,12 @@ VX.drawLayers = function (host, M, st) {
   VX.svg("line", {x1: 58, x2: 58, y1: y(0), y2: y(1)}, axis);
   depthAxis(axis, y, 58, [0, 0.25, 0.5, 0.75, 1]);
   VX.svg("text", {x: 14, y: top - 22}, axis).textContent = "depth";
-  VX.svg("text", {x: xa, y: 18, "text-anchor": "middle", class: "col-title"}, svg).textContent = M.modelA;
-  VX.svg("text", {x: xb, y: 18, "text-anchor": "middle", class: "col-title"}, svg).textContent =
-    M.modelB + (M.self ? " (itself)" : "");
+  const single = M.empty && M.self;
+  VX.svg("text", {x: single ? (xa + xb) / 2 : xa, y: 18, "text-anchor": "middle", class: "col-title"}, svg).textContent = M.modelA;
+  if (!single) {
+    VX.svg("text", {x: xb, y: 18, "text-anchor": "middle", class: "col-title"}, svg).textContent =
+      M.modelB + (M.self ? " (itself)" : "");
+  }
 
   const sel = st.sel;
   const hotA = sel && sel.side === "a" ? M.layersA.indexOf(sel.layer) : -1;
@@ -114,8 +117,12 @@ VX.drawLayers = function (host, M, st) {
       node.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") pick(); });
     });
   };
-  column("a", M.layersA, M.depthA, xa, true);
-  column("b", M.layersB, M.depthB, xb, false);
+  if (M.empty && M.self) {  // one model and no CKA: a single column is the whole story
+    column("a", M.layersA, M.depthA, (xa + xb) / 2, true);
+  } else {
+    column("a", M.layersA, M.depthA, xa, true);
+    column("b", M.layersB, M.depthB, xb, false);
+  }
 
   edges.addEventListener("mousemove", (e) => {
     const t = e.target;
@@ -166,7 +173,7 @@ VX.drawHeatmap = function (host, M, st) {
     }
   });
   // layer numbers along the top (B) and the right edge (A), thinned to stay legible
-  const every = Math.max(1, Math.ceil(14 / cs));
+  const every = Math.max(1, Math.ceil(22 / cs));
   M.layersB.forEach((l, j) => {
     if (j % every === 0) VX.svg("text", {x: left + (j + 0.5) * cs, y: top - 3, "text-anchor": "middle", class: "legend"}, axis).textContent = "L" + l;
   });

@@ -104,9 +104,6 @@ function heads(panel, model, layer) {
   VX.el("h3", {}, panel, "Heads with the strongest OV-gate coupling into this layer's FFN");
   const rows = ((VX.data.heads || {})[model] || {})[layer];
   if (!rows || !rows.length) { VX.el("p", {class: "empty"}, panel, "No ov_gate rows for this layer."); return; }
-  const feats = ((VX.data.features || {})[model] || {})[layer];
-  const tokenOf = {};
-  if (feats) feats.rows.forEach((f) => { tokenOf[f[0]] = f[2]; });
   const body = table(panel, "heads-table", ["head", "variant", {label: "total coupling", num: 1}, "strongest features"]);
   rows.forEach((h) => {
     const tr = VX.el("tr", {"data-head": h.layer + "." + h.head, "data-total": h.total_coupling}, body);
@@ -115,7 +112,7 @@ function heads(panel, model, layer) {
     cell(tr, VX.fmt(h.total_coupling, 2), "num");
     const td = cell(tr, "");
     h.top.forEach((fc) => {
-      const tok = tokenOf[fc[0]];
+      const tok = fc[2];
       VX.el("span", {class: "tok", title: "coupling " + VX.fmt(fc[1], 3)}, td,
             "f" + fc[0] + (tok !== undefined && tok !== null ? " " + JSON.stringify(tok) : ""));
     });

@@ -32,6 +32,16 @@ VX.matrix = function (a, b, estimator, pooling) {
   };
 };
 
+/* No CKA for the pair (e.g. a lake with features but no pooled activations): the layer columns
+ * still show, so every layer's features can be browsed. */
+VX.layersOnly = function (a, b) {
+  const ma = VX.model(a), mb = VX.model(b);
+  const depths = (m) => m.layers.map((l) => l / m.model.n_layers);
+  return {modelA: a, modelB: b, self: a === b, meta: null, hasNull: false, empty: true,
+          layersA: ma.layers, layersB: mb.layers, depthA: depths(ma), depthB: depths(mb),
+          cka: () => null, null95: () => null, p: () => null};
+};
+
 /* An edge / cell passes when CKA >= threshold and, with the null filter on, CKA > null p95. */
 VX.visible = function (M, i, j) {
   const v = M.cka(i, j);
@@ -91,12 +101,15 @@ VX.current = function () {
   return VX.matrix(VX.shownA(), VX.shownB(), st.estimator, st.pooling);
 };
 
+/* A definition list; nested objects (extraction settings) become nested lists. */
 function dl(parent, pairs) {
   const d = VX.el("dl", {}, parent);
   pairs.forEach(([k, v]) => {
     if (v === undefined || v === null || v === "") return;
     VX.el("dt", {}, d, k);
-    VX.el("dd", {}, d, typeof v === "object" ? JSON.stringify(v) : String(v));
+    const dd = VX.el("dd", {}, d);
+    if (v && typeof v === "object" && !Array.isArray(v)) dl(dd, Object.entries(v));
+    else dd.textContent = Array.isArray(v) ? v.map((x) => (typeof x === "object" ? JSON.stringify(x) : x)).join(", ") : String(v);
   });
   return d;
 }
@@ -143,10 +156,15 @@ VX.render = function () {
   const chart = document.getElementById("chart"), caption = document.getElementById("chart-caption");
   VX.tooltip(null, null);
   if (!M) {
-    chart.replaceChildren();
-    VX.el("p", {class: "empty"}, chart, VX.data.cka.length ? "No CKA matrix for " + VX.shownA() + " × " + VX.shownB() +
-          " in this lake (no common prompt set or pooling)." : "This lake has no pooled activations, so no CKA.");
-    caption.textContent = "";
+    const why = VX.data.cka.length ? "No CKA matrix for " + VX.shownA() + " × " + VX.shownB() +
+      " in this lake (no common prompt set or pooling)" : "This lake has no pooled activations, so no CKA";
+    if (st.view === "heatmap") {
+      chart.replaceChildren();
+      VX.el("p", {class: "empty"}, chart, why + ".");
+    } else {
+      VX.drawLayers(chart, VX.layersOnly(VX.shownA(), VX.shownB()), st);
+    }
+    caption.textContent = why + "; click a layer to browse its features.";
   } else {
     const shown = st.view === "heatmap" ? VX.drawHeatmap(chart, M, st) : VX.drawLayers(chart, M, st);
     const total = M.layersA.length * M.layersB.length;
@@ -166,6 +184,9 @@ VX.render = function () {
 VX.boot = function () {
   const st = VX.state, names = VX.data.models.map((m) => m.name);
   document.getElementById("lake-name").textContent = VX.data.title || "";
+  if (!VX.data.cka.length) {  // nothing to threshold or plot as a heatmap: hide those controls
+    document.querySelectorAll(".cka-control").forEach((el) => { el.hidden = true; });
+  }
   st.a = names[0] || null;
   st.b = names[1] || names[0] || null;
   st.compare = names.length > 1;
