@@ -2,7 +2,7 @@
 
     from vindex.ingest.larql import import_larql
     import_larql("path/to/gemma3-4b.vindex", "lake/gemma3-4b")
-    import_larql("hf://chrishayuk/gemma-3-4b-it-vindex@main", "lake/gemma3-4b", gate_vectors=True)
+    import_larql("hf://example-org/gemma-3-4b-it-vindex@main", "lake/gemma3-4b", gate_vectors=True)
 
 What becomes what (docs/larql.md has the whole mapping):
   down_meta.bin / down_meta.jsonl  -> `features` (one row per FFN feature; MoE -> expert, feature)
@@ -21,9 +21,7 @@ also hold (attn_weights.bin, embeddings.bin, ...) are never touched.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -34,13 +32,14 @@ from vindex.manifest import MANIFEST, load_manifest
 from vindex.writer import VindexWriter
 
 from . import larql_format as lf
+from .larql_format import LAYER_OFFSET
+from .larql_labels import FeatureLabels
+from .larql_ov_gate import read_ov_gate, write_ov_gate
+from .larql_source import LABEL_FILES, LarqlSource, fetch_from_hub, parse_hf_uri, resolve_source
 
-LAYER_OFFSET = 1  # vindex layer = LarQL layer + 1 (layer i = output of block i; LarQL blocks count from 0)
 VECTOR_PART_BYTES = 64 << 20  # gate vectors per shard part: bounds memory whatever the layer's size
 MAX_PART_ROWS = 1 << 18
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_OV_NAME = re.compile(r"(ov[_-]?gate.*\.(jsonl|ndjson)|\.ndjson)$", re.IGNORECASE)
-_LABEL_FILES = (lf.FEATURE_LABELS, lf.RELATION_CLUSTERS, lf.FEATURE_CLUSTERS)
 
 
 def import_larql(src, out, *, name: str | None = None, gate_vectors: bool = False,
@@ -59,13 +58,13 @@ def import_larql(src, out, *, name: str | None = None, gate_vectors: bool = Fals
     if not (folder / down_name).is_file():
         raise NotFound(f"{folder}: neither {lf.DOWN_META_BIN} nor {lf.DOWN_META_JSONL}; nothing to import "
                        "(LarQL writes down_meta at every extract level)")
-    read = [lf.INDEX, down_name, lf.TOKENIZER, *_LABEL_FILES, *[p.name for p in source.ov_files]]
+    read = [lf.INDEX, down_name, lf.TOKENIZER, *LABEL_FILES, *[p.name for p in source.ov_files]]
     verified = lf.verify_checksums(folder, index, read + ([lf.GATE_VECTORS] if gate_vectors else []), progress)
     down = DownMeta(folder / down_name, index)
     gates = lf.GateVectors(folder / lf.GATE_VECTORS, index) if gate_vectors else None
     tokens = TokenText.load(folder / lf.TOKENIZER)
     labels = FeatureLabels.load(folder)
-    ov = [lf.read_ov_gate(p) for p in source.ov_files]
+    ov = [read_ov_gate(p) for p in source.ov_files]
     layers = down.layer_numbers()
     labels.check(down.num_features)
 
@@ -85,103 +84,7 @@ def import_larql(src, out, *, name: str | None = None, gate_vectors: bool = Fals
     return writer.root
 
 
-# -- the source: a local folder or a Hub repo ---------------------------------------------------
-
-@dataclass
-class LarqlSource:
-    """A LarQL vindex on local disk, and where it came from."""
-    uri: str
-    folder: Path
-    provenance: dict = field(default_factory=dict)
-    ov_files: list[Path] = field(default_factory=list)
-
-
-def is_ov_gate_name(filename: str) -> bool:
-    return bool(_OV_NAME.search(filename))
-
-
-def resolve_source(src, *, revision: str | None = None, gate_vectors: bool = False,
-                   progress: bool = True) -> LarqlSource:
-    """A local folder as is; an hf:// repo downloaded (only the files an import reads)."""
-    uri = str(src)
-    if uri.startswith("hf://"):
-        return fetch_from_hub(uri, revision=revision, gate_vectors=gate_vectors, progress=progress)
-    if revision is not None:
-        raise InvalidValue(f"revision={revision!r} only applies to hf:// sources, not the folder {uri!r}")
-    folder = Path(src)
-    if not folder.is_dir():
-        raise NotFound(f"{folder}: no such folder (a LarQL vindex is a folder holding index.json)")
-    ov = sorted(p for p in folder.iterdir() if p.suffix in (".jsonl", ".ndjson") and p.is_file()
-                and p.name not in (lf.DOWN_META_JSONL, lf.FEATURE_CLUSTERS) and lf.ov_gate_header(p))
-    return LarqlSource(uri, folder, {"uri": str(folder.resolve())}, ov)
-
-
-def parse_hf_uri(uri: str) -> tuple[str, str, str | None, str]:
-    """hf://[datasets/|models/]org/name[@rev][/subfolder] -> (repo_type, repo_id, revision, subfolder)."""
-    parts = uri[len("hf://"):].strip("/").split("/")
-    repo_type = "model"
-    if parts and parts[0] in ("datasets", "models", "spaces"):
-        kind = parts.pop(0)
-        if kind == "spaces":
-            raise InvalidValue(f"{uri}: a Space is not a LarQL vindex; use a model or dataset repo")
-        repo_type = "dataset" if kind == "datasets" else "model"
-    if len(parts) < 2 or not all(parts[:2]):
-        raise InvalidValue(f"{uri}: expected hf://[datasets/]org/name[@revision]")
-    name, rev = parts[1], None
-    if "@" in name:
-        name, rev = name.split("@", 1)
-        rev = unquote(rev)  # refs%2Fpr%2F1, as HfFileSystem writes it
-    return repo_type, f"{parts[0]}/{name}", rev, "/".join(parts[2:])
-
-
-def fetch_from_hub(uri: str, *, revision: str | None = None, gate_vectors: bool = False,
-                   progress: bool = True) -> LarqlSource:
-    """Download the files an import needs from a Hub repo (never the inference weights)."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    repo_type, repo_id, rev, sub = parse_hf_uri(uri)
-    if revision is not None and rev is not None and revision != rev:
-        raise InvalidValue(f"{uri}: names revision {rev!r} but revision={revision!r} was also given")
-    rev = revision or rev
-    try:
-        info = HfApi().repo_info(repo_id, repo_type=repo_type, revision=rev)
-    except RepositoryNotFoundError:
-        raise NotFound(f"{uri}: no {repo_type} repo {repo_id!r} on the Hub (or it is private: log in)") from None
-    except RevisionNotFoundError:
-        raise NotFound(f"{uri}: {repo_id!r} has no revision {rev!r}") from None
-    except Exception as e:  # network failures come in many types (httpx, OSError, HfHubHTTPError)
-        raise VindexError(f"{uri}: cannot reach the Hub ({type(e).__name__}: {e})") from None
-    prefix = f"{sub}/" if sub else ""
-    present = {s.rfilename[len(prefix):] for s in info.siblings or [] if s.rfilename.startswith(prefix)}
-    present = {f for f in present if "/" not in f}
-    if lf.INDEX not in present:
-        raise NotFound(f"{uri}: no {lf.INDEX} in {prefix or 'the repo root'}; is it a LarQL vindex?")
-    if gate_vectors and lf.GATE_VECTORS not in present:
-        raise NotFound(f"{uri}: gate vectors were asked for, but the repo has no {lf.GATE_VECTORS}")
-    wanted = {lf.INDEX, lf.TOKENIZER, lf.DOWN_META_BIN, lf.DOWN_META_JSONL, *_LABEL_FILES}
-    if gate_vectors:
-        wanted.add(lf.GATE_VECTORS)
-    chosen = sorted(f for f in present if f in wanted or is_ov_gate_name(f))
-    was_disabled = are_progress_bars_disabled()
-    if not progress:
-        disable_progress_bars()
-    try:
-        root = snapshot_download(repo_id, repo_type=repo_type, revision=info.sha,
-                                 allow_patterns=[prefix + f for f in chosen])
-    except Exception as e:
-        raise VindexError(f"{uri}: download failed ({type(e).__name__}: {e})") from None
-    finally:
-        if not progress and not was_disabled:
-            enable_progress_bars()
-    folder = Path(root) / sub if sub else Path(root)
-    ov = [folder / f for f in chosen if is_ov_gate_name(f) and lf.ov_gate_header(folder / f)]
-    return LarqlSource(uri, folder, {"uri": uri, "repo_id": repo_id, "repo_type": repo_type,
-                                     "revision": info.sha, "subfolder": sub or None, "files": chosen}, ov)
-
-
-# -- down_meta, tokens, labels ------------------------------------------------------------------
+# -- down_meta and tokens -----------------------------------------------------------------------
 
 class DownMeta:
     """down_meta.bin or legacy down_meta.jsonl, reconciled with index.json's per-layer counts."""
@@ -258,70 +161,6 @@ class TokenText:
         return values[inverse.reshape(ids.shape)] if len(ids) else np.empty(ids.shape, dtype=object)
 
 
-@dataclass
-class FeatureLabels:
-    """Labels and clusters from feature_labels.json, feature_clusters.jsonl, relation_clusters.json.
-
-    Both per-feature maps are keyed {larql layer: {flat feature: value}}.
-    """
-    labels: dict = field(default_factory=dict)
-    clusters: dict = field(default_factory=dict)
-    relation: dict | None = None   # relation_clusters.json without the centres
-    files: list[str] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, folder: Path) -> "FeatureLabels":
-        fl = cls()
-        if (folder / lf.FEATURE_LABELS).is_file():
-            fl.labels = _by_layer(lf.read_feature_labels(folder / lf.FEATURE_LABELS))
-            fl.files.append(lf.FEATURE_LABELS)
-        if (folder / lf.FEATURE_CLUSTERS).is_file():
-            fl.clusters = _by_layer(lf.read_feature_clusters(folder / lf.FEATURE_CLUSTERS))
-            fl.files.append(lf.FEATURE_CLUSTERS)
-        if (folder / lf.RELATION_CLUSTERS).is_file():
-            fl.relation = lf.read_relation_clusters(folder / lf.RELATION_CLUSTERS)
-            fl.files.append(lf.RELATION_CLUSTERS)
-            bad = [c for feats in fl.clusters.values() for c in feats.values() if not 0 <= c < fl.relation["k"]]
-            if bad:
-                raise lf.LarqlFormatError(f"{folder / lf.FEATURE_CLUSTERS}: cluster {bad[0]} is out of range: "
-                                          f"{lf.RELATION_CLUSTERS} has k = {fl.relation['k']}")
-        return fl
-
-    def count(self, which: str) -> int:
-        return sum(len(v) for v in getattr(self, which).values())
-
-    def check(self, num_features) -> None:
-        """Every labelled feature must exist (else the labels belong to another extraction)."""
-        for name, by_layer in ((lf.FEATURE_LABELS, self.labels), (lf.FEATURE_CLUSTERS, self.clusters)):
-            for layer, feats in by_layer.items():
-                n = num_features(layer)
-                if feats and max(feats) >= n:
-                    raise lf.LarqlFormatError(f"{name}: layer {layer} feature {max(feats)} does not exist "
-                                              f"(the layer has {n} features)")
-
-    def for_layer(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(label, cluster) per flat feature of `layer` (cluster -1 = none).
-
-        A feature's own label wins; otherwise its cluster's name from relation_clusters.json.
-        """
-        label = np.full(n, None, dtype=object)
-        cluster = np.full(n, -1, dtype=np.int64)
-        for f, c in self.clusters.get(layer, {}).items():
-            cluster[f] = c
-            if self.relation is not None:
-                label[f] = self.relation["labels"][c]
-        for f, v in self.labels.get(layer, {}).items():
-            label[f] = v
-        return label, cluster
-
-
-def _by_layer(flat: dict) -> dict:
-    out: dict = {}
-    for (layer, f), v in flat.items():
-        out.setdefault(layer, {})[f] = v
-    return out
-
-
 # -- writing ------------------------------------------------------------------------------------
 
 def write_feature_layer(writer: VindexWriter, index: lf.LarqlIndex, down: DownMeta, layer: int,
@@ -391,51 +230,6 @@ def feature_columns(m: lf.DownMetaLayer, li: lf.LarqlLayer, start: int, stop: in
         "c_score": pa.array(m.c_score[start:stop], pa.float32(), mask=~has),
         "top_tokens": pa.ListArray.from_arrays(pa.array(offsets), struct, mask=pa.array(~has)),
     }
-
-
-def write_ov_gate(writer: VindexWriter, index: lf.LarqlIndex, files: list[lf.OvGateRows]) -> dict | None:
-    """ov-gate NDJSON rows -> `ov_gate` (variant 'o'), one shard per layer, rank 1 = strongest."""
-    if not files:
-        return None
-    cols = {k: np.concatenate([getattr(f, k) for f in files])
-            for k in ("layer", "head", "feature_layer", "feature", "coupling", "total_coupling")}
-    origin = np.concatenate([np.full(len(f.layer), i) for i, f in enumerate(files)])
-    for key in ("layer", "feature_layer"):
-        if len(cols[key]) and cols[key].max() >= index.num_layers:
-            i = int(np.argmax(cols[key]))
-            raise lf.LarqlFormatError(f"{files[origin[i]].path}: {key} {cols[key][i]} is out of range "
-                                      f"(num_layers = {index.num_layers})")
-    keys = np.stack([cols["layer"], cols["head"], cols["feature_layer"], cols["feature"]], axis=1)
-    uniq, first, counts = np.unique(keys, axis=0, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        dup = uniq[np.argmax(counts > 1)]
-        where = sorted({files[o].path.name for o in origin[(keys == dup).all(axis=1)]})
-        raise lf.LarqlFormatError(f"ov-gate files {where}: layer {dup[0]} head {dup[1]} -> layer {dup[2]} "
-                                  f"feature {dup[3]} appears more than once")
-    for layer in np.unique(cols["layer"]):
-        sel = np.flatnonzero(cols["layer"] == layer)
-        # order within each head: strongest coupling first, file order breaking ties
-        sel = sel[np.lexsort((sel, -cols["coupling"][sel], cols["head"][sel]))]
-        heads = cols["head"][sel]
-        group_start = np.r_[0, np.flatnonzero(np.diff(heads)) + 1]
-        rank = np.arange(len(sel)) - np.repeat(group_start, np.diff(np.r_[group_start, len(sel)])) + 1
-        expert = np.full(len(sel), -1, np.int64)
-        feature = cols["feature"][sel].copy()
-        for fl_ in np.unique(cols["feature_layer"][sel]):
-            li = index.layer(int(fl_))
-            at = cols["feature_layer"][sel] == fl_
-            if li is not None and li.is_moe:
-                expert[at], feature[at] = li.split(feature[at])
-        writer.write_shard("ov_gate", {
-            "head": heads.astype(np.int32), "variant": ["o"] * len(sel),
-            "feature_layer": (cols["feature_layer"][sel] + LAYER_OFFSET).astype(np.int32),
-            "feature": feature.astype(np.int32), "expert": pa.array(expert, pa.int32(), mask=expert < 0),
-            "coupling": cols["coupling"][sel], "total_coupling": cols["total_coupling"][sel],
-            "rank": rank.astype(np.int32)}, partition={"layer": int(layer) + LAYER_OFFSET})
-    h = files[0].header
-    return {"files": [f.path.name for f in files], "variant": "o", "top_k": h.get("top_k"),
-            "formula": "coupling_f = ||W_gate[f, :] . W_O[:, h*head_dim:(h+1)*head_dim]||_2, same layer",
-            "rounding": "LarQL rounds coupling to 3 decimals and total_coupling to 1"}
 
 
 def _open_writer(out: Path, name: str | None, index: lf.LarqlIndex, source: LarqlSource) -> VindexWriter:

@@ -1,7 +1,7 @@
 """Readers for the files of a LarQL vindex (format v2), checked against index.json.
 
 LarQL (a Rust tool) stores one model as raw little-endian binaries plus JSON; see
-docs/larql.md and ../shared/LARQL_FORMAT.md. Where LarQL's written spec and its writer disagree,
+docs/larql.md. Where LarQL's written spec and its writer disagree,
 these readers follow the writer. Every reader checks sizes before it trusts them, because a
 download cut short or a file from another extraction otherwise turns into silent garbage: each
 error names the file and says what does not add up. Large files are memory-mapped and handed out
@@ -10,7 +10,6 @@ one layer at a time; nothing here reads a whole gate_vectors.bin into memory.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,10 @@ TOKENIZER = "tokenizer.json"
 FEATURE_LABELS = "feature_labels.json"
 RELATION_CLUSTERS = "relation_clusters.json"
 FEATURE_CLUSTERS = "feature_clusters.jsonl"
+
+# LarQL counts transformer blocks from 0; a vindex's layer i is the output of block i (1..L, 0 being
+# the embeddings), so LarQL layer l is stored as vindex layer l + 1 (as `vindex build --weights` does).
+LAYER_OFFSET = 1
 
 DOWN_META_MAGIC = 0x444D4554  # "DMET"; the bytes b"TEMD" on disk (little-endian u32)
 DOWN_META_VERSION = 1
@@ -391,140 +394,3 @@ class GateVectors:
 def vector_dtype_for(index: LarqlIndex) -> str:
     """The vindex vector dtype that holds the source values exactly."""
     return "float16" if index.dtype == "f16" else "float32"
-
-
-# -- labels -------------------------------------------------------------------------------------
-
-_KEY_LF = re.compile(r"^L(\d+)_F(\d+)$")
-_KEY_COLON = re.compile(r"^(\d+):(\d+)$")
-
-
-def _load_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LarqlFormatError(f"{path}: not valid JSON ({e})") from None
-
-
-def read_feature_labels(path: str | Path) -> dict[tuple[int, int], str]:
-    """feature_labels.json -> {(layer, flat feature): label}; keys "L<l>_F<f>" or "<l>:<f>"."""
-    path = Path(path)
-    raw = _load_json(path)
-    if not isinstance(raw, dict):
-        raise LarqlFormatError(f"{path}: expected an object of feature key -> label")
-    out = {}
-    for key, label in raw.items():
-        m = _KEY_LF.match(key) or _KEY_COLON.match(key)
-        if not m:
-            raise LarqlFormatError(f"{path}: key {key!r} is neither 'L<layer>_F<feature>' nor '<layer>:<feature>'")
-        if label is not None and not isinstance(label, str):
-            raise LarqlFormatError(f"{path}: label of {key!r} must be a string, got {label!r}")
-        out[(int(m.group(1)), int(m.group(2)))] = label
-    return out
-
-
-def read_relation_clusters(path: str | Path) -> dict:
-    """relation_clusters.json -> {k, labels, counts, top_tokens} (the centres are not imported)."""
-    path = Path(path)
-    raw = _load_json(path)
-    if not isinstance(raw, dict) or not isinstance(raw.get("labels"), list):
-        raise LarqlFormatError(f"{path}: expected an object with a `labels` list")
-    labels = raw["labels"]
-    k = raw.get("k", len(labels))
-    if k != len(labels):
-        raise LarqlFormatError(f"{path}: k = {k} but {len(labels)} labels")
-    out = {"k": int(k), "labels": [None if v is None else str(v) for v in labels]}
-    for key in ("counts", "top_tokens"):
-        if raw.get(key) is not None:
-            if not isinstance(raw[key], list) or len(raw[key]) != k:
-                raise LarqlFormatError(f"{path}: `{key}` must be a list of k = {k} entries")
-            out[key] = raw[key]
-    return out
-
-
-def read_feature_clusters(path: str | Path) -> dict[tuple[int, int], int]:
-    """feature_clusters.jsonl -> {(layer, flat feature): cluster index}."""
-    path = Path(path)
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                out[(int(obj["l"]), int(obj["f"]))] = int(obj["c"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise LarqlFormatError(f"{path}: line {lineno}: expected {{\"l\", \"f\", \"c\"}} integers "
-                                       f"({type(e).__name__}: {e})") from None
-    return out
-
-
-# -- ov-gate NDJSON -----------------------------------------------------------------------------
-
-OV_GATE_TYPE = "ov_gate_coupling"
-_HEAD = re.compile(r"^L(\d+)_H(\d+)$")
-
-
-def ov_gate_header(path: str | Path) -> dict | None:
-    """The header of a per-layer ov-gate NDJSON file, or None when `path` is not one.
-
-    LarQL's `circuit discover` writes edge files (ov_gate_edges.jsonl) with the same header type
-    but no per-layer `layers` or `num_q_heads` and no total coupling; those are not imported.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-        header = json.loads(first)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not (isinstance(header, dict) and header.get("_header") and header.get("type") == OV_GATE_TYPE):
-        return None
-    if "num_q_heads" not in header and "layers" not in header:
-        return None
-    return header
-
-
-@dataclass
-class OvGateRows:
-    """The rows of one ov-gate NDJSON file, as columns (LarQL layer numbering)."""
-    path: Path
-    header: dict
-    layer: np.ndarray
-    head: np.ndarray
-    feature_layer: np.ndarray
-    feature: np.ndarray
-    coupling: np.ndarray
-    total_coupling: np.ndarray
-
-
-def read_ov_gate(path: str | Path) -> OvGateRows:
-    """A per-layer ov-gate NDJSON file (header line, then one row per head -> feature coupling)."""
-    path = Path(path)
-    header = ov_gate_header(path)
-    if header is None:
-        raise LarqlFormatError(f"{path}: the first line is not an ov_gate_coupling header")
-    cols = {k: [] for k in ("layer", "head", "feature_layer", "feature", "coupling", "total_coupling")}
-    with open(path, encoding="utf-8") as f:
-        next(f)
-        for lineno, line in enumerate(f, 2):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                layer = int(obj["layer"])
-                head = int(obj["head_idx"]) if "head_idx" in obj else int(_HEAD.match(obj["head"]).group(2))
-                if "feature_idx" in obj:
-                    feature = int(obj["feature_idx"])
-                else:
-                    feature = int(_KEY_LF.match(obj["feature"]).group(2))
-                row = (layer, head, int(obj.get("feature_layer", layer)), feature,
-                       float(obj["coupling"]), float(obj["total_coupling"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-                raise LarqlFormatError(f"{path}: line {lineno}: not an ov-gate row with layer, head_idx, feature_idx, "
-                                       f"coupling and total_coupling ({type(e).__name__}: {e})") from None
-            if min(row[:4]) < 0:
-                raise LarqlFormatError(f"{path}: line {lineno}: negative index in {row[:4]}")
-            for key, v in zip(cols, row):
-                cols[key].append(v)
-    return OvGateRows(path, header, **{k: np.asarray(v, dtype=np.float32 if "coupling" in k else np.int64)
-                                       for k, v in cols.items()})

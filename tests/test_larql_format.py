@@ -1,4 +1,4 @@
-"""The LarQL file readers: layouts, edge cases and the errors that name the file."""
+"""The LarQL file readers (format, labels, ov-gate): layouts, edge cases and the errors that name the file."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,8 @@ import pytest
 from larql_fixtures import write_larql_fixture
 
 from vindex.ingest import larql_format as lf
+from vindex.ingest import larql_labels as labels
+from vindex.ingest import larql_ov_gate as ov
 
 
 def test_down_meta_bin_layers_and_padding(tmp_path):
@@ -43,27 +45,27 @@ def test_down_meta_bin_errors(tmp_path):
 def test_feature_labels_both_key_styles(tmp_path):
     p = tmp_path / "feature_labels.json"
     p.write_text(json.dumps({"L3_F12": "capital", "4:7": "language"}))
-    assert lf.read_feature_labels(p) == {(3, 12): "capital", (4, 7): "language"}
+    assert labels.read_feature_labels(p) == {(3, 12): "capital", (4, 7): "language"}
     p.write_text(json.dumps({"layer3/feature12": "x"}))
     with pytest.raises(lf.LarqlFormatError, match=r"feature_labels\.json: key 'layer3/feature12' is neither"):
-        lf.read_feature_labels(p)
+        labels.read_feature_labels(p)
 
 
 def test_cluster_files(tmp_path):
     rc = tmp_path / "relation_clusters.json"
     rc.write_text(json.dumps({"k": 2, "centres": [[0.0], [1.0]], "labels": ["a", "b"], "counts": [1, 2],
                               "top_tokens": [["x"], ["y"]]}))
-    assert lf.read_relation_clusters(rc) == {"k": 2, "labels": ["a", "b"], "counts": [1, 2],
+    assert labels.read_relation_clusters(rc) == {"k": 2, "labels": ["a", "b"], "counts": [1, 2],
                                              "top_tokens": [["x"], ["y"]]}
     rc.write_text(json.dumps({"k": 3, "labels": ["a", "b"]}))
     with pytest.raises(lf.LarqlFormatError, match="k = 3 but 2 labels"):
-        lf.read_relation_clusters(rc)
+        labels.read_relation_clusters(rc)
     fc = tmp_path / "feature_clusters.jsonl"
     fc.write_text('{"l": 1, "f": 2, "c": 0}\n\n{"l": 1, "f": 3, "c": 1}\n')
-    assert lf.read_feature_clusters(fc) == {(1, 2): 0, (1, 3): 1}
+    assert labels.read_feature_clusters(fc) == {(1, 2): 0, (1, 3): 1}
     fc.write_text('{"l": 1, "f": 2}\n')
     with pytest.raises(lf.LarqlFormatError, match=r"feature_clusters\.jsonl: line 1"):
-        lf.read_feature_clusters(fc)
+        labels.read_feature_clusters(fc)
 
 
 def test_down_meta_jsonl(tmp_path):
@@ -128,13 +130,13 @@ def test_ov_gate_header_sniffing(tmp_path):
     per_layer.write_text(json.dumps({"_header": True, "type": "ov_gate_coupling", "num_q_heads": 2, "layers": [0]})
                          + "\n" + json.dumps({"head": "L0_H1", "layer": 0, "feature": "L0_F5", "feature_layer": 0,
                                               "coupling": 1.5, "total_coupling": 9.0}) + "\n")
-    rows = lf.read_ov_gate(per_layer)   # head_idx / feature_idx missing: parsed from the names
+    rows = ov.read_ov_gate(per_layer)   # head_idx / feature_idx missing: parsed from the names
     assert (rows.head.tolist(), rows.feature.tolist(), rows.coupling.tolist()) == ([1], [5], [1.5])
     edges = tmp_path / "ov_gate_edges.jsonl"
     edges.write_text(json.dumps({"_header": True, "type": "ov_gate_coupling", "num_edges": 0}) + "\n")
-    assert lf.ov_gate_header(edges) is None
+    assert ov.ov_gate_header(edges) is None
     (tmp_path / "other.jsonl").write_text('{"l": 0}\n')
-    assert lf.ov_gate_header(tmp_path / "other.jsonl") is None
+    assert ov.ov_gate_header(tmp_path / "other.jsonl") is None
     per_layer.write_text(per_layer.read_text().splitlines()[0] + '\n{"layer": 0, "coupling": 1}\n')
     with pytest.raises(lf.LarqlFormatError, match=r"a\.ndjson: line 2: not an ov-gate row"):
-        lf.read_ov_gate(per_layer)
+        ov.read_ov_gate(per_layer)
