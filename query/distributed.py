@@ -33,12 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vindex.errors import InvalidValue, NotFound, VindexError
+from vindex.errors import InvalidValue, NotFound
 
 from . import cka as C
-from .sources import ResolvedVindex, resolve_source
-
-HUB_PREFIX = "hf://"
+from .sources import ResolvedVindex, resolve_sources
 
 RESULT_SCHEMA = pa.schema([
     ("model_a", pa.string()), ("model_b", pa.string()), ("layer_a", pa.int32()), ("layer_b", pa.int32()),
@@ -54,16 +52,16 @@ class CKAPairSkipped(UserWarning):
 
 
 # -- step 1: one (model, layer) -> its unit centred Gram -------------------------------------------
-def layer_gram(model: str, layer: int, files: list[tuple[str, dict]], filesystem, pooling: str,
+def layer_gram(model: str, layer: int, n_layers: int, files: list[tuple[str, dict]], filesystem, pooling: str,
                prompt_set: str | None, opts: C.Options) -> tuple[dict, np.ndarray | None]:
     """Read one layer's pooled shards and return (meta, g), g the packed unit Gram (`gram_vector`) or None.
 
-    meta: model, layer, depth, n, key (digest of the ordered (prompt_set, prompt_id) rows: two
+    meta: model, layer, depth (layer / n_layers, as the SQL layer), n, key (digest of the ordered (prompt_set, prompt_id) rows: two
     layers are comparable only when their keys agree) and note (why g is None, if it is).
     """
     parts = [_read_pooled(url, entry, filesystem) for url, entry in files]
     t = pa.concat_tables(parts) if parts else None
-    meta = {"model": model, "layer": int(layer), "depth": None, "n": 0, "key": None, "note": None}
+    meta = {"model": model, "layer": int(layer), "depth": layer / n_layers, "n": 0, "key": None, "note": None}
     if t is not None:
         mask = pc.equal(t["pooling"], pooling)
         if prompt_set is not None:
@@ -75,7 +73,7 @@ def layer_gram(model: str, layer: int, files: list[tuple[str, dict]], filesystem
         return meta, None
     t = t.take(pc.sort_indices(t, [("prompt_set", "ascending"), ("prompt_id", "ascending")]))
     sets, ids = t["prompt_set"].to_pylist(), t["prompt_id"].to_numpy()
-    meta.update(n=t.num_rows, depth=float(t["depth"][0].as_py()), key=_rows_key(sets, ids))
+    meta.update(n=t.num_rows, key=_rows_key(sets, ids))
     if len(set(zip(sets, ids.tolist()))) != t.num_rows:
         meta["note"] = (f"{model} layer {layer}: a prompt appears twice ({t.num_rows} rows); filter by "
                         "prompt_set or pooling")
@@ -97,7 +95,7 @@ def gram_vector(X: np.ndarray, opts: C.Options) -> np.ndarray:
 
 
 def _read_pooled(url: str, entry: dict, filesystem) -> pa.Table:
-    columns = ["prompt_set", "prompt_id", "pooling", "depth", "act"]
+    columns = ["prompt_set", "prompt_id", "pooling", "act"]
     if filesystem is None:
         from vindex.reader import read_shard
         return read_shard(Path(url), entry, columns=columns)
@@ -125,7 +123,6 @@ def pair_cka(metas_a: list[dict], metas_b: list[dict], grams_a: list, grams_b: l
     """
     cols = {f.name: [] for f in RESULT_SCHEMA}
     notes = []
-    perms_cache = {}
     for key in sorted({m["key"] for m in metas_a if m["key"]} & {m["key"] for m in metas_b if m["key"]}):
         ia = [i for i, m in enumerate(metas_a) if m["key"] == key]
         ib = [j for j, m in enumerate(metas_b) if m["key"] == key]
@@ -140,8 +137,8 @@ def pair_cka(metas_a: list[dict], metas_b: list[dict], grams_a: list, grams_b: l
             ra, rb = [ia.index(i) for i in va], [ib.index(j) for j in vb]
             obs[np.ix_(ra, rb)] = block
             if spec["permutations"] > 0:
-                perms = perms_cache.setdefault(n, C.permutations(n, spec["permutations"], spec["seed"]))
-                scores = C.null_scores(GA, GB, perms)                 # (|va|, |vb|, permutations)
+                gather = C.permutation_gather(n, spec["permutations"], spec["seed"])
+                scores = C.null_scores(GA, GB, gather)                # (|va|, |vb|, permutations)
                 summary = C.null_summary(block, scores)
                 null = {k: np.full((len(ia), len(ib)), np.nan) for k in summary}
                 for k, v in summary.items():
@@ -194,7 +191,7 @@ def cka_all(*sources, models=None, pairs=None, pooling: str = "mean", estimator:
         raise InvalidValue(f"permutations must be an integer >= 0, got {permutations!r}")
     spec = {"pooling": pooling, "prompt_set": prompt_set, "estimator": opts.estimator, "kernel": opts.kernel_name,
             "preprocess": opts.preprocess_name, "permutations": int(permutations), "seed": int(seed)}
-    lake = resolve_lake(*sources)
+    lake = resolve_sources(*sources)
     by_name = {v.name: v for v in lake}
     pairs = _pairs(by_name, models, pairs)
     needed = sorted({m for p in pairs for m in p})
@@ -206,7 +203,8 @@ def cka_all(*sources, models=None, pairs=None, pooling: str = "mean", estimator:
             notes.append(f"{m}: no pooled table; its pairs are skipped")
         layers[m] = ls
     pairs = [p for p in pairs if layers[p[0]] and layers[p[1]]]
-    jobs = [(m, l, _layer_files(by_name[m], l), by_name[m].filesystem) for m in needed if layers[m] for l in layers[m]]
+    jobs = [(m, l, by_name[m].n_layers, _layer_files(by_name[m], l), by_name[m].filesystem)
+            for m in needed if layers[m] for l in layers[m]]
     t0 = time.perf_counter()
     if ray is None or ray is False:
         results, more = _run_local(jobs, pairs, spec, opts, progress)
@@ -221,34 +219,6 @@ def cka_all(*sources, models=None, pairs=None, pooling: str = "mean", estimator:
         print(f"cka_all: {len(pairs)} model pair(s), {len(jobs)} Grams, {table.num_rows} layer pairs in "
               f"{time.perf_counter() - t0:.1f} s" + (f" -> {out}" if out is not None else ""), file=sys.stderr)
     return table
-
-
-def resolve_lake(*sources) -> list[ResolvedVindex]:
-    """The vindexes of every source (as `connect` sees them); hf:// through `vindex.hub` when the
-    SQL layer's resolver does not take it. Model names must be unique."""
-    if not sources:
-        raise VindexError("cka_all needs at least one source: a vindex folder, a lake root or an hf:// repo")
-    out: dict[str, ResolvedVindex] = {}
-    for src in sources:
-        try:
-            found = resolve_source(src)
-        except NotFound:
-            if not (isinstance(src, str) and src.startswith(HUB_PREFIX)):
-                raise
-            found = _resolve_hub(src)
-        for rv in found:
-            old = out.get(rv.name)
-            if old is not None and old.base != rv.base:
-                raise VindexError(f"two vindexes are both named {rv.name!r}: {old.base} and {rv.base}; "
-                                  "model names must be unique within a lake")
-            out[rv.name] = rv
-    return list(out.values())
-
-
-def _resolve_hub(location: str) -> list[ResolvedVindex]:
-    from vindex.hub import find_remote_vindexes, hub_filesystem
-    fs = hub_filesystem()
-    return [ResolvedVindex(rv.manifest, rv.fs_url(), location, filesystem=fs) for rv in find_remote_vindexes(location)]
 
 
 def _pairs(by_name: dict, models, pairs) -> list[tuple[str, str]]:
@@ -283,8 +253,8 @@ def _layer_files(v: ResolvedVindex, layer: int) -> list[tuple[str, dict]]:
 def _run_local(jobs, pairs, spec, opts, progress):
     from tqdm.auto import tqdm
     grams = {}
-    for m, l, files, fs in tqdm(jobs, desc="Grams", unit="layer", disable=not progress, file=sys.stderr):
-        grams[(m, l)] = layer_gram(m, l, files, fs, spec["pooling"], spec["prompt_set"], opts)
+    for m, l, n_layers, files, fs in tqdm(jobs, desc="Grams", unit="layer", disable=not progress, file=sys.stderr):
+        grams[(m, l)] = layer_gram(m, l, n_layers, files, fs, spec["pooling"], spec["prompt_set"], opts)
     notes = _gram_notes(meta for meta, _ in grams.values())
     results = []
     for a, b in tqdm(pairs, desc="pairs", unit="pair", disable=not progress, file=sys.stderr):
@@ -302,8 +272,8 @@ def _run_ray(jobs, pairs, spec, opts, address, runtime_env, progress):
     gram_task = ray.remote(num_returns=2, max_retries=3)(layer_gram)
     pair_task = ray.remote(max_retries=3)(_pair_task)
     refs = {}
-    for m, l, files, fs in jobs:   # every Gram starts now; pairs wait only for their own inputs
-        refs[(m, l)] = gram_task.remote(m, l, files, fs, spec["pooling"], spec["prompt_set"], opts)
+    for m, l, n_layers, files, fs in jobs:   # every Gram starts now; pairs wait only for their own inputs
+        refs[(m, l)] = gram_task.remote(m, l, n_layers, files, fs, spec["pooling"], spec["prompt_set"], opts)
     pending = {}
     for a, b in pairs:
         ka = [k for k in sorted(refs) if k[0] == a]

@@ -39,3 +39,18 @@ def write_toy_vindex(root, name="toy", n_layers=3, d=8, n_prompts=6, seed=0, dty
 @pytest.fixture
 def toy_vindex(tmp_path):
     return write_toy_vindex(tmp_path / "toy")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray (2 CPUs, no dashboard) for every distributed test: Ray starts in 10-20 s on 2
+    cores, so it starts once. Skipped, with the reason, when the `distributed` extra is absent."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'vindex-lake[distributed]'")
+    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'vindex-lake[distributed]'")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    if started:
+        ray.shutdown()
