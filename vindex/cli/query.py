@@ -1,0 +1,293 @@
+"""`vindex sql`, `vindex cka` and `vindex cluster`: thin shells over vindex.query.
+
+Every command takes the lake with -l/--lake (repeatable: vindex folders or lake roots; default:
+$VINDEX_LAKE, else the current folder). duckdb and the query package are imported inside the
+commands so that `vindex --help` stays fast.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from ..errors import VindexError
+
+FORMATS = ["table", "csv", "json", "parquet"]
+
+
+def lake_option(f):
+    return click.option("-l", "--lake", "lakes", multiple=True, envvar="VINDEX_LAKE", type=click.Path(),
+                        help="A vindex folder or lake root (repeat for several; default: $VINDEX_LAKE, else '.').")(f)
+
+
+def open_lake(lakes):
+    from vindex.query import connect
+    return connect(*(lakes or (".",)))
+
+
+def fail(e: Exception) -> None:
+    """One clear line for user errors (VindexError, DuckDB errors), no traceback; exit 1."""
+    msg = str(e).split("\n\nAt:\n")[0]  # DuckDB appends the UDF's Python stack: drop it
+    msg = msg.replace("Python exception occurred while executing the UDF: ", "")
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(1)
+
+
+def user_errors():
+    import duckdb
+    return (VindexError, duckdb.Error, ValueError)
+
+
+# -- output -------------------------------------------------------------------------------------
+def write_result(con, sql: str, fmt: str, output: str | None, max_rows: int = 40) -> None:
+    """Run one SELECT and print or save its result in `fmt`."""
+    if fmt == "table":
+        rel = con.sql(sql)
+        if rel is None:
+            click.echo("ok")
+            return
+        if output:
+            Path(output).write_text(str(rel))
+        else:
+            click.echo(rel.__str__() if max_rows is None else _table_text(rel, max_rows))
+        return
+    if fmt == "parquet" and not output:
+        raise click.UsageError("--format parquet needs --output FILE")
+    options = {"csv": "FORMAT csv, HEADER", "json": "FORMAT json, ARRAY true", "parquet": "FORMAT parquet"}[fmt]
+    with tempfile.TemporaryDirectory() as tmp:
+        target = output or str(Path(tmp) / f"out.{fmt}")
+        con.execute(f"COPY ({sql.strip().rstrip(';')}) TO '{_quote(target)}' ({options})")
+        if not output:
+            click.echo(Path(target).read_text(), nl=False)
+
+
+def _table_text(rel, max_rows: int) -> str:
+    import io
+    from contextlib import redirect_stdout
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rel.show(max_rows=max_rows, max_width=10_000)
+    return buf.getvalue().rstrip("\n")
+
+
+def _quote(s: str) -> str:
+    return s.replace("'", "''")
+
+
+def run_script(con, text: str, fmt: str, output: str | None, max_rows: int) -> None:
+    """Run every statement; the last one's result is printed (or saved)."""
+    import duckdb
+    statements = [s.query for s in duckdb.extract_statements(text)]
+    if not statements:
+        raise click.UsageError("no SQL statement given")
+    for s in statements[:-1]:
+        con.execute(s)
+    write_result(con, statements[-1], fmt, output, max_rows)
+
+
+# -- commands -----------------------------------------------------------------------------------
+@click.command()
+@click.argument("query", required=False)
+@lake_option
+@click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="Output format (parquet needs --output).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the result to this file.")
+@click.option("--max-rows", default=40, show_default=True, type=click.IntRange(min=1),
+              help="Rows shown by --format table.")
+@click.option("-i", "--interactive", is_flag=True, help="Open the shell even when stdin is not a terminal.")
+def sql(query, lakes, fmt, output, max_rows, interactive):
+    """Run SQL over a lake: QUERY is SQL text or a .sql file; without QUERY, SQL piped on stdin or
+    an interactive shell.
+
+    \b
+    vindex sql -l lake "SELECT model, count(*) FROM pooled GROUP BY model"
+    vindex sql -l lake "SELECT * FROM cka_matrix('a', 'b', permutations := 99)" -f csv
+    vindex sql -l lake analysis.sql -f parquet -o out.parquet
+    """
+    try:
+        con = open_lake(lakes)
+        if query is None:
+            if not interactive and not sys.stdin.isatty():  # piped SQL: run it as a script
+                return run_script(con, sys.stdin.read(), fmt, output, max_rows)
+            return shell(con, max_rows)
+        if query.endswith(".sql") and Path(query).is_file():
+            query = Path(query).read_text()
+        run_script(con, query, fmt, output, max_rows)
+    except user_errors() as e:
+        fail(e)
+
+
+def shell(con, max_rows: int = 40) -> None:
+    """A small REPL: statements end with ';'. Dot commands: .tables, .models, .help, .quit"""
+    try:
+        import readline  # noqa: F401  (line editing and history where available)
+    except ImportError:
+        pass
+    import duckdb
+    click.echo("vindex SQL shell: end statements with ';'. .tables  .models  .help  .quit")
+    buf: list[str] = []
+    while True:
+        try:
+            line = input("vindex> " if not buf else "   ...> ")
+        except EOFError:
+            click.echo()
+            return
+        except KeyboardInterrupt:
+            click.echo()
+            buf = []
+            continue
+        stripped = line.strip()
+        if not buf and stripped.startswith("."):
+            cmd = stripped.split()[0]
+            if cmd in (".quit", ".exit", ".q"):
+                return
+            sql_text = {".tables": "SELECT table_schema AS schema, table_name AS name FROM information_schema.tables "
+                                   "WHERE table_schema = 'main' ORDER BY name",
+                        ".models": "SELECT model, model_id, n_layers, d_model, tables FROM models ORDER BY model"}.get(cmd)
+            if sql_text is None:
+                click.echo("dot commands: .tables  .models  .quit   (see docs/sql.md for the functions)")
+            else:
+                click.echo(_table_text(con.sql(sql_text), max_rows))
+            continue
+        buf.append(line)
+        if not stripped.endswith(";"):
+            continue
+        text, buf = "\n".join(buf), []
+        try:
+            run_script(con, text, "table", None, max_rows)
+        except (VindexError, duckdb.Error, click.UsageError) as e:
+            click.echo(f"error: {str(e).split(chr(10) * 2 + 'At:')[0]}", err=True)
+
+
+@click.command()
+@click.argument("model_a")
+@click.argument("model_b")
+@lake_option
+@click.option("--pooling", default="mean", show_default=True, help="Which pooled rows (pooled.pooling).")
+@click.option("--estimator", default="biased", show_default=True, type=click.Choice(["biased", "debiased"]))
+@click.option("--kernel", default="linear", show_default=True, help="linear, rbf or rbf:<fraction of median distance>.")
+@click.option("--preprocess", default="none", show_default=True, help="none, l2, clip or clip:<percentile>.")
+@click.option("--prompt-set", default=None, help="Only this prompt set (default: all the models share).")
+@click.option("--permutations", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Permutation null size (99 shows p < 0.01).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--depth", "by_depth", is_flag=True, help="Print the matched-depth diagonal and off-diagonal band instead.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a heatmap PNG here.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["grid", "table", "csv", "json"]), default="grid",
+              show_default=True, help="grid: layers of A down, layers of B across; table/csv/json: one row per pair.")
+def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_set, permutations, seed, by_depth,
+        plot, fmt):
+    """CKA between every layer of MODEL_A and every layer of MODEL_B (is it above chance? use --permutations).
+
+    \b
+    vindex cka -l lake gemma3-270m qwen2.5-0.5b --permutations 99 --plot cka.png
+    """
+    from vindex.query import cka_depth, cka_matrix
+    try:
+        con = open_lake(lakes)
+        options = dict(pooling=pooling, estimator=estimator, kernel=kernel, preprocess=preprocess,
+                       prompt_set=prompt_set, permutations=permutations, seed=seed)
+        table = cka_matrix(con, model_a, model_b, **options)
+        if plot:
+            from vindex.query.plot import heatmap
+            heatmap(table, plot)
+        if by_depth:
+            depth = cka_depth(con, model_a, model_b, **options)
+            print_rows(con, depth, ["layer_a", "depth_a", "layer_b", "depth_b", "diagonal", "off_mean", "margin",
+                                    "null_p95", "p_value"], "table" if fmt == "grid" else fmt)
+        elif fmt == "grid":
+            click.echo(grid_text(table))
+        else:
+            print_rows(con, table, None, fmt)
+        if plot:
+            click.echo(f"heatmap: {plot}", err=True)
+    except user_errors() as e:
+        fail(e)
+
+
+def grid_text(table) -> str:
+    """The matrix as text: one line per layer of A, a column per layer of B, depths in the margins."""
+    from vindex.query.plot import matrix_grid
+    la, lb, da, db, grid, pvals = matrix_grid(table)
+    a, b = table.column("model_a")[0].as_py(), table.column("model_b")[0].as_py()
+    opts = ", ".join(f"{k}={table.column(k)[0].as_py()}" for k in ("pooling", "estimator", "kernel", "preprocess",
+                                                                   "permutations") if k in table.column_names)
+    lines = [f"CKA  rows: {a} layer (depth)  columns: {b} layer  [{opts}]" +
+             ("  * = p < 0.01" if pvals is not None else "")]
+    lines.append(" " * 13 + "".join(f"{v:>6}" for v in lb))
+    lines.append(" " * 13 + "".join(f"{d:>6.2f}" for d in db))
+    for i, layer in enumerate(la):
+        cells = []
+        for j in range(len(lb)):
+            v = grid[i, j]
+            star = "*" if pvals is not None and pvals[i, j] < 0.01 else " "
+            cells.append("   nan" if v != v else f"{v:5.2f}{star}")
+        lines.append(f"{layer:>4} ({da[i]:4.2f})  " + "".join(cells))
+    return "\n".join(lines)
+
+
+def print_rows(con, table, columns, fmt: str) -> None:
+    if columns:
+        table = table.select(columns)
+    if fmt == "json":
+        click.echo(json.dumps(table.to_pylist(), indent=1))
+        return
+    rel = con.from_arrow(table)
+    if fmt == "csv":
+        import pyarrow.csv as pcsv
+        import io
+        out = io.BytesIO()
+        pcsv.write_csv(table, out)
+        click.echo(out.getvalue().decode(), nl=False)
+    else:
+        click.echo(_table_text(rel, 10_000))
+
+
+@click.command()
+@click.argument("model")
+@lake_option
+@click.option("--layer", type=int, default=None, help="Only this layer (default: each layer separately).")
+@click.option("-k", "--k", "k", default=8, show_default=True, type=click.IntRange(min=1), help="Number of clusters.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--max-iter", default=300, show_default=True, type=click.IntRange(min=1))
+@click.option("--against", default=None, help="A features column to compare the clusters with (NMI, AMI), e.g. label.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write every feature's cluster here (.parquet/.csv).")
+def cluster(model, lakes, layer, k, seed, max_iter, against, output):
+    """k-means (k-means++ init) over MODEL's FFN feature vectors (features.vector), per layer.
+
+    \b
+    vindex cluster -l lake gemma3-270m --layer 9 -k 32 --against label -o clusters.parquet
+    """
+    from vindex.query import kmeans
+    try:
+        con = open_lake(lakes)
+        result = kmeans(con, model, layer=layer, k=k, seed=seed, max_iter=max_iter)
+        con.register("clusters", result)
+        if output:
+            fmt = "csv" if output.endswith(".csv") else "parquet"
+            con.execute(f"COPY clusters TO '{_quote(output)}' (FORMAT {fmt})")
+        summary = ("SELECT layer, count(DISTINCT cluster) AS clusters, count(*) AS features, "
+                   "round(any_value(inertia), 4) AS inertia FROM clusters GROUP BY layer")
+        if against:
+            cols = [r[0] for r in con.sql("DESCRIBE features").fetchall()]
+            if against not in cols:
+                raise VindexError(f"--against: features has no column {against!r} (it has: {', '.join(cols)})")
+            col, order = f'f."{against}"', "c.expert NULLS FIRST, c.feature"
+            scores = (f"SELECT c.layer, count(*) AS labelled, "
+                      f"round(nmi(list({col} ORDER BY {order}), list(c.cluster ORDER BY {order})), 4) AS nmi, "
+                      f"round(ami(list({col} ORDER BY {order}), list(c.cluster ORDER BY {order})), 4) AS ami "
+                      "FROM clusters AS c JOIN features AS f ON f.model = c.model AND f.layer = c.layer "
+                      "AND f.feature = c.feature AND f.expert IS NOT DISTINCT FROM c.expert "
+                      f"WHERE {col} IS NOT NULL GROUP BY c.layer")
+            summary = f"SELECT * FROM ({summary}) LEFT JOIN ({scores}) USING (layer)"
+        click.echo(_table_text(con.sql(summary + " ORDER BY layer"), 10_000))
+        if output:
+            click.echo(f"clusters: {output}", err=True)
+    except user_errors() as e:
+        fail(e)
+
+
+COMMANDS = [sql, cka, cluster]
