@@ -241,3 +241,23 @@ def test_publish_to_a_branch_and_pull_it(hub_server, published, tmp_path):
     assert res.path.name == "v2" and _files(res.path) == {
         p: b for p, b in _files(v2).items() if p.startswith("data/pooled/layer=00/")}
     assert Vindex.open(res.path).manifest["pulled_from"]["revision"] == "v2"
+
+
+def test_ls_collection_and_unreachable_hub(hub_server, published, monkeypatch):
+    hub_server.add_collection("vindex-org/lake-0123", [("dataset", REPO), ("model", "vindex-org/m")])
+    rows = ls(collection="vindex-org/lake-0123", local=False)
+    assert [(r["name"], r["location"], r["layers"]) for r in rows] == [("toy", URI, [0, 1, 2, 3])]
+    pull(URI, tables=["prompts"], progress=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")          # nothing listens there
+    with pytest.warns(UserWarning, match="remote listing skipped"):
+        rows = ls(org="vindex-org")
+    assert [(r["where"], r["name"]) for r in rows] == [("local", "toy")]
+
+
+def test_private_repo_needs_the_token(hub_server, tmp_path):
+    root = write_toy_vindex(tmp_path / "toy")
+    publish(root, "vindex-org/secret", private=True, progress=False)
+    with pytest.raises(NotFound, match="private.*HF_TOKEN"):
+        pull("vindex-org/secret", out=tmp_path / "anon", token=False, progress=False)
+    res = pull("vindex-org/secret", tables=["prompts"], out=tmp_path / "me", progress=False)
+    assert Vindex.open(res.path).tables == ["prompts"]

@@ -283,7 +283,18 @@ def _ls_local() -> list[dict]:
     return rows
 
 
+def _probe(timeout: float = 5.0) -> None:
+    """Fail fast when the Hub is unreachable (huggingface_hub's listing retries for ~25 s)."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint(), timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - any answer at all means reachable; no answer is the error
+        raise HubError(f"cannot reach {endpoint()} ({type(e).__name__}: {e})") from None
+
+
 def _ls_remote(org: str | None, collection: str | None, token) -> list[dict]:
+    _probe()
     api = hub_api(token)
     repos = []
     if org:
