@@ -223,3 +223,13 @@ def test_down_meta_header_struct_matches_the_documented_bytes(tmp_path):
     assert raw[:4] == b"TEMD" and struct.unpack("<III", raw[4:16]) == (1, 2, 2)
     assert len(raw) == 16 + 2 * (4 + 3 * (8 + 8 * 2))
     assert fx.index["checksums"]["down_meta.bin"] == sha256(fx.folder / "down_meta.bin")
+
+
+def test_without_tokenizer_ids_are_kept(tmp_path):
+    fx = write_larql_fixture(tmp_path / "src", n_layers=1)
+    (fx.folder / "tokenizer.json").unlink()
+    rows = Vindex.open(import_larql(fx.folder, tmp_path / "out", progress=False)).read("features").to_pylist()
+    src = fx.layers[0]
+    assert [r["top_token_id"] for r in rows] == [int(t) if h else None for t, h in zip(src.top_token_id, src.has_meta)]
+    assert all(r["top_token"] is None for r in rows)
+    assert all(p["token"] is None and p["token_id"] >= 0 for r in rows for p in r["top_tokens"] or [])
