@@ -179,3 +179,22 @@ def test_cli_writes_the_page(lake, tmp_path):
     assert "wrote" in r.output and out.is_file()
     html = out.read_text(encoding="utf-8")
     assert '"estimator":"biased"' in html and '"estimator":"debiased"' not in html
+
+
+def test_cli_serve_answers_on_localhost(lake, tmp_path):
+    """`vindex view --serve --port 0` prints its URL once listening and serves the written page."""
+    import subprocess
+    import sys
+    import urllib.request
+    proc = subprocess.Popen([sys.executable, "-c", "from vindex.cli import main; main()", "view", str(lake), "--out", str(tmp_path / "v.html"),
+                             "--permutations", "0", "--serve", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving") and "http://127.0.0.1:" in line, line
+        url = line.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.read().decode("utf-8") == (tmp_path / "v.html").read_text(encoding="utf-8")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
