@@ -29,7 +29,7 @@ def connection(con_or_sources) -> duckdb.DuckDBPyConnection:
 def _call(con_or_sources, function: str, positional: list, named: dict) -> pa.Table:
     args = ["?"] * len(positional) + [f"{k} := ?" for k in named]
     sql = f"SELECT * FROM {function}({', '.join(args)})"
-    return connection(con_or_sources).execute(sql, [*positional, *named.values()]).fetch_arrow_table()
+    return connection(con_or_sources).execute(sql, [*positional, *named.values()]).to_arrow_table()
 
 
 def cka_matrix(con_or_sources, model_a: str, model_b: str, pooling: str = "mean", estimator: str = "biased",
