@@ -81,3 +81,15 @@ def test_remote_traversal_manifest_is_rejected_by_connect(hub_server, remote):
     hub_server.put_files(REPO, {"vindex.json": json.dumps(m)})
     with pytest.raises(UnsafePath, match="escapes"):
         connect(URI)
+
+
+def test_vindex_sql_over_a_remote_and_a_local_vindex(hub_server, remote, tmp_path):
+    from click.testing import CliRunner
+
+    from vindex.cli import main
+
+    local = write_toy_vindex(tmp_path / "other", name="other", n_prompts=64, d=32, seed=7)
+    res = CliRunner().invoke(main, ["sql", "-l", str(local), "-l", URI, "-f", "csv",
+                                    "SELECT model, count(*) AS n FROM pooled WHERE layer = 0 GROUP BY model ORDER BY model"])
+    assert res.exit_code == 0, res.output
+    assert res.output.split() == ["model,n", "other,64", "toy,64"]
