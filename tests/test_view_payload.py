@@ -98,7 +98,7 @@ def test_unknown_model_is_a_clear_error(lake):
 def test_page_size_does_not_grow_with_width_or_prompts(tmp_path):
     """No raw activations: a lake of wide models with many prompts gives (almost) the same page."""
     def page_bytes(root, d, n_prompts):
-        write_view_lake(root, n_prompts=n_prompts, models=(("alpha", 4, d), ("beta", 6, d + 8)), n_features=1500)
+        write_view_lake(root, n_prompts=n_prompts, models=(("alpha", 4, d), ("beta", 6, d + 8)), n_features=600)
         con = connect(root, functions=False)
         html = render_page(build_payload(con, estimators=(), max_features=256, progress=False))
         con.close()
