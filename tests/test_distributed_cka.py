@@ -145,3 +145,22 @@ def test_hf_lake_on_ray_equals_local(lake, hub_server, ray_local):
         remote = cka_all("hf://datasets/vindex-org/toy-lake", models=["m0", "m1", "m2"], ray=True, progress=False)
     local = cka_all(lake, models=["m0", "m1", "m2"], progress=False)
     assert remote.equals(local)
+
+
+def test_cli_cka_all_and_ray(lake, tmp_path, ray_local):
+    from click.testing import CliRunner
+
+    from vindex.cli import main
+    out = tmp_path / "all.parquet"
+    r = CliRunner().invoke(main, ["cka", "-l", str(lake), "--all", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "m0" in r.output and "max_cka" in r.output
+    assert pq.read_table(out).equals(cka_all(lake, progress=False))
+    r = CliRunner().invoke(main, ["cka", "-l", str(lake), "m1", "m3", "--ray", "-f", "json"])
+    assert r.exit_code == 0, r.output
+    import json
+    rows = json.loads(r.stdout)
+    assert_same(sorted(rows, key=lambda x: (x["layer_a"], x["layer_b"])), sql_matrix(connect(lake), "m1", "m3"),
+                tol=1e-9)
+    r = CliRunner().invoke(main, ["cka", "-l", str(lake), "--ray"])
+    assert r.exit_code != 0 and "MODEL_A and MODEL_B, or --all" in r.output

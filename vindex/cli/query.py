@@ -163,8 +163,8 @@ def shell(con, max_rows: int = 40) -> None:
 
 
 @click.command()
-@click.argument("model_a")
-@click.argument("model_b")
+@click.argument("model_a", required=False)
+@click.argument("model_b", required=False)
 @lake_option
 @click.option("--pooling", default="mean", show_default=True, help="Which pooled rows (pooled.pooling).")
 @click.option("--estimator", default="biased", show_default=True, type=click.Choice(["biased", "debiased"]))
@@ -178,13 +178,27 @@ def shell(con, max_rows: int = 40) -> None:
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a heatmap PNG here.")
 @click.option("-f", "--format", "fmt", type=click.Choice(["grid", "table", "csv", "json"]), default="grid",
               show_default=True, help="grid: layers of A down, layers of B across; table/csv/json: one row per pair.")
+@click.option("--all", "all_pairs", is_flag=True,
+              help="Every model pair of the lake at once (vindex.query.distributed.cka_all); see -o.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Compute the Grams and pairs as Ray tasks: --ray alone uses RAY_ADDRESS or a local cluster; "
+                   "or ray://head:10001, auto, local (needs the `distributed` extra).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="With --all / --ray: write the result table here as Parquet (query it with vindex sql).")
 def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_set, permutations, seed, by_depth,
-        plot, fmt):
+        plot, fmt, all_pairs, ray_address, output):
     """CKA between every layer of MODEL_A and every layer of MODEL_B (is it above chance? use --permutations).
 
     \b
     vindex cka -l lake gemma3-270m qwen2.5-0.5b --permutations 99 --plot cka.png
+    vindex cka -l lake --all --ray -o lake-cka.parquet      # every pair of the lake, on Ray
     """
+    if all_pairs or ray_address is not None:
+        return cka_all_command(model_a, model_b, lakes, all_pairs, ray_address, output, by_depth, plot, fmt,
+                               dict(pooling=pooling, estimator=estimator, kernel=kernel, preprocess=preprocess,
+                                    prompt_set=prompt_set, permutations=permutations, seed=seed))
+    if not (model_a and model_b):
+        raise click.UsageError("give MODEL_A and MODEL_B, or --all for every pair of the lake")
     from vindex.query import cka_depth, cka_matrix
     try:
         con = open_lake(lakes)
@@ -204,6 +218,35 @@ def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_
             print_rows(con, table, None, fmt)
         if plot:
             click.echo(f"heatmap: {plot}", err=True)
+    except user_errors() as e:
+        fail(e)
+
+
+def cka_all_command(model_a, model_b, lakes, all_pairs, ray_address, output, by_depth, plot, fmt, options):
+    """`vindex cka --all` / `--ray`: a thin shell over vindex.query.distributed.cka_all."""
+    if by_depth or plot:
+        raise click.UsageError("--depth and --plot take one pair without --all/--ray; query the -o table instead")
+    if not all_pairs and not (model_a and model_b):
+        raise click.UsageError("--ray needs MODEL_A and MODEL_B, or --all")
+    from vindex.query.distributed import cka_all
+    models = [m for m in (model_a, model_b) if m] or None
+    try:
+        table = cka_all(*(lakes or (".",)), models=models if all_pairs else None,
+                        pairs=None if all_pairs else [(model_a, model_b)], ray=ray_address, out=output, **options)
+        if table.num_rows == 0:
+            raise VindexError("no model pair could be compared (see the warnings above)")
+        if fmt != "grid":
+            import duckdb
+            return print_rows(duckdb.connect(), table, None, fmt)
+        if not all_pairs:
+            return click.echo(grid_text(table))
+        import duckdb
+        con = duckdb.connect()
+        con.register("t", table)
+        click.echo(_table_text(con.sql(
+            "SELECT model_a, model_b, count(DISTINCT layer_a) AS layers_a, count(DISTINCT layer_b) AS layers_b, "
+            "round(max(cka), 4) AS max_cka, round(avg(cka), 4) AS mean_cka FROM t GROUP BY ALL ORDER BY ALL"), 10_000))
+        click.echo(f"result: {output}" if output else "(add -o FILE.parquet to keep the full table)", err=True)
     except user_errors() as e:
         fail(e)
 
