@@ -248,34 +248,41 @@ class HiddenStates:
 
 # -- pooling ----------------------------------------------------------------------------------------
 
-def pool(h, content, poolings=DEFAULT_POOLINGS) -> dict:
-    """Pool one layer's states h [B, T, d] (float32) over each prompt's content tokens.
+def pooling_weights(content, poolings=DEFAULT_POOLINGS):
+    """Pooling as weights W [B, P, T] over positions, so that pooled = W @ h (one bmm per layer).
 
-    content [B, T] bool: the tokens to pool (`pad_batch` makes it every real token for a
-    prompt made only of specials, so no row is empty).
+    content [B, T] bool: the tokens to pool (`pad_batch` makes it every real token for a prompt
+    made only of specials, so no row is empty). With c = content and n = c.sum(1):
+      mean        W = c / n
+      last        W = one-hot at the last content position
+      mean_nosink W = c' / n', c' = c without the first content position (c' = c when n = 1)
     """
-    torch = __import__("torch")
-    c = content.to(h.dtype)                                   # [B, T]
-    n = c.sum(1, keepdim=True)                                # [B, 1]
-    out = {}
-    if "mean" in poolings:
-        out["mean"] = (h * c[..., None]).sum(1) / n.clamp(min=1)
-    if "last" in poolings or "mean_nosink" in poolings:
-        pos = torch.arange(h.shape[1], device=h.device)[None, :]
-        last = torch.where(content, pos, -1).max(1).values.clamp(min=0)   # [B]
-        first = torch.where(content, pos, h.shape[1]).min(1).values      # [B]
-    if "last" in poolings:
-        out["last"] = h[torch.arange(h.shape[0], device=h.device), last]
-    if "mean_nosink" in poolings:
-        # drop the first content position: mean over content minus {first}; single-token prompts keep it
-        c2 = c.clone()
-        several = n[:, 0] > 1
-        c2[several, first[several]] = 0
-        out["mean_nosink"] = (h * c2[..., None]).sum(1) / c2.sum(1, keepdim=True).clamp(min=1)
-    unknown = set(poolings) - set(POOLINGS)
-    if unknown:
-        raise InvalidValue(f"unknown pooling(s) {sorted(unknown)}; available: {', '.join(POOLINGS)}")
-    return out
+    import torch
+    c = content.float()                                               # [B, T]
+    n = c.sum(1, keepdim=True).clamp(min=1)                           # [B, 1]
+    pos = torch.arange(c.shape[1], device=c.device)[None, :]
+    rows = []
+    for p in poolings:
+        if p == "mean":
+            rows.append(c / n)
+        elif p == "last":
+            last = torch.where(content, pos, -1).max(1).values.clamp(min=0)      # [B]
+            rows.append(torch.nn.functional.one_hot(last, c.shape[1]).float())
+        elif p == "mean_nosink":
+            first = torch.where(content, pos, c.shape[1]).min(1).values          # [B]
+            c2 = c.clone()
+            several = c.sum(1) > 1
+            c2[several, first[several]] = 0
+            rows.append(c2 / c2.sum(1, keepdim=True).clamp(min=1))
+        else:
+            raise InvalidValue(f"unknown pooling {p!r}; available: {', '.join(POOLINGS)}")
+    return torch.stack(rows, 1)                                       # [B, P, T]
+
+
+def pool(h, content, poolings=DEFAULT_POOLINGS) -> dict:
+    """Pool one layer's states h [B, T, d] over content [B, T]: {pooling: [B, d]}."""
+    pooled = pooling_weights(content, poolings).to(h.dtype) @ h     # [B, P, d]
+    return {p: pooled[:, i] for i, p in enumerate(poolings)}
 
 
 def check_poolings(poolings) -> tuple[str, ...]:

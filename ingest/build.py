@@ -1,6 +1,6 @@
 """`build()`: run a model over a prompt set and write per-layer activations into a vindex.
 
-    from vindex.ingest import build
+    from vindex.ingest.build import build
     root = build("smollm2-135m")                               # -> lake/smollm2-135m
     root = build("path/to/hf-folder", "lake/mine", layers="0-8,12", dtype="float32")
 
@@ -17,8 +17,10 @@ are deterministic for a fixed batch, so the result equals an uninterrupted run.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ import pyarrow as pa
 from vindex.errors import InvalidValue, ManifestError
 from vindex.writer import VindexWriter
 from .activations import (DEFAULT_POOLINGS, POOLINGS, HiddenStates, TokenText, check_poolings, pad_batch,
-                          parse_layers, plan_groups, pool, tokenize_prompts)
+                          parse_layers, plan_groups, pooling_weights, tokenize_prompts)
 from .prompts import PromptSet, load_prompts
 from .sources import load_model, resolve_model
 
@@ -54,7 +56,8 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
     poolings: any of mean, last, mean_nosink (rules recorded in the manifest).
     resume: continue a build cut off earlier (its arguments must match); False rebuilds this
       prompt set's activations from scratch.
-    buffer_mb: memory for buffered states; sets `shard_rows` (token rows per shard) unless given.
+    buffer_mb: memory for buffered states (two shard groups: one computing, one being written);
+      sets `shard_rows` (token rows per shard) unless given.
     ray: run on a Ray cluster (True, or its address; see vindex.ingest.distributed), with `actors`
       model copies of `gpus_per_actor` GPUs each; same shards, one manifest commit at the end.
     """
@@ -80,7 +83,8 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
     name = name or src.name
     root = Path(out) if out is not None else Path("lake") / name
     itemsize = 2 if dtype == "float16" else 4
-    shard_rows = int(shard_rows or max(1, buffer_mb * 2**20 // (len(layers) * d * itemsize)))
+    # two groups live at once (one being written while the next is computed)
+    shard_rows = int(shard_rows or max(1, buffer_mb * 2**20 // (2 * len(layers) * d * itemsize)))
 
     import torch
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,17 +117,25 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
     bar = _progress(len(ps), n_done, f"{name}/{ps.name}", progress)
     text = TokenText(tok)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    try:
-        for k, group in enumerate(groups):
-            if done[k]:
-                continue
-            acts, pooled = _capture_group(runner, tokenized, group, layers, poolings, dtype, pad_id, n_layers, bar)
-            _write_group(w, ps.name, acts, pooled, layers, poolings, base + k, text)
-            if "hidden_states" not in extraction:
-                extraction["hidden_states"] = runner.convention()
-                w.update(extraction={"activations": extraction})
-    finally:
-        bar.close()
+    # Pipeline: while the writer threads compress and write group k, the model runs group k+1.
+    # A group is committed (one manifest write) only once all its shards are on disk.
+    pending = None
+    with ThreadPoolExecutor(max_workers=_writer_threads(), thread_name_prefix="vindex-write") as pool_ex:
+        try:
+            for k, group in enumerate(groups):
+                if done[k]:
+                    continue
+                captured = _capture_group(runner, tokenized, group, layers, poolings, dtype, pad_id, n_layers, bar)
+                if "hidden_states" not in extraction:
+                    extraction["hidden_states"] = runner.convention()
+                    w.update(extraction={"activations": extraction}, commit=False)
+                if pending is not None:
+                    _commit_group(w, pending)
+                pending = _submit_group(pool_ex, w, ps.name, captured, layers, poolings, base + k, text)
+            if pending is not None:
+                _commit_group(w, pending)
+        finally:
+            bar.close()
     w.manifest["prompt_sets"][ps.name]["complete"] = True
     w.commit()
     if progress:
@@ -197,43 +209,47 @@ def _group_done(w: VindexWriter, layers, part: int) -> bool:
 
 # -- capture and write ----------------------------------------------------------------------------
 
+def _writer_threads() -> int:
+    return max(1, min(4, (os.cpu_count() or 1)))
+
+
 def _capture_group(runner, tokenized, group, layers, poolings, dtype, pad_id, n_layers, bar):
     """Forward every batch of a group; per layer, the token rows and pooled vectors (numpy)."""
     import torch
     store = torch.float16 if dtype == "float16" else torch.float32
-    acts = {l: {"act": [], "norm": []} for l in layers}
+    acts = {l: [] for l in layers}
+    norms = {l: [] for l in layers}
     pooled = {l: [] for l in layers}
-    meta = {"tokens": [], "prompts": []}
+    toks_all = []
     for batch in group:
         toks = [tokenized[i] for i in batch]
         ids, attn, content = pad_batch(toks, pad_id)
         hs = runner.run(ids, attn)
         if len(hs) != n_layers + 1:
             raise InvalidValue(f"the model returned {len(hs)} hidden states, its config says {n_layers} layers + 1")
-        m = torch.from_numpy(attn).to(hs[0].device)
-        c = torch.from_numpy(content).to(hs[0].device)
+        dev = hs[0].device
+        flat = torch.from_numpy(np.flatnonzero(attn)).to(dev)                 # real tokens, row-major
+        weights = pooling_weights(torch.from_numpy(content).to(dev), poolings)  # [B, P, T]
         for l in layers:
-            h = hs[l].float()                                     # [B, T, d]
-            sel = h[m]                                            # [N, d] real tokens, row-major order
-            amax = float(sel.abs().amax()) if sel.numel() else 0.0
+            h = hs[l].float()                                                   # [B, T, d]
+            sel = h.reshape(-1, h.shape[-1]).index_select(0, flat)              # [N, d]
+            lo, hi = torch.aminmax(sel)
+            amax = max(-float(lo), float(hi))
             if not np.isfinite(amax) or (store == torch.float16 and amax > _FLOAT16_MAX):
                 what = "NaN/inf" if not np.isfinite(amax) else f"|x| up to {amax:.4g}, beyond float16"
                 raise InvalidValue(f"layer {l}: hidden states hold {what}" +
                                    ("; rebuild with dtype='float32' (--dtype float32)" if np.isfinite(amax) else ""))
-            acts[l]["norm"].append(torch.linalg.vector_norm(sel, dim=-1).cpu().numpy())
-            acts[l]["act"].append(sel.to(store).cpu().numpy())
-            pv = pool(h, c, poolings)
-            pooled[l].append(torch.stack([pv[p] for p in poolings], 1).to(store).cpu().numpy())  # [B, P, d]
-        meta["tokens"].extend(toks)
-        meta["prompts"].extend(t.prompt_id for t in toks)
+            norms[l].append(torch.linalg.vector_norm(sel, dim=-1).cpu().numpy())
+            acts[l].append(sel.to(store).cpu().numpy())
+            pooled[l].append((weights @ h).to(store).cpu().numpy())           # [B, P, d]
+        toks_all.extend(toks)
         bar.update(len(batch))
-    return ({"meta": meta, **{l: {k: np.concatenate(v) for k, v in a.items()} for l, a in acts.items()}},
-            {l: np.concatenate(v) for l, v in pooled.items()})
+    return {"tokens": toks_all, "acts": acts, "norms": norms, "pooled": pooled}
 
 
-def _write_group(w, prompt_set, acts, pooled, layers, poolings, part, text):
-    """One shard per layer per table, committed to the manifest together."""
-    toks = acts["meta"]["tokens"]
+def _submit_group(pool_ex, w, prompt_set, captured, layers, poolings, part, text):
+    """Start writing one shard per layer per table (uncommitted); returns (futures, futures)."""
+    toks = captured["tokens"]
     lengths = np.array([len(t) for t in toks])
     pids = np.repeat([t.prompt_id for t in toks], lengths)
     perm = np.argsort(pids, kind="stable")        # rows by prompt_id, tokens in order
@@ -251,21 +267,30 @@ def _write_group(w, prompt_set, acts, pooled, layers, poolings, part, text):
         "char_end": pa.array(ends, pa.int32(), mask=ends < 0),
         "special": pa.array(np.concatenate([t.special for t in toks])[perm]),
     }
-    prompt_ids = np.asarray(acts["meta"]["prompts"])
+    prompt_ids = np.array([t.prompt_id for t in toks])
     pperm = np.argsort(prompt_ids, kind="stable")
     P = len(poolings)
     pcommon = {"prompt_set": pa.array([prompt_set] * (len(prompt_ids) * P), pa.string()),
                "prompt_id": pa.array(np.repeat(prompt_ids[pperm], P), pa.int32()),
                "pooling": pa.array(list(poolings) * len(prompt_ids), pa.string())}
-    a_entries, p_entries = [], []
-    for l in layers:
-        a_entries.append(w.write_shard("activations", {**common, "norm": acts[l]["norm"][perm],
-                                                       "act": acts[l]["act"][perm]},
-                                       {"layer": l}, part, commit=False))
-        vec = pooled[l][pperm].reshape(len(prompt_ids) * P, -1)  # [B*P, d], pooling fastest
-        p_entries.append(w.write_shard("pooled", {**pcommon, "act": vec}, {"layer": l}, part, commit=False))
-    w.add_files("activations", a_entries, commit=False)
-    w.add_files("pooled", p_entries, commit=False)
+
+    def write_layer(l):
+        act = np.concatenate(captured["acts"].pop(l))[perm]
+        norm = np.concatenate(captured["norms"].pop(l))[perm]
+        a = w.write_shard("activations", {**common, "norm": norm, "act": act}, {"layer": l}, part, commit=False)
+        del act
+        vec = np.concatenate(captured["pooled"].pop(l))[pperm].reshape(len(prompt_ids) * P, -1)  # pooling fastest
+        p = w.write_shard("pooled", {**pcommon, "act": vec}, {"layer": l}, part, commit=False)
+        return a, p
+
+    return [pool_ex.submit(write_layer, l) for l in layers]
+
+
+def _commit_group(w, futures) -> None:
+    """Wait for a group's shards, then list them all in one manifest commit."""
+    entries = [f.result() for f in futures]
+    w.add_files("activations", [a for a, _ in entries], commit=False)
+    w.add_files("pooled", [p for _, p in entries], commit=False)
     w.commit()
 
 
