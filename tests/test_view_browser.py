@@ -57,7 +57,7 @@ def browser():
         b.close()
 
 
-def open_offline(browser, path):
+def open_offline(browser, path, fragment=""):
     """`path` opened from disk, offline, with any non-file request aborted and recorded."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 1000}, offline=True)
     requests, errors = [], []
@@ -70,7 +70,7 @@ def open_offline(browser, path):
     pg.on("request", lambda r: None if r.url.startswith("file:") else requests.append(r.url))
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    pg.goto(path.as_uri())
+    pg.goto(path.as_uri() + fragment)
     pg.wait_for_selector("body[data-ready='1']", timeout=10_000)
     yield pg
     assert errors == [], errors
@@ -245,3 +245,18 @@ def test_a_lake_without_activations_still_browses_features(browser, tmp_path):
         assert pg.locator("#feature-table tbody tr").count() == 40
         assert pg.locator("#corr-table").count() == 0
         shot(pg, "weights-only")
+
+
+def test_the_url_fragment_restores_a_view(browser, page_file, con):
+    """A link carries the view: models, estimator, pooling, filters, tab and the selected layer."""
+    for pg in open_offline(browser, page_file, "#a=beta&b=alpha&compare=1&est=biased&pool=last&thr=0.10&null=0"
+                                               "&view=heatmap&sel=a:4"):
+        assert pg.locator("#model-a").input_value() == "beta" and pg.locator("#model-b").input_value() == "alpha"
+        assert pg.locator("#estimator").input_value() == "biased" and pg.locator("#pooling").input_value() == "last"
+        assert pg.locator("#threshold-value").text_content() == "0.10" and not pg.locator("#hide-null").is_checked()
+        assert pg.locator("#heatmap-svg").count() == 1
+        assert pg.locator("#layer-title").get_attribute("data-model") == "beta"
+        # the pair is stored once, as alpha x beta (whose null shuffles beta's rows): shown transposed
+        check_correspondence(pg, cka_sql(con, "alpha", "beta", "biased", "last"), 4, side="b")
+        pg.click("#heatmap-svg rect.cell[data-i='2'][data-j='1']")
+        assert "sel=a%3A2" in pg.evaluate("location.hash") or "sel=a:2" in pg.evaluate("location.hash")

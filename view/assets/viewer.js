@@ -149,6 +149,33 @@ function drawProvenance(M) {
   dl(box, [["page built by", g.by], ["built at", g.at], ["sources", (g.sources || []).join(", ")]]);
 }
 
+/* The view lives in the URL's hash (#a=..&b=..&est=..&pool=..&thr=..&sel=a:3), so a link
+ * reopens the same view; replaceState keeps the history clean. */
+function saveHash() {
+  const st = VX.state, q = new URLSearchParams();
+  q.set("a", st.a); q.set("b", st.b); q.set("compare", st.compare ? "1" : "0");
+  if (st.estimator) q.set("est", st.estimator);
+  if (st.pooling) q.set("pool", st.pooling);
+  q.set("thr", st.threshold.toFixed(2)); q.set("null", st.hideNull ? "1" : "0"); q.set("view", st.view);
+  if (st.sel) q.set("sel", st.sel.side + ":" + st.sel.layer);
+  try { history.replaceState(null, "", "#" + q.toString()); } catch (e) { /* sandboxed frames */ }
+}
+
+function loadHash(names) {
+  const st = VX.state, q = new URLSearchParams(location.hash.slice(1));
+  if (names.includes(q.get("a"))) st.a = q.get("a");
+  if (names.includes(q.get("b"))) st.b = q.get("b");
+  if (q.has("compare") && names.length > 1) st.compare = q.get("compare") === "1";
+  if (q.has("est")) st.estimator = q.get("est");
+  if (q.has("pool")) st.pooling = q.get("pool");
+  const thr = parseFloat(q.get("thr"));
+  if (thr >= 0 && thr <= 1) st.threshold = thr;
+  if (q.has("null")) st.hideNull = q.get("null") === "1";
+  if (q.get("view") === "heatmap" || q.get("view") === "layers") st.view = q.get("view");
+  const m = /^([ab]):(\d+)$/.exec(q.get("sel") || "");
+  if (m) st.sel = {side: m[1], layer: +m[2]};
+}
+
 VX.render = function () {
   const st = VX.state;
   syncControls();
@@ -179,6 +206,7 @@ VX.render = function () {
   }
   VX.drawLayerPanel(document.getElementById("layer-panel"), M);
   drawProvenance(M);
+  saveHash();
 };
 
 VX.boot = function () {
@@ -190,6 +218,7 @@ VX.boot = function () {
   st.a = names[0] || null;
   st.b = names[1] || names[0] || null;
   st.compare = names.length > 1;
+  loadHash(names);
   const ma = document.getElementById("model-a"), mb = document.getElementById("model-b");
   fillSelect(ma, names, st.a); fillSelect(mb, names, st.b);
   ma.disabled = mb.disabled = names.length < 2;
