@@ -198,3 +198,13 @@ def test_cli_serve_answers_on_localhost(lake, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_pooling_no_model_has_is_noted_not_silently_empty(lake):
+    con = connect(lake)
+    try:
+        p = build_payload(con, poolings=["max"], permutations=0, progress=False)
+    finally:
+        con.close()
+    assert p["cka"] == []
+    assert any("alpha x beta" in n and "max" in n for n in p["notes"]), p["notes"]

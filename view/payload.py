@@ -83,8 +83,9 @@ def model_records(con, names: list[str]) -> list[dict]:
 
 
 # -- CKA ----------------------------------------------------------------------------------------
-def cka_jobs(con, names, estimators, poolings, prompt_set) -> list[tuple]:
-    """(model_a, model_b, estimator, pooling, prompt_set) for every pair that has common rows."""
+def cka_jobs(con, names, estimators, poolings, prompt_set, notes: list | None = None) -> list[tuple]:
+    """(model_a, model_b, estimator, pooling, prompt_set) for every pair that has common rows; a
+    pair with pooled rows but none in common is noted (different prompt sets or poolings)."""
     have = {}  # model -> {prompt_set: {pooling: n_prompts}}
     for model, ps, pooling, n in con.sql(
             "SELECT model, prompt_set, pooling, count(DISTINCT prompt_id) FROM pooled "
@@ -95,12 +96,14 @@ def cka_jobs(con, names, estimators, poolings, prompt_set) -> list[tuple]:
         common = set(have.get(a, {})) & set(have.get(b, {}))
         if prompt_set is not None:
             common &= {prompt_set}
-        if not common:
-            continue
-        ps = max(sorted(common), key=lambda s: max(have[a][s].values()))
-        pools = sorted(set(have[a][ps]) & set(have[b][ps]))
+        ps = max(sorted(common), key=lambda s: max(have[a][s].values())) if common else None
+        pools = sorted(set(have[a][ps]) & set(have[b][ps])) if common else []
         if poolings:
             pools = [p for p in pools if p in poolings]
+        if not pools and a in have and b in have and notes is not None:
+            notes.append(f"no CKA for {a} x {b}: no prompt set and pooling in common"
+                         + (f" among prompt_set={prompt_set!r}" if prompt_set else "")
+                         + (f" among poolings {list(poolings)}" if poolings else ""))
         jobs += [(a, b, est, pool, ps) for pool in pools for est in estimators]
     return jobs
 
@@ -109,7 +112,7 @@ def cka_records(con, names, estimators, poolings, prompt_set, permutations, prep
                 notes: list | None = None) -> list[dict]:
     """Run the SQL layer's `cka_matrix` for every job; a pair the SQL layer refuses (rows that do
     not align, a model without rows) is left out with its reason in `notes`, not fatal."""
-    jobs = cka_jobs(con, names, estimators, poolings, prompt_set)
+    jobs = cka_jobs(con, names, estimators, poolings, prompt_set, notes)
     out = []
     for a, b, est, pool, ps in tqdm(jobs, desc="CKA matrices", unit="matrix", disable=not progress or not jobs):
         args = [literal(a), literal(b), f"pooling := {literal(pool)}", f"estimator := {literal(est)}",
