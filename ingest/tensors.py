@@ -1,0 +1,416 @@
+"""Lazy, per-layer access to a model's safetensors weights, by architecture-neutral role.
+
+Why not load the model with transformers: the weight jobs need one layer at a time, and a
+loaded model holds all of them. Here each tensor is memory-mapped only while it is copied
+out (np.memmap over its byte range, then unmapped), so resident memory stays at what the
+caller keeps: about one layer plus the embedding, whatever the checkpoint's size.
+
+Every matrix comes back as float32 in the `nn.Linear` orientation, (out_features, in_features):
+
+    q (n_heads*hd, d)   k, v (n_kv_heads*hd, d)   o (d, n_heads*hd)
+    gate, up (F, d)     down (d, F)               embedding, lm_head (vocab, d)
+
+GPT-2 stores Conv1D weights as (in, out) and fuses q|k|v into c_attn: they are transposed and
+split here. Dense non-gated FFNs (GPT-2 `c_fc`, BERT `intermediate.dense`) have no gate: their
+input matrix W_in plays the gate's role (it is what reads the residual stream, as in LarQL's
+gate_vectors.bin) and `up` is None.
+"""
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vindex.errors import InvalidValue, NotFound, VindexError
+
+
+class WeightsError(VindexError):
+    """A checkpoint is unreadable or lacks a tensor its architecture needs."""
+
+
+class UnsupportedWeights(InvalidValue):
+    """The architecture has no tensor-name map here."""
+
+
+# -- tensor-name maps --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where each role's tensor lives, relative to a base prefix that is discovered per file.
+
+    Layer names use `{i}` for the 0-based block index; MoE expert names use `{e}` as well.
+    """
+    family: str
+    embed: str
+    layer: str                          # prefix of block i, relative to the base
+    attn: tuple[str, str, str, str] | None   # q, k, v, o (None: fused, see qkv)
+    ffn: tuple[str, str | None, str]    # gate (or W_in), up (None: non-gated), down
+    final_norm: str | None
+    bases: tuple[str, ...]              # candidate base prefixes, tried in order
+    qkv: tuple[str, str] | None = None  # GPT-2: fused q|k|v (c_attn) and o (c_proj)
+    conv1d: bool = False                # GPT-2: weights stored (in, out)
+    norm: str = "rms"                   # rms | layer (LayerNorm centres before scaling)
+    norm_offset: float = 0.0            # Gemma's RMSNorm multiplies by (1 + w)
+    embed_scale: bool = False           # Gemma multiplies input embeddings by sqrt(d_model)
+    post_ffn_norm: str | None = None    # Gemma 2/3 normalise the FFN output before the residual add
+    experts: tuple[str, str, str] | None = None      # per-expert gate, up, down
+    experts_fused: tuple[str, str] | None = None     # transformers-5 layout: gate_up (E,2F,d), down (E,d,F)
+    shared_expert: tuple[str, str, str] | None = None
+    router: str | None = None
+    lm_heads: tuple[str, ...] = ("lm_head.weight",)
+    encoder: bool = False
+
+
+_LLAMA_ATTN = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+               "self_attn.o_proj.weight")
+_LLAMA_FFN = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
+_DECODER_BASES = ("model.", "", "model.language_model.", "language_model.model.")
+_LM_HEADS = ("lm_head.weight", "language_model.lm_head.weight", "model.lm_head.weight")
+
+
+def _decoder(family, **kw) -> Architecture:
+    return Architecture(family=family, embed="embed_tokens.weight", layer="layers.{i}.", attn=_LLAMA_ATTN,
+                        ffn=_LLAMA_FFN, final_norm="norm.weight", bases=_DECODER_BASES, lm_heads=_LM_HEADS,
+                        **kw)
+
+
+_GEMMA = dict(norm_offset=1.0, embed_scale=True)
+_QWEN_MOE = dict(experts=("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight",
+                          "mlp.experts.{e}.down_proj.weight"),
+                 experts_fused=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"), router="mlp.gate.weight")
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": _decoder("llama"),
+    "mistral": _decoder("mistral"),
+    "qwen2": _decoder("qwen2"),
+    "qwen3": _decoder("qwen3"),
+    "gemma": _decoder("gemma", **_GEMMA),
+    "gemma2": _decoder("gemma2", post_ffn_norm="post_feedforward_layernorm.weight", **_GEMMA),
+    "gemma3_text": _decoder("gemma3", post_ffn_norm="post_feedforward_layernorm.weight", **_GEMMA),
+    "gemma3": _decoder("gemma3", post_ffn_norm="post_feedforward_layernorm.weight", **_GEMMA),
+    "mixtral": _decoder("mixtral", experts=("block_sparse_moe.experts.{e}.w1.weight",
+                                            "block_sparse_moe.experts.{e}.w3.weight",
+                                            "block_sparse_moe.experts.{e}.w2.weight"),
+                        experts_fused=("mlp.experts.gate_up_proj", "mlp.experts.down_proj"),
+                        router="block_sparse_moe.gate.weight"),
+    "qwen2_moe": _decoder("qwen2_moe", shared_expert=("mlp.shared_expert.gate_proj.weight",
+                                                      "mlp.shared_expert.up_proj.weight",
+                                                      "mlp.shared_expert.down_proj.weight"), **_QWEN_MOE),
+    "qwen3_moe": _decoder("qwen3_moe", **_QWEN_MOE),
+    "gpt2": Architecture(family="gpt2", embed="wte.weight", layer="h.{i}.", attn=None,
+                         qkv=("attn.c_attn.weight", "attn.c_proj.weight"),
+                         ffn=("mlp.c_fc.weight", None, "mlp.c_proj.weight"), final_norm="ln_f.weight",
+                         bases=("transformer.", ""), conv1d=True, norm="layer"),
+    "bert": Architecture(family="bert", embed="embeddings.word_embeddings.weight", layer="encoder.layer.{i}.",
+                         attn=("attention.self.query.weight", "attention.self.key.weight",
+                               "attention.self.value.weight", "attention.output.dense.weight"),
+                         ffn=("intermediate.dense.weight", None, "output.dense.weight"), final_norm=None,
+                         bases=("bert.", "", "model."), norm="layer", encoder=True, lm_heads=()),
+}
+
+
+def architecture_of(model_type: str | None, where: str = "config.json") -> Architecture:
+    """The tensor-name map of a config's model_type, or UnsupportedWeights listing the known ones."""
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedWeights(f"{where}: model_type {model_type!r} has no weight map; the weights job "
+                                 f"supports: {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[model_type]
+
+
+# -- raw safetensors access ------------------------------------------------------------------------
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int        # absolute byte offset of the data in the file
+
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse a .safetensors header: 8-byte little-endian length, then JSON {name: dtype, shape, offsets}."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            size = path.stat().st_size
+            if n > size - 8:
+                raise WeightsError(f"{path}: header length {n} runs past the end of the file ({size} bytes)")
+            header = json.loads(f.read(n))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{path}: not a safetensors file ({e})") from None
+    out = {}
+    for name, h in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = h["data_offsets"]
+        if 8 + n + end > size:
+            raise WeightsError(f"{path}: tensor {name!r} ends past the end of the file (truncated?)")
+        out[name] = TensorInfo(path, h["dtype"], tuple(h["shape"]), 8 + n + start)
+    return out
+
+
+def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":  # bfloat16 is the top half of a float32
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    return raw.astype(np.float32)
+
+
+class SafetensorsFolder:
+    """Every tensor of a folder's *.safetensors files, read on demand as float32."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        files = sorted(self.folder.glob("*.safetensors"))
+        if not files:
+            raise NotFound(f"{self.folder}: no *.safetensors files")
+        self.tensors: dict[str, TensorInfo] = {}
+        for f in files:
+            self.tensors.update(read_header(f))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise WeightsError(f"{self.folder}: no tensor {name!r} in the safetensors files") from None
+
+    def read(self, name: str, rows: slice | None = None) -> np.ndarray:
+        """Tensor `name` (optionally rows[a:b] of its first axis) as a fresh float32 array.
+
+        The file is mapped only for the copy, so the pages do not stay resident afterwards.
+        """
+        t = self.info(name)
+        if t.dtype not in _DTYPES:
+            raise WeightsError(f"{t.file}: tensor {name!r} has dtype {t.dtype}; the weights job reads "
+                               f"{', '.join(_DTYPES)} (dequantize first)")
+        np_dtype = np.dtype(_DTYPES[t.dtype])
+        shape = t.shape
+        offset = t.offset
+        if rows is not None:
+            a, b, _ = rows.indices(shape[0])
+            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np_dtype.itemsize
+            offset += a * row_bytes
+            shape = (max(b - a, 0), *shape[1:])
+        if int(np.prod(shape, dtype=np.int64)) == 0:
+            return np.zeros(shape, np.float32)
+        mm = np.memmap(t.file, dtype=np_dtype, mode="r", offset=offset, shape=shape)
+        try:
+            return _as_float32(mm, t.dtype)
+        finally:
+            mm._mmap.close()
+            del mm
+
+
+# -- a model's weights by role -----------------------------------------------------------------------
+
+@dataclass
+class FFNBlock:
+    """One FFN (or one MoE expert): F features, each a gate row, an up row and a down column."""
+    expert: int | None       # None: dense; -1: a shared expert (Qwen2-MoE)
+    gate: np.ndarray         # (F, d); W_in for non-gated FFNs
+    up: np.ndarray | None    # (F, d); None for non-gated FFNs (and when only gates were read)
+    down: np.ndarray | None  # (d, F); None when only gates were read
+
+    @property
+    def n_features(self) -> int:
+        return self.gate.shape[0]
+
+
+@dataclass
+class Attention:
+    q: np.ndarray   # (n_heads*hd, d)
+    k: np.ndarray   # (n_kv_heads*hd, d)
+    v: np.ndarray   # (n_kv_heads*hd, d)
+    o: np.ndarray   # (d, n_heads*hd)
+
+
+@dataclass
+class ModelShape:
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    n_experts: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def text_config(config: dict) -> dict:
+    """The language model's part of a config (multimodal Gemma 3 nests it under text_config)."""
+    text = config.get("text_config")
+    return {**config, **text} if isinstance(text, dict) else config
+
+
+def model_shape(config: dict) -> ModelShape:
+    c = text_config(config)
+    d = c.get("hidden_size") or c.get("n_embd")
+    n_heads = c.get("num_attention_heads") or c.get("n_head")
+    n_layers = c.get("num_hidden_layers") or c.get("n_layer")
+    if not (d and n_heads and n_layers):
+        raise WeightsError(f"config.json lacks hidden_size / num_attention_heads / num_hidden_layers "
+                           f"(model_type {config.get('model_type')!r})")
+    return ModelShape(n_layers=int(n_layers), d_model=int(d), n_heads=int(n_heads),
+                      n_kv_heads=int(c.get("num_key_value_heads") or n_heads),
+                      head_dim=int(c.get("head_dim") or d // n_heads), vocab_size=int(c.get("vocab_size") or 0),
+                      n_experts=c.get("num_local_experts") or c.get("num_experts"))
+
+
+class ModelWeights:
+    """A checkpoint folder read by role (embedding, attention, FFN, norms), one layer at a time."""
+
+    def __init__(self, folder: str | Path, config: dict | None = None):
+        self.folder = Path(folder)
+        if config is None:
+            cfg_path = self.folder / "config.json"
+            if not cfg_path.is_file():
+                raise NotFound(f"{self.folder}: no config.json")
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        self.config = config
+        self.model_type = config.get("model_type")
+        self.arch = architecture_of(self.model_type, str(self.folder / "config.json"))
+        self.shape = model_shape(config)
+        self.files = SafetensorsFolder(self.folder)
+        self.base = self._find_base()
+
+    def __repr__(self) -> str:
+        return f"ModelWeights({str(self.folder)!r}, {self.model_type}, layers={self.n_layers})"
+
+    @property
+    def n_layers(self) -> int:
+        return self.shape.n_layers
+
+    def _find_base(self) -> str:
+        for base in self.arch.bases:
+            if base + self.arch.embed in self.files:
+                return base
+        found = [n for n in self.files.tensors if n.endswith(self.arch.embed)]
+        if found:
+            return found[0][: -len(self.arch.embed)]
+        raise WeightsError(f"{self.folder}: no embedding tensor '*{self.arch.embed}' for a {self.model_type} "
+                           f"model; the safetensors hold e.g. {sorted(self.files.tensors)[:5]}")
+
+    def _name(self, rel: str, i: int | None = None, e: int | None = None) -> str:
+        prefix = self.base + (self.arch.layer.format(i=i) if i is not None else "")
+        return prefix + rel.format(e=e)
+
+    def _check_layer(self, i: int) -> None:
+        if not 0 <= i < self.n_layers:
+            raise InvalidValue(f"block index {i} is out of range: the model has {self.n_layers} blocks (0..{self.n_layers - 1})")
+
+    def _linear(self, name: str) -> np.ndarray:
+        w = self.files.read(name)
+        return np.ascontiguousarray(w.T) if self.arch.conv1d else w
+
+    # embedding and unembedding -------------------------------------------------------------------
+    @property
+    def embedding_name(self) -> str:
+        return self.base + self.arch.embed
+
+    def embedding(self, rows: slice | None = None) -> np.ndarray:
+        """W_E (vocab, d), raw: no embed scale (LarQL's convention)."""
+        return self.files.read(self.embedding_name, rows)
+
+    @property
+    def vocab_rows(self) -> int:
+        return self.files.info(self.embedding_name).shape[0]
+
+    @property
+    def lm_head_name(self) -> str | None:
+        """The untied output matrix's tensor name; None when the unembedding is tied to W_E."""
+        for n in self.arch.lm_heads:
+            if n in self.files:
+                return n
+        return None
+
+    def final_norm(self) -> np.ndarray | None:
+        """The final norm's effective scale (with Gemma's +1), or None when there is none (BERT)."""
+        if self.arch.final_norm is None:
+            return None
+        return self.files.read(self._name(self.arch.final_norm)) + self.arch.norm_offset
+
+    def post_ffn_norm(self, i: int) -> np.ndarray | None:
+        """Gemma 2/3's post-feedforward norm scale of block i (with the +1), else None."""
+        if self.arch.post_ffn_norm is None:
+            return None
+        return self.files.read(self._name(self.arch.post_ffn_norm, i)) + self.arch.norm_offset
+
+    # attention -------------------------------------------------------------------------------------
+    def attention(self, i: int) -> Attention:
+        self._check_layer(i)
+        s = self.shape
+        if self.arch.qkv:  # GPT-2: c_attn (d, 3d) Conv1D -> rows q|k|v of the (3d, d) Linear form
+            qkv = self._linear(self._name(self.arch.qkv[0], i))
+            q, k, v = (np.ascontiguousarray(m) for m in np.split(qkv, 3, axis=0))
+            o = self._linear(self._name(self.arch.qkv[1], i))
+        else:
+            q, k, v, o = (self._linear(self._name(n, i)) for n in self.arch.attn)
+        want = {"q": (s.n_heads * s.head_dim, s.d_model), "k": (s.n_kv_heads * s.head_dim, s.d_model),
+                "v": (s.n_kv_heads * s.head_dim, s.d_model), "o": (s.d_model, s.n_heads * s.head_dim)}
+        for role, m in zip("qkvo", (q, k, v, o)):
+            if m.shape != want[role]:
+                raise WeightsError(f"{self.folder}: block {i} attention {role} has shape {m.shape}, expected "
+                                   f"{want[role]} from config.json (heads {s.n_heads}, kv heads {s.n_kv_heads}, "
+                                   f"head_dim {s.head_dim})")
+        return Attention(q, k, v, o)
+
+    # FFN ------------------------------------------------------------------------------------------
+    def is_moe(self, i: int) -> bool:
+        a = self.arch
+        return bool(a.experts and (self._name(a.experts[0], i, 0) in self.files
+                                   or self._name(a.experts_fused[0], i) in self.files))
+
+    def ffn(self, i: int, gates_only: bool = False) -> list[FFNBlock]:
+        """The FFN of block i: one dense block, or one block per expert (+ a shared expert, -1).
+
+        With `gates_only`, up and down are not read (the OV-gate job needs only the gates).
+        """
+        self._check_layer(i)
+        a = self.arch
+        if not self.is_moe(i):
+            gate_n, up_n, down_n = (self._name(n, i) if n else None for n in a.ffn)
+            return [self._block(None, gate_n, up_n, down_n, i, gates_only)]
+        blocks = []
+        fused_gate_up = self._name(a.experts_fused[0], i)
+        if fused_gate_up in self.files:
+            gate_up = self.files.read(fused_gate_up)                  # (E, 2F, d): gate rows, then up rows
+            down = None if gates_only else self.files.read(self._name(a.experts_fused[1], i))  # (E, d, F)
+            f = gate_up.shape[1] // 2
+            blocks = [FFNBlock(e, gate_up[e, :f].copy(), None if gates_only else gate_up[e, f:].copy(),
+                               None if gates_only else down[e].copy()) for e in range(gate_up.shape[0])]
+        else:
+            e = 0
+            while self._name(a.experts[0], i, e) in self.files:
+                blocks.append(self._block(e, *(self._name(n, i, e) for n in a.experts), i, gates_only))
+                e += 1
+        if a.shared_expert and self._name(a.shared_expert[0], i) in self.files:
+            blocks.append(self._block(-1, *(self._name(n, i) for n in a.shared_expert), i, gates_only))
+        return blocks
+
+    def _block(self, expert, gate_n, up_n, down_n, i, gates_only=False) -> FFNBlock:
+        gate = self._linear(gate_n)
+        if gates_only:
+            return FFNBlock(expert, gate, None, None)
+        up = self._linear(up_n) if up_n else None
+        down = self._linear(down_n)
+        d = self.shape.d_model
+        if gate.shape[1] != d or down.shape[0] != d or down.shape[1] != gate.shape[0] or \
+                (up is not None and up.shape != gate.shape):
+            raise WeightsError(f"{self.folder}: block {i} FFN{'' if expert is None else f' expert {expert}'} "
+                               f"has inconsistent shapes gate {gate.shape}, up {None if up is None else up.shape}, "
+                               f"down {down.shape} (d_model {d})")
+        return FFNBlock(expert, gate, up, down)
+
+    def router(self, i: int) -> np.ndarray | None:
+        if self.arch.router and self.is_moe(i):
+            return self.files.read(self._name(self.arch.router, i))
+        return None

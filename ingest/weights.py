@@ -1,0 +1,284 @@
+"""The weights job: write a model's weight-derived tables (features, ov_gate, layer_stats).
+
+    from vindex.ingest.weights import build_weights
+    build_weights("smollm2-135m", "vindexes/smollm2-135m")
+
+Everything streams layer by layer: the unembedding matrix stays in memory (float32), each
+block's tensors are read from safetensors when its turn comes and dropped after, and every
+(table, layer) shard is committed as soon as it is written, so a rerun after an interruption
+skips the finished shards (resume). See docs/weights.md for the definitions.
+
+Layer numbering follows the vindex convention (layer i = output of block i): the FFN features
+and attention heads of block b (0-based, as in the checkpoint's tensor names and LarQL's files)
+are stored at layer b + 1. layer_stats has the embedding at layer 0 and, when the output matrix
+is untied, `lm_head` at layer n_layers.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from vindex.errors import InvalidValue, ManifestError
+from vindex.writer import VindexWriter
+
+from . import down_meta, ov_gate, spectra
+from .tensors import ARCHITECTURES, ModelWeights
+
+TABLES = ("features", "ov_gate", "layer_stats")
+VECTORS = ("gate", "down", None)
+# extraction params that change stored values: a resumed run must use the same ones
+_CONTENT_KEYS = ("top_k", "ov_top_k", "unembedding", "ov_variants", "feature_layers", "vectors", "vector_dtype")
+
+
+def build_weights(source, out: str | Path | None = None, *, name: str | None = None, top_k: int = 10,
+                  unembedding: str = "embedding", ov_variants: Iterable[str] = ("o", "ov"),
+                  feature_layers: str | int = "same", ov_top_k: int | None = None,
+                  vectors: str | None = "gate", vector_dtype: str = "float16",
+                  tables: Iterable[str] = TABLES, layers=None, resume: bool = True,
+                  progress: bool = True) -> Path:
+    """Write `features`, `ov_gate` and `layer_stats` for a model into the vindex at `out`.
+
+    source: anything `resolve_model` takes (folder, GGUF, offline short name, Hub id) or a ModelSource.
+    out: the vindex folder (default ./<name>); an existing vindex of the same name is added to.
+    top_k: tokens kept per feature (down_meta). ov_top_k: features kept per head (default top_k).
+    unembedding: 'embedding' (raw W_E, LarQL) or 'lm_head' (real unembedding, final norm folded).
+    ov_variants: 'o' (LarQL, W_gate W_O,h) and/or 'ov' (full OV circuit with W_V).
+    feature_layers: couple heads into FFN gates of the 'same' block, of every 'later' block
+        (itself included), or of the same and the next N-1 blocks (an int N >= 1).
+    vectors: store each feature's W_gate row ('gate'), W_down column ('down') or nothing (None)
+        in features.vector, as `vector_dtype`.
+    layers: vindex layers to process (1..n_layers; 0 = the embedding's spectrum), as a list or a
+        spec like "0-3,7"; default all.
+    resume: skip shards already written with the same parameters; False rewrites them.
+    Returns the vindex folder.
+    """
+    src = resolve_weights_source(source)
+    name = name or src.name
+    out = Path(out) if out is not None else Path(name)
+    weights = ModelWeights(src.path, src.config)
+    model = {**src.manifest_model(), **model_fields(weights)}
+    writer = VindexWriter.create(out, name, model, exist_ok=True)
+    if int(writer.manifest["model"]["n_layers"]) != weights.n_layers:
+        raise ManifestError(f"{out}: the vindex records n_layers={writer.manifest['model']['n_layers']}, but "
+                            f"{src.path} has {weights.n_layers} blocks; is it the same model?")
+    write_weights(writer, weights, top_k=top_k, unembedding=unembedding, ov_variants=ov_variants,
+                  feature_layers=feature_layers, ov_top_k=ov_top_k, vectors=vectors, vector_dtype=vector_dtype,
+                  tables=tables, layers=layers, resume=resume, progress=progress)
+    return out
+
+
+def resolve_weights_source(source):
+    """A ModelSource through `resolve_model`; local folders of MoE types it does not list are accepted too."""
+    from .sources import ModelSource, UnsupportedArchitecture, _read_config, _short_name, resolve_model
+
+    if isinstance(source, ModelSource):
+        return source
+    try:
+        return resolve_model(source)
+    except UnsupportedArchitecture:
+        folder = Path(str(source)).expanduser()
+        if not folder.is_dir():
+            raise
+        cfg = _read_config(folder)
+        if cfg.get("model_type") not in ARCHITECTURES:
+            raise
+        return ModelSource(name=_short_name(folder.name), path=folder.resolve(), model_id=str(folder.resolve()),
+                           revision=None, model_type=cfg["model_type"],
+                           family=ARCHITECTURES[cfg["model_type"]].family, kind="folder", source=str(source),
+                           config=cfg)
+
+
+def model_fields(weights: ModelWeights) -> dict:
+    """Manifest `model` fields the weights job knows better than config.json (MoE, embed scale)."""
+    s, a = weights.shape, weights.arch
+    fields = {"n_layers": s.n_layers, "d_model": s.d_model, "n_heads": s.n_heads, "n_kv_heads": s.n_kv_heads,
+              "head_dim": s.head_dim, "vocab_size": weights.vocab_rows,
+              "tie_word_embeddings": weights.lm_head_name is None and not a.encoder,
+              "embed_scale": float(np.sqrt(s.d_model)) if a.embed_scale else 1.0}
+    if s.n_experts:
+        fields["n_experts"] = int(s.n_experts)
+    return fields
+
+
+def parse_layers(spec, n_layers: int) -> list[int]:
+    """Vindex layers from a list or a "0-3,7" spec, checked against 0..n_layers."""
+    if spec is None:
+        return list(range(n_layers + 1))
+    if isinstance(spec, str):
+        out = []
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not m:
+                raise InvalidValue(f"layers: cannot read {part!r} in {spec!r}; use e.g. '0-3,7'")
+            a, b = int(m[1]), int(m[2] or m[1])
+            out.extend(range(a, b + 1))
+        spec = out
+    layers = sorted({int(x) for x in spec})
+    bad = [x for x in layers if not 0 <= x <= n_layers]
+    if bad or not layers:
+        raise InvalidValue(f"layers: {bad or spec} outside 0..{n_layers} (the model has {n_layers} blocks)")
+    return layers
+
+
+def _feature_blocks(mode, block: int, n_layers: int) -> list[int]:
+    """0-based blocks whose FFN gates the heads of `block` are coupled into."""
+    if mode == "same":
+        return [block]
+    if mode == "later":
+        return list(range(block, n_layers))
+    if isinstance(mode, int) and not isinstance(mode, bool) and mode >= 1:
+        return list(range(block, min(block + mode, n_layers)))
+    raise InvalidValue(f"feature_layers must be 'same', 'later' or an int >= 1, got {mode!r}")
+
+
+def write_weights(writer: VindexWriter, weights: ModelWeights, *, top_k: int = 10, unembedding: str = "embedding",
+                  ov_variants: Iterable[str] = ("o", "ov"), feature_layers: str | int = "same",
+                  ov_top_k: int | None = None, vectors: str | None = "gate", vector_dtype: str = "float16",
+                  tables: Iterable[str] = TABLES, layers=None, resume: bool = True, progress: bool = True) -> dict:
+    """Write the weight tables into an open writer (the body of `build_weights`); returns a summary."""
+    tables = tuple(tables)
+    ov_variants = tuple(ov_variants)
+    for t in tables:
+        if t not in TABLES:
+            raise InvalidValue(f"tables: unknown table {t!r}; the weights job writes {', '.join(TABLES)}")
+    for v in ov_variants:
+        if v not in ov_gate.VARIANTS:
+            raise InvalidValue(f"ov_variants: unknown variant {v!r}; use {ov_gate.VARIANTS}")
+    if vectors not in VECTORS:
+        raise InvalidValue(f"vectors must be one of {VECTORS}, got {vectors!r}")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise InvalidValue(f"top_k must be a positive integer, got {top_k!r}")
+    ov_top_k = top_k if ov_top_k is None else ov_top_k
+    if not isinstance(ov_top_k, int) or ov_top_k < 1:
+        raise InvalidValue(f"ov_top_k must be a positive integer, got {ov_top_k!r}")
+    n_layers = weights.n_layers
+    _feature_blocks(feature_layers, 0, n_layers)           # validates the option early
+    selected = parse_layers(layers, n_layers)
+    if "features" in tables and top_k > weights.vocab_rows:
+        raise InvalidValue(f"top_k={top_k} exceeds the vocabulary size {weights.vocab_rows}")
+
+    unemb = down_meta.unembedding_matrix(weights, unembedding) if "features" in tables else None
+    params = {"top_k": top_k, "ov_top_k": ov_top_k,
+              "unembedding": unemb.info if unemb else {"kind": unembedding},
+              "ov_variants": list(ov_variants), "feature_layers": feature_layers, "vectors": vectors,
+              "vector_dtype": vector_dtype, "tables": list(tables), "spectrum_top": spectra.N_TOP,
+              "token_text": "tokenizer decode of one id, whitespace stripped (as LarQL)",
+              "layer_convention": "block b (0-based) is stored at layer b+1; layer_stats layer 0 = embedding",
+              "moe": "experts are (layer, expert, feature); a shared expert has expert = -1"}
+    _check_resume(writer, params, resume)
+    writer.update(extraction={"weights": params})
+    if vectors and "features" in tables:
+        writer.declare_vectors("features", weights.shape.d_model, vector_dtype)
+    vocab = down_meta.vocabulary_strings(weights.folder, weights.vocab_rows) if "features" in tables else None
+    u_tensor = None
+    if unemb is not None:
+        import torch
+        u_tensor = torch.from_numpy(unemb.matrix)
+
+    summary = {t: 0 for t in tables}
+    started = time.perf_counter()
+    from tqdm.auto import tqdm
+    bar = tqdm(selected, desc=f"weights {writer.name}", unit="layer", disable=not progress)
+    for layer in bar:
+        if layer == 0:
+            if "layer_stats" in tables and _todo(writer, "layer_stats", {}, 0, resume):
+                bar.set_postfix_str("layer_stats: embedding")
+                emb = down_meta._read_rows(weights, weights.embedding_name)
+                rows = spectra.matrix_rows({"embed": emb}, 0)
+                del emb
+                summary["layer_stats"] += writer.write_shard("layer_stats", rows, part=0)["rows"]
+            continue
+        b = layer - 1
+        part = {"layer": layer}
+        if "features" in tables and _todo(writer, "features", part, 0, resume):
+            bar.set_postfix_str(f"features (down_meta) layer {layer}")
+            parts = []
+            for block in weights.ffn(b):
+                directions = down_meta.output_directions(weights, block, b, unemb)
+                ids, logits = down_meta.top_tokens(u_tensor, directions, top_k)
+                parts.append(down_meta.feature_rows(block, ids, logits, vocab, vectors))
+            summary["features"] += writer.write_shard("features", down_meta.concat_rows(parts), part)["rows"]
+        if "ov_gate" in tables and ov_variants and _todo(writer, "ov_gate", part, 0, resume):
+            bar.set_postfix_str(f"ov_gate layer {layer}")
+            rows = ov_gate_rows(weights, b, ov_variants, feature_layers, ov_top_k)
+            summary["ov_gate"] += writer.write_shard("ov_gate", rows, part)["rows"]
+        if "layer_stats" in tables and _todo(writer, "layer_stats", {}, layer, resume):
+            bar.set_postfix_str(f"layer_stats layer {layer}")
+            rows = spectra.matrix_rows(layer_matrices(weights, b), layer)
+            if layer == n_layers and weights.lm_head_name:
+                lm = spectra.matrix_rows({"lm_head": down_meta._read_rows(weights, weights.lm_head_name)}, layer)
+                rows = {k: rows[k] + lm[k] for k in rows}
+            summary["layer_stats"] += writer.write_shard("layer_stats", rows, part=layer)["rows"]
+    bar.close()
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    if progress:
+        done = ", ".join(f"{t}: {summary[t]} rows" for t in tables)
+        print(f"vindex: weights of {writer.name} -> {writer.root} ({done}; {summary['seconds']} s)", flush=True)
+    return summary
+
+
+def _todo(writer: VindexWriter, table: str, partition: dict, part: int, resume: bool) -> bool:
+    return not (resume and writer.has_shard(table, partition, part))
+
+
+def _check_resume(writer: VindexWriter, params: dict, resume: bool) -> None:
+    old = writer.manifest.get("extraction", {}).get("weights")
+    if not old or not resume:
+        return
+    def key(p):
+        return {k: (p.get(k, {}).get("kind") if k == "unembedding" else p.get(k)) for k in _CONTENT_KEYS}
+    a, b = key(old), key(params)
+    if a != b:
+        diff = {k: (a[k], b[k]) for k in _CONTENT_KEYS if a[k] != b[k]}
+        raise ManifestError(f"{writer.root}: its weight tables were written with other parameters "
+                            f"({', '.join(f'{k}: {x!r} now {y!r}' for k, (x, y) in diff.items())}); "
+                            "use the same options to resume, resume=False to rewrite, or another folder")
+
+
+def ov_gate_rows(weights: ModelWeights, block: int, variants, feature_layers, k: int) -> dict:
+    """All OV-gate rows of one block's heads: per variant and feature layer, the top-k per head."""
+    s = weights.shape
+    attn = weights.attention(block)
+    parts = []
+    for fb in _feature_blocks(feature_layers, block, weights.n_layers):
+        blocks = weights.ffn(fb, gates_only=True)
+        gate = np.concatenate([x.gate for x in blocks]) if len(blocks) > 1 else blocks[0].gate
+        experts = None if blocks[0].expert is None else \
+            np.concatenate([np.full(x.n_features, x.expert, np.int32) for x in blocks])
+        features = np.concatenate([np.arange(x.n_features, dtype=np.int32) for x in blocks])
+        for variant in variants:
+            if variant == "o":
+                c = ov_gate.coupling_o(gate, attn.o, s.n_heads)
+            else:
+                c = ov_gate.coupling_ov(gate, attn.o, attn.v, s.n_heads, s.n_kv_heads)
+            parts.append(ov_gate.top_couplings(c, k, variant=variant, feature_layer=fb + 1, experts=experts,
+                                               features=features))
+    return ov_gate.concat_rows(parts)
+
+
+def layer_matrices(weights: ModelWeights, block: int) -> dict[str, np.ndarray]:
+    """The named matrices of one block for layer_stats: q, k, v, o, gate, up, down (+ experts, router)."""
+    attn = weights.attention(block)
+    out = {"q": attn.q, "k": attn.k, "v": attn.v, "o": attn.o}
+    for x in weights.ffn(block):
+        prefix = "" if x.expert is None else ("shared." if x.expert == -1 else f"expert{x.expert}.")
+        out[prefix + "gate"] = x.gate
+        if x.up is not None:
+            out[prefix + "up"] = x.up
+        out[prefix + "down"] = x.down
+    router = weights.router(block)
+    if router is not None:
+        out["router"] = router
+    return out
+
+
+def describe(out: str | Path) -> str:
+    """One line per weight table of a vindex (used by the CLI's summary)."""
+    from vindex import Vindex
+    vx = Vindex.open(out)
+    return json.dumps({t: sum(e["rows"] for e in vx.files(t)) for t in TABLES if t in vx.tables})
