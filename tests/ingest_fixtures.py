@@ -110,3 +110,60 @@ def write_prompts(path: Path, prompts=PROMPTS) -> Path:
     import json
     path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts), encoding="utf-8")
     return path
+
+
+def make_tiny_gguf(path: Path, n_layers: int = 2, d: int = 32, ff: int = 64, heads: int = 4, kv: int = 2) -> Path:
+    """A float32 Llama GGUF with random weights and the tiny BPE tokenizer (what llama.cpp writes)."""
+    import json
+
+    import gguf
+    import numpy as np
+
+    tok = tiny_tokenizer(encoder=False, add_bos=True)
+    tj = json.loads(tok.backend_tokenizer.to_str())
+    tokens = [None] * len(tok)
+    for t, i in tj["model"]["vocab"].items():
+        tokens[i] = t
+    for a in tj["added_tokens"]:
+        tokens[a["id"]] = a["content"]
+    V, hd = len(tokens), d // heads
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny llama")
+    w.add_block_count(n_layers)
+    w.add_context_length(128)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if i < 3 else gguf.TokenType.NORMAL for i in range(V)])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(0)
+    rng = np.random.default_rng(0)
+
+    def add(name, *shape):
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(np.float32))
+    add("token_embd.weight", V, d)
+    w.add_tensor("output_norm.weight", np.ones(d, np.float32))
+    for i in range(n_layers):
+        add(f"blk.{i}.attn_q.weight", d, d)
+        add(f"blk.{i}.attn_k.weight", kv * hd, d)
+        add(f"blk.{i}.attn_v.weight", kv * hd, d)
+        add(f"blk.{i}.attn_output.weight", d, d)
+        add(f"blk.{i}.ffn_gate.weight", ff, d)
+        add(f"blk.{i}.ffn_up.weight", ff, d)
+        add(f"blk.{i}.ffn_down.weight", d, ff)
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
