@@ -83,13 +83,15 @@ LAYER_GRAM = "STRUCT(g DOUBLE[], rows_key BIGINT, n INTEGER, n_distinct INTEGER)
 
 
 def _keyed(make_gram, what: str):
-    """A UDF (vectors, keys, *args) -> LAYER_GRAM: sort the rows by their keys here (an ordered
-    list() aggregate costs DuckDB more than numpy's argsort), fingerprint the keys so the two sides of
-    a pair can be checked for the same rows, and build the Gram with make_gram(X, *args)."""
-    def udf(vectors, keys, *args) -> pa.Array:
-        xs = row_matrices(vectors, what)
+    """A UDF (vectors, keys, label, *args) -> LAYER_GRAM: sort the rows by their keys here (an
+    ordered list() aggregate costs DuckDB more than numpy's argsort), fingerprint the keys so the two
+    sides of a pair can be checked for the same rows, and build the Gram with make_gram(X, *args).
+    `label` ('model m layer 3') names the layer in errors and warnings."""
+    def udf(vectors, keys, label, *args) -> pa.Array:
+        n_rows = len(vectors)
+        labels = [f"{what}: {x}" for x in scalars(label, n_rows)]
+        xs = row_matrices(vectors, labels[0] if n_rows == 1 else what)
         ks = row_keys(keys)
-        n_rows = len(xs)
         consts = [scalars(a, n_rows) for a in args]
         out = []
         for i, (X, key) in enumerate(zip(xs, ks)):
@@ -97,14 +99,19 @@ def _keyed(make_gram, what: str):
                 out.append(None)
                 continue
             order, fingerprint, n_distinct = key
-            g = _gram_or_none(lambda: make_gram(X[order], *[c[i] for c in consts]), X)
+            try:
+                g = make_gram(X[order], *[c[i] for c in consts]).ravel()
+            except C.DegenerateInput as e:
+                C.warn_undefined(labels[i], e)
+                g = None
+            except C.InvalidValue as e:
+                raise C.InvalidValue(f"{labels[i]}: {e}") from None
             out.append({"g": g, "rows_key": fingerprint, "n": len(X), "n_distinct": n_distinct})
         grams = double_lists([None if o is None else o["g"] for o in out])
-        valid = [o is not None for o in out]
         fields = [grams] + [pa.array([o[f] if o else None for o in out], t) for f, t in
                             (("rows_key", pa.int64()), ("n", pa.int32()), ("n_distinct", pa.int32()))]
         return pa.StructArray.from_arrays(fields, names=["g", "rows_key", "n", "n_distinct"],
-                                          mask=pa.array([not v for v in valid]))
+                                          mask=pa.array([o is None for o in out]))
     return udf
 
 
@@ -261,6 +268,7 @@ def register_functions(con) -> None:
             con.remove_function(name)
         except duckdb.Error:
             pass
-        con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow")
+        # 'special': the UDFs see NULL rows and may return NULL (an undefined CKA), and say so
+        con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow", null_handling="special")
     for sql in MACROS:
         con.execute(sql)

@@ -54,7 +54,7 @@ def side_grams(alias: str, model: str, gram: str, table: str = "pooled", where: 
     """CTE body: one row per layer of `model` with its Gram (`gram` formatted with {vectors} and
     {keys}), row count, distinct keys and a fingerprint of its sorted row keys. The rows go to the
     UDF unordered, with their keys, and are sorted there (cheaper than list(... ORDER BY ...))."""
-    call = gram.format(vectors="list(r.act)", keys=f"list(({key}))")
+    call = gram.format(vectors="list(r.act)", keys=f"list(({key})), 'model ' || {model} || ' layer ' || r.layer")
     return f"""{alias} AS (
   SELECT s.layer, s.depth, s.x.n AS n, s.x.n_distinct AS n_distinct, s.x.rows_key AS rows_key, s.x.g AS g
   FROM (SELECT r.layer AS layer,

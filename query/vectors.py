@@ -23,6 +23,9 @@ def row_matrices(column, what: str = "vectors") -> list[np.ndarray | None]:
     """One (n, d) float64 matrix per row of a list-of-vectors column; None for a NULL row."""
     out = []
     for chunk in _chunks(column):
+        if pa.types.is_null(chunk.type):  # an untyped NULL argument
+            out.extend([None] * len(chunk))
+            continue
         if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
             raise InvalidValue(f"{what}: expected a list of vectors such as list(act ORDER BY prompt_id), "
                                f"got {chunk.type}")
@@ -42,7 +45,8 @@ def vectors_matrix(vectors: pa.Array, what: str = "vectors") -> np.ndarray:
     t = vectors.type
     if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
         raise InvalidValue(f"{what}: expected a list of vectors (e.g. FLOAT[d]), got a list of {t}")
-    if not (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
+    if not (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)
+            or pa.types.is_decimal(t.value_type)):  # decimals: SQL literals such as [[1.5, 2.0]]
         raise InvalidValue(f"{what}: vectors must hold numbers, got {t.value_type}")
     if vectors.null_count:
         raise InvalidValue(f"{what}: row {vectors.is_null().to_numpy(zero_copy_only=False).argmax()} "
@@ -66,6 +70,9 @@ def row_arrays(column) -> list[np.ndarray | None]:
     """One flat numpy array per row of a list column (a Gram stored as DOUBLE[]); None for NULL."""
     out = []
     for chunk in _chunks(column):
+        if pa.types.is_null(chunk.type):
+            out.extend([None] * len(chunk))
+            continue
         offsets = chunk.offsets.to_numpy()
         values = chunk.values
         for i in range(len(chunk)):
@@ -82,6 +89,9 @@ def row_keys(column) -> list[tuple[np.ndarray, int, int] | None]:
     sorts the rows by their keys, a 64-bit fingerprint of the sorted keys, and how many are distinct."""
     out = []
     for chunk in _chunks(column):
+        if pa.types.is_null(chunk.type):
+            out.extend([None] * len(chunk))
+            continue
         offsets = chunk.offsets.to_numpy()
         values = chunk.values
         for i in range(len(chunk)):
@@ -120,6 +130,9 @@ def row_labels(column, what: str = "labels") -> list[np.ndarray | None]:
     """One numpy array of labels (any scalar type) per row of a list column; None for a NULL row."""
     out = []
     for chunk in _chunks(column):
+        if pa.types.is_null(chunk.type):
+            out.extend([None] * len(chunk))
+            continue
         for value in chunk.to_pylist():
             if value is None:
                 out.append(None)
