@@ -23,6 +23,7 @@ import warnings
 
 import duckdb
 
+from vindex.errors import VindexError
 from vindex.schema import TABLES, partition_columns, table_spec, vector_columns
 
 from .sources import ResolvedVindex, resolve_sources
@@ -56,8 +57,9 @@ def create_views(con: duckdb.DuckDBPyConnection, vindexes: list[ResolvedVindex])
     con.execute(f"CREATE OR REPLACE VIEW models AS {models_sql(vindexes)}")
     con.execute(f"CREATE OR REPLACE VIEW prompt_sets AS {prompt_sets_sql(vindexes)}")
     con.execute(f"CREATE OR REPLACE VIEW files AS {files_sql(vindexes)}")
+    present = {(v.name, t): stored_columns(con, v, t) for v in vindexes for t in TABLES if v.entries(t)}
     for table in TABLES:
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS {table_sql(table, vindexes)}")
+        con.execute(f"CREATE OR REPLACE VIEW {table} AS {table_sql(table, vindexes, present)}")
     for v in vindexes:
         if v.name.lower() in _RESERVED_SCHEMAS:
             warnings.warn(f"model {v.name!r}: no per-model schema (the name is reserved in DuckDB); "
@@ -65,18 +67,32 @@ def create_views(con: duckdb.DuckDBPyConnection, vindexes: list[ResolvedVindex])
             continue
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(v.name)}")
         for table in TABLES:
-            con.execute(f"CREATE OR REPLACE VIEW {ident(v.name)}.{table} AS {table_sql(table, [v])}")
+            con.execute(f"CREATE OR REPLACE VIEW {ident(v.name)}.{table} AS {table_sql(table, [v], present)}")
 
 
 # -- the data views -----------------------------------------------------------------------------
-def table_sql(table: str, vindexes: list[ResolvedVindex]) -> str:
-    """UNION ALL of one branch per vindex that has files for `table` (typed empty when none has)."""
+def stored_columns(con: duckdb.DuckDBPyConnection, v: ResolvedVindex, table: str) -> set[str]:
+    """The columns of the table's first shard. Shards written before a nullable column joined the
+    schema (schemas/ grow additively) lack it; the view fills it with NULL instead of failing."""
+    url = v.url(v.entries(table)[0]["path"])
+    try:
+        rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({literal(url)}, hive_partitioning = false)").fetchall()
+    except duckdb.Error as e:
+        raise VindexError(f"{url}: cannot read the shard's schema ({str(e).splitlines()[0]}); run `vindex verify`") \
+            from None
+    return {r[0] for r in rows}
+
+
+def table_sql(table: str, vindexes: list[ResolvedVindex], present: dict | None = None) -> str:
+    """UNION ALL of one branch per vindex that has files for `table` (typed empty when none has).
+    `present` maps (model, table) to the columns its shards hold (all schema columns when absent)."""
     have = [v for v in vindexes if v.entries(table)]
     widths = {v.table(table).get("vector_width") for v in have if vector_columns(table)}
     union_vector = f"FLOAT[{widths.pop()}]" if len(widths) == 1 and None not in widths else "FLOAT[]"
     if not have:
         return empty_table_sql(table)
-    return "\nUNION ALL\n".join(branch_sql(table, v, union_vector if len(have) > 1 else None) for v in have)
+    return "\nUNION ALL\n".join(branch_sql(table, v, union_vector if len(have) > 1 else None,
+                                            (present or {}).get((v.name, table))) for v in have)
 
 
 def output_columns(table: str) -> list[dict]:
@@ -89,8 +105,9 @@ def output_columns(table: str) -> list[dict]:
     return cols
 
 
-def branch_sql(table: str, v: ResolvedVindex, vector_sql_type: str | None) -> str:
-    """One vindex's rows of `table`: model as a constant, vectors cast to FLOAT[width]."""
+def branch_sql(table: str, v: ResolvedVindex, vector_sql_type: str | None, stored: set[str] | None = None) -> str:
+    """One vindex's rows of `table`: model as a constant, vectors cast to FLOAT[width], nullable
+    columns its shards predate as typed NULLs."""
     t = v.table(table)
     width = t.get("vector_width")
     vectors = set(vector_columns(table))
@@ -103,8 +120,10 @@ def branch_sql(table: str, v: ResolvedVindex, vector_sql_type: str | None) -> st
             select.append(f"(layer / {float(v.n_layers)!r})::FLOAT AS depth")
         elif name in vectors:
             target = vector_sql_type or (f"FLOAT[{width}]" if width else "FLOAT[]")
-            select.append(f"{ident(name)}::{target} AS {ident(name)}" if width else
-                          f"NULL::{target} AS {ident(name)}")
+            select.append(f"{ident(name)}::{target} AS {ident(name)}" if width and (stored is None or name in stored)
+                          else f"NULL::{target} AS {ident(name)}")
+        elif stored is not None and name not in stored and col.get("nullable") and name not in partition_columns(table):
+            select.append(f"NULL::{duckdb_type(col['type'])} AS {ident(name)}")
         else:
             select.append(ident(name))
     return f"SELECT {', '.join(select)} FROM {read_parquet_sql(table, v)}"

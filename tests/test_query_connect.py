@@ -112,3 +112,17 @@ def test_import_does_not_load_torch():
             "bad = [m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_shards_older_than_a_nullable_column_read_as_null(lake):
+    # model a's activations as written before `char_start` joined the schema (schemas grow additively)
+    import json
+    m = json.loads((lake / "a" / "vindex.json").read_text())
+    for e in m["tables"]["activations"]["files"]:
+        path = lake / "a" / e["path"]
+        pq.write_table(pq.read_table(path).drop_columns(["char_start"]), path)
+        e["bytes"] = path.stat().st_size
+    (lake / "a" / "vindex.json").write_text(json.dumps(m))
+    con = connect(lake)
+    assert con.sql("SELECT count(*), count(char_start) FROM activations WHERE model = 'a'").fetchone() == (60, 0)
+    assert con.sql("SELECT count(char_start) FROM activations WHERE model = 'b'").fetchone()[0] == 72
