@@ -69,7 +69,7 @@ def build_docs_lake(root: Path) -> Path:
 
 
 # -- reading and rendering the doc ---------------------------------------------------------------
-BLOCK = re.compile(r"```(sql|python|console)\n(.*?)```\n((?:\s*\n)*(?:\|.*\|\n)+)?", re.S)
+BLOCK = re.compile(r"```(sql|python|console)\n(.*?)```\n((?:[ \t]*\n)*(?:\|[^\n]*\|\n)+)?", re.S)
 
 
 def examples(text: str):
