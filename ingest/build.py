@@ -33,7 +33,7 @@ from .activations import (DEFAULT_POOLINGS, POOLINGS, HiddenStates, TokenText, c
 from .prompts import PromptSet, load_prompts
 from .sources import load_model, resolve_model
 
-DTYPES = ("float16", "float32")
+DTYPES = ("float16", "float32", "auto")
 _FLOAT16_MAX = 65504.0
 SPECIAL_RULE = ("special = added by the tokenizer (BOS/EOS/CLS/SEP), any id in all_special_ids, or "
                 "(with chat_template) outside the prompt text; char offsets are null for specials")
@@ -51,7 +51,8 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
     out: the vindex folder (default lake/<name>); it may already hold other tables (weights).
     prompts: "default", "heldout", a file (JSONL/CSV/Parquet/txt) or a PromptSet.
     layers: "0-8,12", a list, or None for all (0 = embeddings, n_layers = last block).
-    dtype: stored vector type, float16 (default) or float32; norms are always float32.
+    dtype: stored vector type: float16 (default), float32, or auto (float16 unless a probe batch
+      of the longest prompts comes within 2x of float16's range); norms are always float32.
     batch_size / max_tokens: prompts per forward pass; tokens kept per prompt (truncated).
     poolings: any of mean, last, mean_nosink (rules recorded in the manifest).
     resume: continue a build cut off earlier (its arguments must match); False rebuilds this
@@ -82,7 +83,7 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
     layers = parse_layers(layers, n_layers)
     name = name or src.name
     root = Path(out) if out is not None else Path("lake") / name
-    itemsize = 2 if dtype == "float16" else 4
+    itemsize = 2 if dtype == "float16" else 4   # auto plans for float32
     # two groups live at once (one being written while the next is computed)
     shard_rows = int(shard_rows or max(1, buffer_mb * 2**20 // (2 * len(layers) * d * itemsize)))
 
@@ -97,16 +98,21 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
               "poolings": list(poolings), "chat_template": chat_template, "shard_rows": shard_rows}
     w = _open_vindex(root, name, mm)
     base, skip_done = _reserve_parts(w, ps, params, len(groups), resume)
+    runner = HiddenStates(model, device=device)
+    requested, pad_id = dtype, (tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+    if dtype == "auto":
+        dtype = w.manifest["tables"].get("activations", {}).get("vector_dtype") or \
+            _auto_dtype(runner, tokenized, groups[0][0], layers, pad_id)
     w.declare_vectors("activations", d, dtype)
     w.declare_vectors("pooled", d, dtype)
     if not w.has_shard("prompts", {"prompt_set": ps.name}, 0):
         w.add_files("prompts", [w.write_shard("prompts", ps.rows(), {"prompt_set": ps.name}, 0, commit=False)],
                     commit=False)
-    runner = HiddenStates(model, device=device)
     extraction = dict(w.manifest["extraction"].get("activations") or {})
     extraction.update({
-        "layers": layers, "dtype": dtype, "compute_dtype": "float32", "max_tokens": max_tokens,
-        "batch_size": batch_size, "padding": "right; padding never stored", "chat_template": chat_template,
+        "layers": layers, "dtype": dtype, "dtype_requested": requested, "compute_dtype": "float32",
+        "max_tokens": max_tokens, "batch_size": batch_size, "padding": "right; padding never stored",
+        "chat_template": chat_template,
         "poolings": {p: POOLINGS[p] for p in poolings}, "special_tokens": SPECIAL_RULE,
         "norm": "L2 norm of the float32 hidden state of the token", "prompt_set": ps.name,
         "prompt_set_sha256": ps.sha256})
@@ -116,7 +122,6 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
     n_done = sum(len(b) for k, g in enumerate(groups) if done[k] for b in g)
     bar = _progress(len(ps), n_done, f"{name}/{ps.name}", progress)
     text = TokenText(tok)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     # Pipeline: while the writer threads compress and write group k, the model runs group k+1.
     # A group is committed (one manifest write) only once all its shards are on disk.
     pending = None
@@ -125,13 +130,14 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
             for k, group in enumerate(groups):
                 if done[k]:
                     continue
-                captured = _capture_group(runner, tokenized, group, layers, poolings, dtype, pad_id, n_layers, bar)
+                acts, pooled = _capture_group(runner, tokenized, group, layers, poolings, dtype, pad_id, n_layers,
+                                              bar)
                 if "hidden_states" not in extraction:
                     extraction["hidden_states"] = runner.convention()
                     w.update(extraction={"activations": extraction}, commit=False)
                 if pending is not None:
                     _commit_group(w, pending)
-                pending = _submit_group(pool_ex, w, ps.name, captured, layers, poolings, base + k, text)
+                pending = _submit_group(w, ps.name, acts, pooled, layers, poolings, base + k, text, pool_ex)
             if pending is not None:
                 _commit_group(w, pending)
         finally:
@@ -209,12 +215,30 @@ def _group_done(w: VindexWriter, layers, part: int) -> bool:
 
 # -- capture and write ----------------------------------------------------------------------------
 
+def _auto_dtype(runner, tokenized, batch, layers, pad_id) -> str:
+    """float16 unless the longest prompts' states come within 2x of its range (65504), else float32.
+
+    Some models carry massive activations (gemma3-270m reaches |x| ~ 7e4 in its middle layers),
+    which float16 cannot hold; one probe batch of the longest prompts decides before anything is written.
+    """
+    ids, attn, _ = pad_batch([tokenized[i] for i in batch], pad_id)
+    hs = runner.run(ids, attn)
+    m = runner.torch.from_numpy(attn).to(hs[0].device)
+    amax = max(float(hs[l][m].abs().amax()) for l in layers)
+    return "float16" if amax < _FLOAT16_MAX / 2 else "float32"
+
+
 def _writer_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 1)))
 
 
 def _capture_group(runner, tokenized, group, layers, poolings, dtype, pad_id, n_layers, bar):
-    """Forward every batch of a group; per layer, the token rows and pooled vectors (numpy)."""
+    """Forward every batch of a group -> (acts, pooled): per layer, token rows and pooled vectors.
+
+    acts = {"tokens": [TokenizedPrompt...], "acts": {layer: [arrays]}, "norms": {layer: [arrays]}},
+    pooled = {layer: [[B, P, d] arrays]}, in batch order (`_submit_group` sorts by prompt_id).
+    Also used by vindex.ingest.distributed's actors.
+    """
     import torch
     store = torch.float16 if dtype == "float16" else torch.float32
     acts = {l: [] for l in layers}
@@ -238,17 +262,32 @@ def _capture_group(runner, tokenized, group, layers, poolings, dtype, pad_id, n_
             if not np.isfinite(amax) or (store == torch.float16 and amax > _FLOAT16_MAX):
                 what = "NaN/inf" if not np.isfinite(amax) else f"|x| up to {amax:.4g}, beyond float16"
                 raise InvalidValue(f"layer {l}: hidden states hold {what}" +
-                                   ("; rebuild with dtype='float32' (--dtype float32)" if np.isfinite(amax) else ""))
+                                   ("; rebuild with dtype='float32' or 'auto' (--dtype float32|auto)"
+                                    if np.isfinite(amax) else ""))
             norms[l].append(torch.linalg.vector_norm(sel, dim=-1).cpu().numpy())
             acts[l].append(sel.to(store).cpu().numpy())
             pooled[l].append((weights @ h).to(store).cpu().numpy())           # [B, P, d]
         toks_all.extend(toks)
         bar.update(len(batch))
-    return {"tokens": toks_all, "acts": acts, "norms": norms, "pooled": pooled}
+    return {"tokens": toks_all, "acts": acts, "norms": norms}, pooled
 
 
-def _submit_group(pool_ex, w, prompt_set, captured, layers, poolings, part, text):
-    """Start writing one shard per layer per table (uncommitted); returns (futures, futures)."""
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+def _write_group(w, prompt_set, acts, pooled, layers, poolings, part, text) -> None:
+    """Write a captured group's shards and commit them, in this thread (distributed actors use it)."""
+    _commit_group(w, _submit_group(w, prompt_set, acts, pooled, layers, poolings, part, text))
+
+
+def _submit_group(w, prompt_set, captured, pooled, layers, poolings, part, text, pool_ex=None):
+    """Write one shard per layer per table, uncommitted: on `pool_ex`'s threads when given (returns
+    futures), else right here. Each layer's arrays are released once its shards are written."""
     toks = captured["tokens"]
     lengths = np.array([len(t) for t in toks])
     pids = np.repeat([t.prompt_id for t in toks], lengths)
@@ -279,10 +318,12 @@ def _submit_group(pool_ex, w, prompt_set, captured, layers, poolings, part, text
         norm = np.concatenate(captured["norms"].pop(l))[perm]
         a = w.write_shard("activations", {**common, "norm": norm, "act": act}, {"layer": l}, part, commit=False)
         del act
-        vec = np.concatenate(captured["pooled"].pop(l))[pperm].reshape(len(prompt_ids) * P, -1)  # pooling fastest
+        vec = np.concatenate(pooled.pop(l))[pperm].reshape(len(prompt_ids) * P, -1)  # pooling fastest
         p = w.write_shard("pooled", {**pcommon, "act": vec}, {"layer": l}, part, commit=False)
         return a, p
 
+    if pool_ex is None:
+        return [_Done(write_layer(l)) for l in layers]
     return [pool_ex.submit(write_layer, l) for l in layers]
 
 

@@ -173,3 +173,25 @@ def test_cli_unknown_architecture(tmp_path):
     (folder / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     r = CliRunner().invoke(main, ["build", str(folder), str(tmp_path / "vx"), "--quiet"])
     assert r.exit_code == 1 and "mamba" in r.output and "llama" in r.output
+
+
+def test_float16_overflow_is_caught_and_auto_picks_float32(gpt2_folder, tmp_path):
+    """Massive activations (gemma3-270m reaches 7e4) cannot be stored as float16."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+    big = tmp_path / "big"
+    shutil.copytree(gpt2_folder, big)
+    model = AutoModelForCausalLM.from_pretrained(big)
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(1e6)
+    model.save_pretrained(big)
+    with pytest.raises(InvalidValue, match=r"layer 0: .*beyond float16.*auto"):
+        build(big, tmp_path / "f16", prompts="heldout", layers="0", progress=False)
+    root = build(big, tmp_path / "auto", prompts="heldout", layers="0", dtype="auto", progress=False)
+    vx = Vindex.open(root)
+    assert vx.manifest["tables"]["activations"]["vector_dtype"] == "float32"
+    ex = vx.manifest["extraction"]["activations"]
+    assert (ex["dtype"], ex["dtype_requested"]) == ("float32", "auto")
+    small = build(gpt2_folder, tmp_path / "small", prompts="heldout", layers="0", dtype="auto", progress=False)
+    assert Vindex.open(small).manifest["tables"]["activations"]["vector_dtype"] == "float16"

@@ -15,8 +15,9 @@ from .core import fail
               help="'default', 'heldout', or a JSONL / CSV / Parquet / .txt file of prompts.")
 @click.option("--prompt-set-name", help="name of the prompt set in the vindex (default: the file's stem).")
 @click.option("--layers", help="layers to store, e.g. '0-8,12' (0 = embeddings); default: all.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="stored vector type (norms are always float32).")
+@click.option("--dtype", type=click.Choice(["float16", "float32", "auto"]), default="float16", show_default=True,
+              help="stored vector type; auto = float32 only where states exceed float16's range "
+                   "(gemma3 does). Norms are always float32.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="prompts per forward pass.")
 @click.option("--max-tokens", type=int, default=256, show_default=True, help="tokens kept per prompt.")
 @click.option("--poolings", default="mean,last,mean_nosink", show_default=True,
