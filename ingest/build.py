@@ -100,6 +100,10 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
     base, skip_done = _reserve_parts(w, ps, params, len(groups), resume)
     runner = HiddenStates(model, device=device)
     requested, pad_id = dtype, (tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+    for table in ("activations", "pooled"):   # a vector type declared by a build that wrote nothing binds nobody
+        t = w.manifest["tables"].get(table)
+        if t is not None and not t["files"]:
+            t["vector_width"] = t["vector_dtype"] = None
     if dtype == "auto":
         dtype = w.manifest["tables"].get("activations", {}).get("vector_dtype") or \
             _auto_dtype(runner, tokenized, groups[0][0], layers, pad_id)

@@ -195,3 +195,16 @@ def test_float16_overflow_is_caught_and_auto_picks_float32(gpt2_folder, tmp_path
     assert (ex["dtype"], ex["dtype_requested"]) == ("float32", "auto")
     small = build(gpt2_folder, tmp_path / "small", prompts="heldout", layers="0", dtype="auto", progress=False)
     assert Vindex.open(small).manifest["tables"]["activations"]["vector_dtype"] == "float16"
+
+
+def test_a_failed_first_build_does_not_pin_the_dtype(gpt2_folder, tmp_path, monkeypatch):
+    from vindex.ingest import build as build_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("stopped before any shard")
+    monkeypatch.setattr(build_mod, "_capture_group", boom)
+    with pytest.raises(RuntimeError):
+        build(gpt2_folder, tmp_path / "vx", prompts="heldout", layers="0", progress=False)
+    monkeypatch.undo()
+    build(gpt2_folder, tmp_path / "vx", prompts="heldout", layers="0", dtype="float32", resume=False, progress=False)
+    assert Vindex.open(tmp_path / "vx").manifest["tables"]["activations"]["vector_dtype"] == "float32"
