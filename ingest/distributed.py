@@ -27,6 +27,7 @@ groups committed by earlier runs and rewrites the rest.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vindex.cluster import cluster_resources, connect_ray
+from vindex.cluster import cluster_resources, connect_ray, raise_vindex_cause
 from vindex.errors import CorruptShard, InvalidValue
 from vindex.files import safe_join
 from vindex.writer import VindexWriter
@@ -188,6 +189,7 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
     poolings = check_poolings(poolings)
     ps = prompts if isinstance(prompts, PromptSet) else load_prompts(prompts, name=prompt_set_name)
     src = resolve_model(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir, progress=progress)
+    src = dataclasses.replace(src, path=Path(src.path).resolve())   # workers do not share our cwd
     mm = src.manifest_model()
     n_layers, d = int(mm["n_layers"]), int(mm["d_model"])
     layers = parse_layers(layers, n_layers)
@@ -230,7 +232,7 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
                   "poolings": list(poolings), "dtype": dtype, "n_layers": n_layers, "prompt_set": ps.name,
                   "device": device, "cache_dir": None if cache_dir is None else str(cache_dir),
                   "fail_once": _fail_once}
-        results = _run_groups(rows, str(root), src, config, address=address, actors=actors,
+        results = _run_groups(rows, str(root.resolve()), src, config, address=address, actors=actors,
                               gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
                               runtime_env=runtime_env, progress=progress, total=len(ps), done=n_done,
                               desc=f"{name}/{ps.name} on ray")
@@ -292,6 +294,9 @@ def _run_groups(rows, root, src, config, *, address, actors, gpus_per_actor, cpu
         for row in ds.iter_rows():
             results.append(json.loads(row["staged"]))
             bar.update(sizes[int(row["part"])])
+    except Exception as e:
+        raise_vindex_cause(e)
+        raise
     finally:
         bar.close()
     return results
@@ -317,6 +322,7 @@ def build_weights_distributed(source, out=None, *, address=None, layers_per_task
 
     t0 = time.perf_counter()
     src = resolve_weights_source(source)
+    src = dataclasses.replace(src, path=Path(src.path).resolve())   # workers do not share our cwd
     name = name or src.name
     out = Path(out) if out is not None else Path(name)
     weights = ModelWeights(src.path, src.config)
@@ -336,7 +342,7 @@ def build_weights_distributed(source, out=None, *, address=None, layers_per_task
     if memory_per_task:
         remote_args["memory"] = int(memory_per_task)
     task = ray.remote(_weights_task).options(**remote_args)
-    pending = [task.remote(str(out), src, chunk, resume, options) for chunk in chunks]
+    pending = [task.remote(str(out.resolve()), src, chunk, resume, options) for chunk in chunks]
     from tqdm.auto import tqdm
     results = []
     with tqdm(total=len(selected), desc=f"weights {name} on ray", unit="layer", disable=not progress,
@@ -344,7 +350,11 @@ def build_weights_distributed(source, out=None, *, address=None, layers_per_task
         sizes = {ref: len(c) for ref, c in zip(pending, chunks)}
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            results.append(ray.get(ready[0]))
+            try:
+                results.append(ray.get(ready[0]))
+            except Exception as e:
+                raise_vindex_cause(e)
+                raise
             bar.update(sizes[ready[0]])
     counts = commit_staged(writer, results)
     writer.update(extraction={"weights": results[0]["extraction"]["weights"]}, commit=False)

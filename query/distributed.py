@@ -267,7 +267,7 @@ def _run_local(jobs, pairs, spec, opts, progress):
 
 
 def _run_ray(jobs, pairs, spec, opts, address, runtime_env, progress):
-    from vindex.cluster import connect_ray
+    from vindex.cluster import connect_ray, raise_vindex_cause
     ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
     gram_task = ray.remote(num_returns=2, max_retries=3)(layer_gram)
     pair_task = ray.remote(max_retries=3)(_pair_task)
@@ -287,7 +287,11 @@ def _run_ray(jobs, pairs, spec, opts, address, runtime_env, progress):
         waiting = list(pending)
         while waiting:
             ready, waiting = ray.wait(waiting, num_returns=1)
-            cols, more = ray.get(ready[0])
+            try:
+                cols, more = ray.get(ready[0])
+            except Exception as e:
+                raise_vindex_cause(e)
+                raise
             results.append(cols)
             notes += more
             bar.update(1)

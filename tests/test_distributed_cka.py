@@ -8,22 +8,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_toy_vindex
+from distributed_fixtures import LAKE_SHAPES as SHAPES
+from distributed_fixtures import write_toy_lake
 from vindex import VindexWriter
 from vindex.errors import InvalidValue, NotFound
 from vindex.query import connect
 from vindex.query.distributed import RESULT_SCHEMA, CKAPairSkipped, cka_all
 
-SHAPES = [(3, 8), (4, 12), (2, 16), (5, 6)]   # (n_layers, d) per model
 FLOATS = ("depth_a", "depth_b", "cka", "null_mean", "null_p95", "p_value")
 
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lake")
-    for i, (L, d) in enumerate(SHAPES):
-        write_toy_vindex(root / f"m{i}", name=f"m{i}", n_layers=L, d=d, n_prompts=12, seed=i)
-    return root
+    return write_toy_lake(tmp_path_factory.mktemp("lake"))
 
 
 def _arrow(rel):
@@ -164,3 +161,12 @@ def test_cli_cka_all_and_ray(lake, tmp_path, ray_local):
                 tol=1e-9)
     r = CliRunner().invoke(main, ["cka", "-l", str(lake), "--ray"])
     assert r.exit_code != 0 and "MODEL_A and MODEL_B, or --all" in r.output
+
+
+def test_a_worker_error_surfaces_as_the_vindex_error(lake, tmp_path, ray_local):
+    import shutil
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy)
+    (copy / "m1/data/pooled/layer=02/part-00000.parquet").unlink()
+    with pytest.raises(NotFound, match="m1/data/pooled/layer=02/part-00000.parquet: listed in the manifest"):
+        cka_all(copy, models=["m0", "m1"], ray=True, progress=False)

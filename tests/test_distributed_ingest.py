@@ -14,28 +14,9 @@ from vindex.errors import CorruptShard, InvalidValue
 from vindex.ingest.distributed import StagingWriter, commit_staged
 from vindex.manifest import MANIFEST
 
+from distributed_fixtures import write_tiny_model
+
 SHARD_ROWS = 400   # the 64 heldout prompts of the tiny model -> 4 shard groups (the parallel unit)
-
-
-def write_tiny_model(folder, seed=0, hidden=16, layers=2):
-    """A random-weight llama with a byte-level tokenizer (every byte one token, offsets work)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<s>": 0, "</s>": 1, **{ch: i + 2 for i, ch in enumerate(alphabet)}}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                            pad_token="</s>").save_pretrained(folder)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=512, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-                      tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -68,3 +68,15 @@ def cluster_resources() -> dict:
     res.setdefault("CPU", 1.0)
     res.setdefault("GPU", 0.0)
     return res
+
+
+def raise_vindex_cause(e: BaseException) -> None:
+    """Ray wraps a worker's exception (RayTaskError, Ray Data's UserCodeException): re-raise the
+    VindexError inside, if any, so callers and the CLI get its clear message, not Ray's wrapping.
+    Returns (and the caller re-raises `e`) when there is none."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, VindexError):
+            raise e.with_traceback(None) from None
+        e = getattr(e, "cause", None) or e.__cause__
