@@ -104,7 +104,7 @@ WITH
 m AS (SELECT * FROM cka_matrix(model_a, model_b, pooling := pooling, estimator := estimator, kernel := kernel,
                                preprocess := preprocess, prompt_set := prompt_set, permutations := permutations,
                                seed := seed)),
-diag AS (SELECT *, row_number() OVER (PARTITION BY x.layer_a ORDER BY abs(x.depth_a - x.depth_b), x.layer_b) AS r
+diag AS (SELECT *, row_number() OVER (PARTITION BY x.layer_a ORDER BY round(abs(x.depth_a - x.depth_b), 9), x.layer_b) AS r
          FROM m AS x),
 off AS (SELECT x.layer_a, avg(x.cka) AS off_mean, max(x.cka) AS off_max, count(*) AS n_off
         FROM m AS x WHERE abs(x.depth_a - x.depth_b) >= band GROUP BY x.layer_a)

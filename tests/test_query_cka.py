@@ -145,7 +145,7 @@ def test_cka_depth_is_the_matched_diagonal_and_the_band(con):
     assert [r["layer_a"] for r in d] == [0, 1, 2, 3]
     for r in d:
         row = [x for x in m if x["layer_a"] == r["layer_a"]]
-        best = min(row, key=lambda x: (abs(x["depth_a"] - x["depth_b"]), x["layer_b"]))
+        best = min(row, key=lambda x: (round(abs(x["depth_a"] - x["depth_b"]), 9), x["layer_b"]))
         off = [x["cka"] for x in row if abs(x["depth_a"] - x["depth_b"]) >= 0.3]
         assert r["layer_b"] == best["layer_b"] and r["diagonal"] == best["cka"]
         assert abs(r["off_mean"] - np.mean(off)) < 1e-12 and r["n_off"] == len(off)

@@ -86,6 +86,8 @@ def render(rel) -> str:
     def cell(v):
         if v is None:
             return "NULL"
+        if isinstance(v, bool):
+            return "true" if v else "false"
         if isinstance(v, float):
             return repr(round(v, 6))
         if isinstance(v, (list, tuple)):
@@ -98,47 +100,53 @@ def render(rel) -> str:
 
 def run_doc(lake: Path, update: bool = False) -> list[tuple[str, str, str]]:
     """Run every example; returns (code, expected, got) for each mismatch (or rewrites the doc)."""
-    from click.testing import CliRunner
-
-    from vindex.cli import main
     from vindex.query import connect
 
     text = DOC.read_text()
     con = connect(lake)
     mismatches, edits = [], []
-    os.environ.setdefault("VINDEX_DOCS_LAKE", str(lake))
     for kind, code, expected, span in examples(text):
-        if kind == "sql":
-            import duckdb
-            statements = [s.query for s in duckdb.extract_statements(code)]
-            for s in statements[:-1]:
-                con.execute(s)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                rel = con.sql(statements[-1])
-                got = render(rel) if rel is not None else None
-            if expected is not None:
-                got_block = "\n" + got if expected.startswith("\n") else got
-                if update:
-                    edits.append((span, got_block))
-                elif expected.strip() != got.strip():
-                    mismatches.append((code, expected, got))
-        elif kind == "python":
-            env = {"lake": str(lake)}
-            exec(compile(code, str(DOC), "exec"), env)  # noqa: S102 (our own docs)
-        else:
-            for line in code.splitlines():
-                if not line.startswith("$ vindex "):
-                    continue
-                args = shlex.split(line[len("$ vindex "):].replace(" lake/", f" {lake}/").replace(" lake ", f" {lake} "))
-                res = CliRunner().invoke(main, args, catch_exceptions=False)
-                if res.exit_code != 0:
-                    mismatches.append((line, "exit 0", f"exit {res.exit_code}: {res.output}"))
+        try:
+            run_one(con, lake, kind, code, expected, span, update, mismatches, edits)
+        except Exception as e:  # noqa: BLE001 (report which example broke)
+            mismatches.append((code, "no error", f"{type(e).__name__}: {e}"))
     if update:
         for (a, b), new in sorted(edits, reverse=True):
             text = text[:a] + new + text[b:]
         DOC.write_text(text)
     return mismatches
+
+
+def run_one(con, lake, kind, code, expected, span, update, mismatches, edits):
+    """Run one example: SQL on the shared connection, Python with `lake` defined, CLI lines via click."""
+    import duckdb
+    from click.testing import CliRunner
+
+    from vindex.cli import main
+    if kind == "sql":
+        statements = [s.query for s in duckdb.extract_statements(code)]
+        for s in statements[:-1]:
+            con.execute(s)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rel = con.sql(statements[-1])
+            got = render(rel) if rel is not None else None
+        if expected is None:
+            return
+        if update:
+            edits.append((span, "\n" + got if expected.startswith("\n") else got))
+        elif expected.strip() != got.strip():
+            mismatches.append((code, expected, got))
+    elif kind == "python":
+        exec(compile(code, str(DOC), "exec"), {"lake": str(lake)})  # noqa: S102 (our own docs)
+    else:
+        for line in code.splitlines():
+            if line.startswith("$ vindex "):
+                args = shlex.split(line[len("$ vindex "):])
+                args = [str(lake) if a == "lake" else a for a in args]
+                res = CliRunner().invoke(main, args, catch_exceptions=False)
+                if res.exit_code != 0:
+                    mismatches.append((line, "exit 0", f"exit {res.exit_code}: {res.output}"))
 
 
 @pytest.fixture(scope="module")
