@@ -57,8 +57,8 @@ def heatmap(table: pa.Table, path, value: str = "cka", title: str | None = None,
     d = np.linspace(0, 1, 50)
     ax.plot(np.interp(d, db, range(len(db))), np.interp(d, da, range(len(da))), color="white", lw=0.8, ls="--")
     if pvals is not None:
-        ys, xs = np.nonzero(pvals < alpha)
-        ax.scatter(xs, ys, s=4, c="white", marker="o", linewidths=0, label=f"p < {alpha:g}")
+        ys, xs = np.nonzero(pvals <= alpha)
+        ax.scatter(xs, ys, s=4, c="white", marker="o", linewidths=0, label=f"p <= {alpha:g}")
         ax.legend(loc="lower right", fontsize=6, frameon=False, labelcolor="white")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.12, label=value)
     options = [f"{k}={table.column(k)[0].as_py()}" for k in ("pooling", "estimator", "kernel", "preprocess", "k")

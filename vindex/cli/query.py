@@ -259,14 +259,14 @@ def grid_text(table) -> str:
     opts = ", ".join(f"{k}={table.column(k)[0].as_py()}" for k in ("pooling", "estimator", "kernel", "preprocess",
                                                                    "permutations") if k in table.column_names)
     lines = [f"CKA  rows: {a} layer (depth)  columns: {b} layer  [{opts}]" +
-             ("  * = p < 0.01" if pvals is not None else "")]
+             ("  * = p <= 0.01" if pvals is not None else "")]
     lines.append(" " * 13 + "".join(f"{v:>6}" for v in lb))
     lines.append(" " * 13 + "".join(f"{d:>6.2f}" for d in db))
     for i, layer in enumerate(la):
         cells = []
         for j in range(len(lb)):
             v = grid[i, j]
-            star = "*" if pvals is not None and pvals[i, j] < 0.01 else " "
+            star = "*" if pvals is not None and pvals[i, j] <= 0.01 else " "
             cells.append("   nan" if v != v else f"{v:5.2f}{star}")
         lines.append(f"{layer:>4} ({da[i]:4.2f})  " + "".join(cells))
     return "\n".join(lines)
