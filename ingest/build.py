@@ -44,7 +44,8 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
           poolings=DEFAULT_POOLINGS, resume: bool = True, progress: bool = True,
           trust_remote_code: bool = False, chat_template: bool = False, prompt_set_name: str | None = None,
           device: str | None = None, buffer_mb: int = 512, shard_rows: int | None = None,
-          cache_dir=None, ray=None, actors: int | None = None, gpus_per_actor: float | None = None) -> Path:
+          cache_dir=None, ray=None, actors: int | None = None, gpus_per_actor: float | None = None,
+          weights: bool = False) -> Path:
     """Build (or resume) the activations of `source` over a prompt set; returns the vindex folder.
 
     source: a HF folder, .gguf file, Hub id or offline name (see `resolve_model`).
@@ -61,15 +62,21 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
       sets `shard_rows` (token rows per shard) unless given.
     ray: run on a Ray cluster (True, or its address; see vindex.ingest.distributed), with `actors`
       model copies of `gpus_per_actor` GPUs each; same shards, one manifest commit at the end.
+    weights: also write the weight tables (features, ov_gate, layer_stats) with
+      `vindex.ingest.weights.build_weights`' defaults (use it directly for other options).
     """
     if ray is not None and ray is not False:
         from .distributed import build_distributed
-        return build_distributed(
+        root = build_distributed(
             source, out, address=ray, actors=actors, gpus_per_actor=gpus_per_actor, name=name, prompts=prompts,
             layers=layers, dtype=dtype, batch_size=batch_size, max_tokens=max_tokens, poolings=poolings,
             resume=resume, progress=progress, trust_remote_code=trust_remote_code, chat_template=chat_template,
             prompt_set_name=prompt_set_name, device=device, buffer_mb=buffer_mb, shard_rows=shard_rows,
             cache_dir=cache_dir)
+        if weights:
+            from .distributed import build_weights_distributed
+            build_weights_distributed(source, root, address=ray, name=name, resume=resume, progress=progress)
+        return root
     t0 = time.perf_counter()
     if dtype not in DTYPES:
         raise InvalidValue(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
@@ -150,6 +157,9 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
     w.commit()
     if progress:
         _summary(w, ps, base, len(groups), time.perf_counter() - t0, len(ps) - n_done)
+    if weights:
+        from .weights import build_weights
+        build_weights(src, root, name=name, resume=resume, progress=progress)
     return root
 
 

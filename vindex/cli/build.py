@@ -36,8 +36,11 @@ from .core import fail
                    "ray://head:10001, auto, local (needs the `distributed` extra).")
 @click.option("--actors", type=int, help="with --ray: model copies in the actor pool (default: what fits).")
 @click.option("--gpus-per-actor", type=float, help="with --ray: GPUs per actor (default 1 if the cluster has GPUs, else 0).")
+@click.option("--weights", is_flag=True, help="also write the weight tables (features, ov_gate, layer_stats); "
+                                             "`vindex weights` has their options.")
 def build(source, out, name, prompts, prompt_set_name, layers, dtype, batch_size, max_tokens, poolings,
-          chat_template, resume, device, buffer_mb, trust_remote_code, quiet, ray_address, actors, gpus_per_actor):
+          chat_template, resume, device, buffer_mb, trust_remote_code, quiet, ray_address, actors, gpus_per_actor,
+          weights):
     """Run a model over a prompt set and write per-layer activations into a vindex.
 
     SOURCE is a Hugging Face model folder, a .gguf file, a Hub id (org/name[@revision]) or an
@@ -50,7 +53,7 @@ def build(source, out, name, prompts, prompt_set_name, layers, dtype, batch_size
                         layers=layers, dtype=dtype, batch_size=batch_size, max_tokens=max_tokens,
                         poolings=poolings, chat_template=chat_template, resume=resume, device=device,
                         buffer_mb=buffer_mb, trust_remote_code=trust_remote_code, progress=not quiet,
-                        ray=ray_address, actors=actors, gpus_per_actor=gpus_per_actor)
+                        ray=ray_address, actors=actors, gpus_per_actor=gpus_per_actor, weights=weights)
     except VindexError as e:
         fail(e)
     click.echo(str(root))
