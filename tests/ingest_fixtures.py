@@ -71,33 +71,34 @@ def tiny_tokenizer(encoder: bool, add_bos: bool):
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
-def tiny_config(model_type: str, vocab: int):
+def tiny_config(model_type: str, vocab: int, n_layers: int = 3):
     from transformers import AutoConfig
-    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                   pad_token_id=0)
     if model_type == "gpt2":
-        return AutoConfig.for_model("gpt2", vocab_size=vocab, n_embd=32, n_layer=3, n_head=4, n_positions=128)
+        return AutoConfig.for_model("gpt2", vocab_size=vocab, n_embd=32, n_layer=n_layers, n_head=4, n_positions=128,
+                                    bos_token_id=1, eos_token_id=2)
     if model_type == "bert":
-        return AutoConfig.for_model("bert", vocab_size=vocab, hidden_size=32, num_hidden_layers=3,
+        return AutoConfig.for_model("bert", vocab_size=vocab, hidden_size=32, num_hidden_layers=n_layers,
                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
     if model_type in ("qwen3", "gemma", "gemma2", "gemma3_text"):
         common["head_dim"] = 8
     if model_type in ("gemma2", "gemma3_text"):
         common["sliding_window"] = 4   # shorter than the prompts: exercises the local layers
     if model_type == "gemma3_text":
-        common["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention"]
+        common["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
     return AutoConfig.for_model(model_type, **common)
 
 
-def make_tiny_model(folder: Path, family: str, seed: int = 0) -> Path:
+def make_tiny_model(folder: Path, family: str, seed: int = 0, n_layers: int = 3) -> Path:
     """Save a random tiny model of `family` (see FAMILIES) with its tokenizer into `folder`."""
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
     model_type, add_bos, encoder = FAMILIES[family]
     tok = tiny_tokenizer(encoder, add_bos)
-    cfg = tiny_config(model_type, len(tok))
+    cfg = tiny_config(model_type, len(tok), n_layers)
     torch.manual_seed(seed)
     model = (AutoModel if encoder else AutoModelForCausalLM).from_config(cfg)
     folder = Path(folder)
