@@ -1,5 +1,5 @@
 """vindex.query.connect: views from manifests, typed vectors, partition pruning, clear errors."""
-import re
+import json
 import subprocess
 import sys
 
@@ -20,10 +20,22 @@ def lake(tmp_path):
     return tmp_path / "lake"
 
 
-def files_read(con, sql):
+def scans(con, sql) -> list[tuple[int, str]]:
+    """(files read, file names) of every Parquet scan in EXPLAIN ANALYZE's JSON plan."""
+    plan = json.loads(con.sql("EXPLAIN (ANALYZE, FORMAT json) " + sql).fetchall()[0][1])
+    out, todo = [], list(plan if isinstance(plan, list) else [plan])
+    while todo:
+        node = todo.pop()
+        info = node.get("extra_info") or {}
+        if "Total Files Read" in info:
+            out.append((int(info["Total Files Read"]), str(info.get("Filename(s)", ""))))
+        todo.extend(node.get("children", []))
+    return out
+
+
+def files_read(con, sql) -> int:
     """Sum of 'Total Files Read' over the scans of EXPLAIN ANALYZE."""
-    plan = con.sql("EXPLAIN ANALYZE " + sql).fetchall()[0][1]
-    return sum(int(n) for n in re.findall(r"Total Files Read:\s*(\d+)", plan))
+    return sum(n for n, _ in scans(con, sql))
 
 
 def test_views_union_models_with_depth(lake):
@@ -71,6 +83,15 @@ def test_one_layer_of_one_model_opens_one_file(lake):
     assert files_read(con, "SELECT count(*) FROM activations WHERE model = 'b' AND layer IN (1, 3)") == 2
     assert files_read(con, "SELECT count(*) FROM a.pooled WHERE layer = 4") == 1
     assert con.sql("SELECT count(*) FROM pooled WHERE model = 'a' AND layer = 2").fetchone()[0] == 6
+
+
+def test_cka_matrix_reads_only_its_two_models(lake, tmp_path):
+    write_toy_vindex(lake / "c", "c", n_layers=4, d=8, seed=3)
+    con = connect(lake)
+    read = scans(con, "SELECT * FROM cka_matrix('a', 'c')")
+    assert all("/b/" not in names for _, names in read)
+    # each model's 5 layer files once for the Grams, at most one more each for the existence checks
+    assert 10 <= sum(n for n, _ in read) <= 12
 
 
 def test_only_manifest_files_exist(lake):
