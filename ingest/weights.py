@@ -15,7 +15,6 @@ is untied, `lm_head` at layer n_layers.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterable
@@ -44,7 +43,7 @@ def build_weights(source, out: str | Path | None = None, *, name: str | None = N
     """Write `features`, `ov_gate` and `layer_stats` for a model into the vindex at `out`.
 
     source: anything `resolve_model` takes (folder, GGUF, offline short name, Hub id) or a ModelSource.
-    out: the vindex folder (default ./<name>); an existing vindex of the same name is added to.
+    out: the vindex folder (default lake/<name>); an existing vindex of the same name is added to.
     top_k: tokens kept per feature (down_meta). ov_top_k: features kept per head (default top_k).
     unembedding: 'embedding' (raw W_E, LarQL) or 'lm_head' (real unembedding, final norm folded).
     ov_variants: 'o' (LarQL, W_gate W_O,h) and/or 'ov' (full OV circuit with W_V).
@@ -58,18 +57,26 @@ def build_weights(source, out: str | Path | None = None, *, name: str | None = N
     Returns the vindex folder.
     """
     src = resolve_weights_source(source)
-    name = name or src.name
-    out = Path(out) if out is not None else Path(name)
-    weights = ModelWeights(src.path, src.config)
-    model = {**src.manifest_model(), **model_fields(weights)}
-    writer = VindexWriter.create(out, name, model, exist_ok=True)
-    if int(writer.manifest["model"]["n_layers"]) != weights.n_layers:
-        raise ManifestError(f"{out}: the vindex records n_layers={writer.manifest['model']['n_layers']}, but "
-                            f"{src.path} has {weights.n_layers} blocks; is it the same model?")
+    writer, weights = open_weights_vindex(src, out, name)
     write_weights(writer, weights, top_k=top_k, unembedding=unembedding, ov_variants=ov_variants,
                   feature_layers=feature_layers, ov_top_k=ov_top_k, vectors=vectors, vector_dtype=vector_dtype,
                   tables=tables, layers=layers, resume=resume, progress=progress)
-    return out
+    return writer.root
+
+
+def open_weights_vindex(src, out=None, name: str | None = None) -> tuple[VindexWriter, ModelWeights]:
+    """The writer of the vindex at `out` (default lake/<name>, created or reopened) and the model's weights.
+
+    Refuses a folder that holds a vindex of another name or of a model with another depth.
+    """
+    name = name or src.name
+    out = Path(out) if out is not None else Path("lake") / name
+    weights = ModelWeights(src.path, src.config)
+    writer = VindexWriter.create(out, name, {**src.manifest_model(), **model_fields(weights)}, exist_ok=True)
+    if int(writer.manifest["model"]["n_layers"]) != weights.n_layers:
+        raise ManifestError(f"{out}: the vindex records n_layers={writer.manifest['model']['n_layers']}, but "
+                            f"{src.path} has {weights.n_layers} blocks; is it the same model?")
+    return writer, weights
 
 
 def resolve_weights_source(source):
@@ -237,7 +244,7 @@ def _check_resume(writer: VindexWriter, params: dict, resume: bool) -> None:
         diff = {k: (a[k], b[k]) for k in _CONTENT_KEYS if a[k] != b[k]}
         raise ManifestError(f"{writer.root}: its weight tables were written with other parameters "
                             f"({', '.join(f'{k}: {x!r} now {y!r}' for k, (x, y) in diff.items())}); "
-                            "use the same options to resume, resume=False to rewrite, or another folder")
+                            "use the same options to resume, resume=False (--no-resume) to rewrite, or another folder")
 
 
 def ov_gate_rows(weights: ModelWeights, block: int, variants, feature_layers, k: int) -> dict:
@@ -276,9 +283,3 @@ def layer_matrices(weights: ModelWeights, block: int) -> dict[str, np.ndarray]:
         out["router"] = router
     return out
 
-
-def describe(out: str | Path) -> str:
-    """One line per weight table of a vindex (used by the CLI's summary)."""
-    from vindex import Vindex
-    vx = Vindex.open(out)
-    return json.dumps({t: sum(e["rows"] for e in vx.files(t)) for t in TABLES if t in vx.tables})
