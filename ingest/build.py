@@ -96,7 +96,7 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
 
     import torch
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(src, device=device)
+    model, tok = load_model(src, device=device, progress=progress)
     tokenized = tokenize_prompts(tok, ps.prompts, max_tokens, chat_template=chat_template)
     groups = plan_groups(tokenized, batch_size, shard_rows)
 

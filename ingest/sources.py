@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -165,11 +166,12 @@ def resolve_model(source: str | os.PathLike, *, trust_remote_code: bool = False,
                    f"(org/name) or an offline model name ({', '.join(OFFLINE_MODELS)})")
 
 
-def load_model(src: ModelSource, dtype=None, device: str | None = None):
+def load_model(src: ModelSource, dtype=None, device: str | None = None, progress: bool = True):
     """Load (model, tokenizer) from a resolved source, in eval mode.
 
     Decoders load with AutoModelForCausalLM (so the unembedding is there for weight jobs),
-    encoders with AutoModel. `dtype` defaults to torch.float32.
+    encoders with AutoModel. `dtype` defaults to torch.float32. progress=False hides
+    transformers' own loading bars.
     """
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -177,8 +179,9 @@ def load_model(src: ModelSource, dtype=None, device: str | None = None):
     dtype = torch.float32 if dtype is None else dtype
     cls = AutoModel if src.is_encoder else AutoModelForCausalLM
     try:
-        tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.trust_remote_code)
-        model = cls.from_pretrained(src.path, dtype=dtype, trust_remote_code=src.trust_remote_code)
+        with _transformers_bars(progress):
+            tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.trust_remote_code)
+            model = cls.from_pretrained(src.path, dtype=dtype, trust_remote_code=src.trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelSourceError(f"{src.path}: transformers could not load {src.name!r} "
                                f"({src.model_type}): {e}") from e
@@ -186,6 +189,18 @@ def load_model(src: ModelSource, dtype=None, device: str | None = None):
     if device:
         model.to(device)
     return model, tok
+
+
+@contextmanager
+def _transformers_bars(enabled: bool):
+    """transformers' progress bars on or off for the duration (a process-wide switch, restored)."""
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def supported_families_text() -> str:
@@ -357,14 +372,16 @@ def _dequantize_into(entry: Path, gguf_file, descriptor: dict, progress: bool) -
         family_of(cfg.model_type, str(gguf))
         if progress:
             print(f"vindex: dequantizing {gguf.name} once into {entry} (about 15-50 s)", flush=True)
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+        with _transformers_bars(progress):
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         out = work / "model"
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+        with _transformers_bars(progress):
+            model.save_pretrained(out)
+            tok.save_pretrained(out)
         meta = {**descriptor, "sha256": sha256_file(gguf), "gguf_file": fname,
                 "gguf_name": _gguf_name(gguf), "file_type": _gguf_file_type(gguf)}
         (out / _SOURCE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
