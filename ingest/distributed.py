@@ -195,20 +195,37 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
     layers = parse_layers(layers, n_layers)
     name = name or src.name
     root = Path(out) if out is not None else Path("lake") / name
-    itemsize = 2 if dtype == "float16" else 4
-    shard_rows = int(shard_rows or max(1, buffer_mb * 2**20 // (len(layers) * d * itemsize)))
+    itemsize = 2 if dtype == "float16" else 4   # auto plans for float32
+    # two groups live at once in build() (one being written while the next is computed): the same
+    # formula here keeps the plan, the part numbers and the manifest params identical
+    shard_rows = int(shard_rows or max(1, buffer_mb * 2**20 // (2 * len(layers) * d * itemsize)))
 
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.trust_remote_code)
     tokenized = tokenize_prompts(tok, ps.prompts, max_tokens, chat_template=chat_template)
     groups = plan_groups(tokenized, batch_size, shard_rows)
+    ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
+    pool = actor_pool(len(groups), actors, gpus_per_actor, cpus_per_actor)   # errors before any write
+    config = {"max_tokens": max_tokens, "chat_template": chat_template, "layers": layers,
+              "poolings": list(poolings), "dtype": dtype, "n_layers": n_layers, "prompt_set": ps.name,
+              "device": device, "cache_dir": None if cache_dir is None else str(cache_dir),
+              "fail_once": _fail_once, "gpus": pool["num_gpus"]}
 
-    # the manifest bookkeeping of build(), verbatim: same params, same parts, same resume rules
+    # the manifest bookkeeping of build(), step by step: same params, same parts, same resume rules
     params = {"prompt_sha256": ps.sha256, "model_id": src.model_id, "model_revision": src.revision,
               "layers": layers, "dtype": dtype, "batch_size": batch_size, "max_tokens": max_tokens,
               "poolings": list(poolings), "chat_template": chat_template, "shard_rows": shard_rows}
     w = B._open_vindex(root, name, mm)
     base, skip_done = B._reserve_parts(w, ps, params, len(groups), resume)
+    requested = dtype
+    for table in ("activations", "pooled"):   # a vector type declared by a build that wrote nothing binds nobody
+        t = w.manifest["tables"].get(table)
+        if t is not None and not t["files"]:
+            t["vector_width"] = t["vector_dtype"] = None
+    if dtype == "auto":
+        dtype = w.manifest["tables"].get("activations", {}).get("vector_dtype") or \
+            _probe_dtype(ray, src, config, _group_row([groups[0][0]], ps), pool)
+        config["dtype"] = dtype
     w.declare_vectors("activations", d, dtype)
     w.declare_vectors("pooled", d, dtype)
     if not w.has_shard("prompts", {"prompt_set": ps.name}, 0):
@@ -216,8 +233,9 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
                     commit=False)
     extraction = dict(w.manifest["extraction"].get("activations") or {})
     extraction.update({
-        "layers": layers, "dtype": dtype, "compute_dtype": "float32", "max_tokens": max_tokens,
-        "batch_size": batch_size, "padding": "right; padding never stored", "chat_template": chat_template,
+        "layers": layers, "dtype": dtype, "dtype_requested": requested, "compute_dtype": "float32",
+        "max_tokens": max_tokens, "batch_size": batch_size, "padding": "right; padding never stored",
+        "chat_template": chat_template,
         "poolings": {p: POOLINGS[p] for p in poolings}, "special_tokens": B.SPECIAL_RULE,
         "norm": "L2 norm of the float32 hidden state of the token", "prompt_set": ps.name,
         "prompt_set_sha256": ps.sha256})
@@ -228,14 +246,9 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
     n_done = sum(len(b) for k, g in enumerate(groups) if k not in todo_set for b in g)
     if todo:
         rows = [{"part": base + k, "group": json.dumps(_group_row(groups[k], ps))} for k in todo]
-        config = {"max_tokens": max_tokens, "chat_template": chat_template, "layers": layers,
-                  "poolings": list(poolings), "dtype": dtype, "n_layers": n_layers, "prompt_set": ps.name,
-                  "device": device, "cache_dir": None if cache_dir is None else str(cache_dir),
-                  "fail_once": _fail_once}
-        results = _run_groups(rows, str(root.resolve()), src, config, address=address, actors=actors,
-                              gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
-                              runtime_env=runtime_env, progress=progress, total=len(ps), done=n_done,
-                              desc=f"{name}/{ps.name} on ray")
+        pool = {**pool, "actors": min(pool["actors"], len(todo))}   # an actor more than groups would idle
+        results = _run_groups(ray, rows, str(root.resolve()), src, config, pool, progress=progress,
+                              total=len(ps), done=n_done, desc=f"{name}/{ps.name} on ray")
         expected = {t: {_shard(t, l, base + k) for k in todo for l in layers} for t in ("activations", "pooled")}
         commit_staged(w, results, expected)
         extraction["hidden_states"] = results[0]["convention"]
@@ -260,11 +273,8 @@ def _shard(table: str, layer: int, part: int) -> str:
     return shard_path(table, {"layer": layer}, part)
 
 
-def _run_groups(rows, root, src, config, *, address, actors, gpus_per_actor, cpus_per_actor, runtime_env,
-                progress, total, done, desc) -> list[dict]:
-    """Stream the shard groups through an actor pool; the staged results, as they complete."""
-    ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
-    from ray.data import DataContext
+def actor_pool(n_groups: int, actors: int | None, gpus_per_actor: float | None, cpus_per_actor: float) -> dict:
+    """The pool size and per-actor resources on the connected cluster (clear errors when it cannot fit)."""
     res = cluster_resources()
     if gpus_per_actor is None:
         gpus_per_actor = 1 if res["GPU"] >= 1 else 0
@@ -275,16 +285,40 @@ def _run_groups(rows, root, src, config, *, address, actors, gpus_per_actor, cpu
                            "pass gpus_per_actor=0 (--gpus-per-actor 0) to run on CPUs")
     if actors is None:
         fit = res["GPU"] // gpus_per_actor if gpus_per_actor else res["CPU"] // cpus_per_actor
-        actors = int(max(1, min(len(rows), fit)))
+        actors = int(max(1, min(n_groups, fit)))
     if actors < 1:
         raise InvalidValue(f"actors must be >= 1, got {actors}")
-    config = {**config, "gpus": gpus_per_actor}
+    return {"actors": int(actors), "num_gpus": gpus_per_actor, "num_cpus": cpus_per_actor}
+
+
+def _probe_dtype(ray, src, config: dict, row: dict, pool: dict) -> str:
+    """dtype='auto' decided as build() decides it (its `_auto_dtype` on the longest batch), on a
+    worker with the actors' resources: the driver never loads the model."""
+    task = ray.remote(_probe_dtype_task).options(num_gpus=pool["num_gpus"], num_cpus=pool["num_cpus"])
+    try:
+        return ray.get(task.remote(src, config, row))
+    except Exception as e:
+        raise_vindex_cause(e)
+        raise
+
+
+def _probe_dtype_task(src, config: dict, row: dict) -> str:
+    from .build import _auto_dtype
+    worker = ActivationWorker(None, src, config)
+    prompts = [Prompt(int(i), None, t) for i, t in zip(row["prompt_id"], row["text"])]
+    tokenized = tokenize_prompts(worker.tok, prompts, config["max_tokens"], chat_template=config["chat_template"])
+    return _auto_dtype(worker.runner, tokenized, row["batches"][0], config["layers"], worker.pad_id)
+
+
+def _run_groups(ray, rows, root, src, config, pool, *, progress, total, done, desc) -> list[dict]:
+    """Stream the shard groups through an actor pool; the staged results, as they complete."""
+    from ray.data import DataContext
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False   # ours below counts prompts, not Ray blocks
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))   # a block per group: spread over actors
-    ds = ds.map_batches(ActivationWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
-                        num_gpus=gpus_per_actor,
-                        num_cpus=cpus_per_actor, fn_constructor_args=(root, src, config))
+    ds = ds.map_batches(ActivationWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool["actors"]),
+                        num_gpus=pool["num_gpus"], num_cpus=pool["num_cpus"],
+                        fn_constructor_args=(root, src, config))
     sizes = {r["part"]: len(json.loads(r["group"])["prompt_id"]) for r in rows}
     from tqdm.auto import tqdm
     bar = tqdm(total=total, initial=done, desc=desc, unit="prompt", disable=not progress, file=sys.stderr,
