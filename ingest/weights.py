@@ -30,6 +30,7 @@ from .tensors import ARCHITECTURES, ModelWeights
 
 TABLES = ("features", "ov_gate", "layer_stats")
 VECTORS = ("gate", "down", None)
+COMMIT_EVERY_S = 10.0   # at most this much finished work is unrecorded if the job is killed
 # extraction params that change stored values: a resumed run must use the same ones
 _CONTENT_KEYS = ("top_k", "ov_top_k", "unembedding", "ov_variants", "feature_layers", "vectors", "vector_dtype")
 
@@ -189,44 +190,80 @@ def write_weights(writer: VindexWriter, weights: ModelWeights, *, top_k: int = 1
 
     summary = {t: 0 for t in tables}
     started = time.perf_counter()
+    shards = _ShardBatch(writer)
     from tqdm.auto import tqdm
     bar = tqdm(selected, desc=f"weights {writer.name}", unit="layer", disable=not progress)
-    for layer in bar:
-        if layer == 0:
-            if "layer_stats" in tables and _todo(writer, "layer_stats", {}, 0, resume):
-                bar.set_postfix_str("layer_stats: embedding")
-                emb = down_meta._read_rows(weights, weights.embedding_name)
-                rows = spectra.matrix_rows({"embed": emb}, 0)
-                del emb
-                summary["layer_stats"] += writer.write_shard("layer_stats", rows, part=0)["rows"]
-            continue
-        b = layer - 1
-        part = {"layer": layer}
-        if "features" in tables and _todo(writer, "features", part, 0, resume):
-            bar.set_postfix_str(f"features (down_meta) layer {layer}")
-            parts = []
-            for block in weights.ffn(b):
-                directions = down_meta.output_directions(weights, block, b, unemb)
-                ids, logits = down_meta.top_tokens(u_tensor, directions, top_k)
-                parts.append(down_meta.feature_rows(block, ids, logits, vocab, vectors))
-            summary["features"] += writer.write_shard("features", down_meta.concat_rows(parts), part)["rows"]
-        if "ov_gate" in tables and ov_variants and _todo(writer, "ov_gate", part, 0, resume):
-            bar.set_postfix_str(f"ov_gate layer {layer}")
-            rows = ov_gate_rows(weights, b, ov_variants, feature_layers, ov_top_k)
-            summary["ov_gate"] += writer.write_shard("ov_gate", rows, part)["rows"]
-        if "layer_stats" in tables and _todo(writer, "layer_stats", {}, layer, resume):
-            bar.set_postfix_str(f"layer_stats layer {layer}")
-            rows = spectra.matrix_rows(layer_matrices(weights, b), layer)
-            if layer == n_layers and weights.lm_head_name:
-                lm = spectra.matrix_rows({"lm_head": down_meta._read_rows(weights, weights.lm_head_name)}, layer)
-                rows = {k: rows[k] + lm[k] for k in rows}
-            summary["layer_stats"] += writer.write_shard("layer_stats", rows, part=layer)["rows"]
-    bar.close()
+    try:
+        for layer in bar:
+            if layer == 0:
+                if "layer_stats" in tables and _todo(writer, "layer_stats", {}, 0, resume):
+                    bar.set_postfix_str("layer_stats: embedding")
+                    emb = down_meta._read_rows(weights, weights.embedding_name)
+                    summary["layer_stats"] += shards.write("layer_stats", spectra.matrix_rows({"embed": emb}, 0), {}, 0)
+                    del emb
+                continue
+            b = layer - 1
+            part = {"layer": layer}
+            if "features" in tables and _todo(writer, "features", part, 0, resume):
+                bar.set_postfix_str(f"features (down_meta) layer {layer}")
+                parts = []
+                for block in weights.ffn(b):
+                    directions = down_meta.output_directions(weights, block, b, unemb)
+                    ids, logits = down_meta.top_tokens(u_tensor, directions, top_k)
+                    parts.append(down_meta.feature_rows(block, ids, logits, vocab, vectors))
+                summary["features"] += shards.write("features", down_meta.concat_rows(parts), part, 0)
+            if "ov_gate" in tables and ov_variants and _todo(writer, "ov_gate", part, 0, resume):
+                bar.set_postfix_str(f"ov_gate layer {layer}")
+                rows = ov_gate_rows(weights, b, ov_variants, feature_layers, ov_top_k)
+                summary["ov_gate"] += shards.write("ov_gate", rows, part, 0)
+            if "layer_stats" in tables and _todo(writer, "layer_stats", {}, layer, resume):
+                bar.set_postfix_str(f"layer_stats layer {layer}")
+                rows = spectra.matrix_rows(layer_matrices(weights, b), layer)
+                if layer == n_layers and weights.lm_head_name:
+                    lm = spectra.matrix_rows({"lm_head": down_meta._read_rows(weights, weights.lm_head_name)}, layer)
+                    rows = {k: rows[k] + lm[k] for k in rows}
+                summary["layer_stats"] += shards.write("layer_stats", rows, {}, layer)
+            shards.commit_if_due()
+    finally:
+        bar.close()
+        shards.commit()
     summary["seconds"] = round(time.perf_counter() - started, 2)
     if progress:
         done = ", ".join(f"{t}: {summary[t]} rows" for t in tables)
         print(f"vindex: weights of {writer.name} -> {writer.root} ({done}; {summary['seconds']} s)", flush=True)
     return summary
+
+
+class _ShardBatch:
+    """Writes shards at once but records them in the manifest at most every COMMIT_EVERY_S seconds.
+
+    Each manifest commit rewrites and revalidates the whole manifest, which costs more than a
+    small model's layer; batching keeps that off the critical path. Resume stays per layer: an
+    interrupted run loses at most the last few seconds of uncommitted (but complete) shards,
+    which the rerun rewrites under the same names.
+    """
+
+    def __init__(self, writer: VindexWriter):
+        self.writer = writer
+        self.pending: dict[str, list[dict]] = {}
+        self.last = time.perf_counter()
+
+    def write(self, table: str, rows, partition: dict, part: int) -> int:
+        entry = self.writer.write_shard(table, rows, partition, part=part, commit=False)
+        self.pending.setdefault(table, []).append(entry)
+        return entry["rows"]
+
+    def commit_if_due(self) -> None:
+        if time.perf_counter() - self.last >= COMMIT_EVERY_S:
+            self.commit()
+
+    def commit(self) -> None:
+        if self.pending:
+            for table, entries in self.pending.items():
+                self.writer.add_files(table, entries, commit=False)
+            self.writer.commit()
+            self.pending = {}
+        self.last = time.perf_counter()
 
 
 def _todo(writer: VindexWriter, table: str, partition: dict, part: int, resume: bool) -> bool:

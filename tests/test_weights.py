@@ -397,6 +397,28 @@ def test_resume_skips_finished_shards_and_refuses_other_parameters(tiny_models, 
     assert verify(out) == []
 
 
+def test_an_interrupted_run_keeps_finished_shards_and_resumes_to_the_same_result(tiny_models, tmp_path, monkeypatch):
+    from vindex.ingest import weights as job
+    folder, _ = tiny_models["mixtral"]
+    ref = Vindex.open(build_weights(folder, tmp_path / "ref", top_k=3, progress=False))
+    real = job.ov_gate_rows
+
+    def killed_in_block_2(weights, b, *args, **kw):
+        if b == 2:
+            raise RuntimeError("killed")
+        return real(weights, b, *args, **kw)
+
+    monkeypatch.setattr(job, "ov_gate_rows", killed_in_block_2)
+    with pytest.raises(RuntimeError, match="killed"):
+        build_weights(folder, tmp_path / "vx", top_k=3, progress=False)
+    vx = Vindex.open(tmp_path / "vx")
+    assert vx.layers("features") == [1, 2, 3] and vx.layers("ov_gate") == [1, 2]
+    monkeypatch.setattr(job, "ov_gate_rows", real)
+    vx = Vindex.open(build_weights(folder, tmp_path / "vx", top_k=3, progress=False))
+    for table in ("features", "ov_gate", "layer_stats"):
+        assert {e["path"]: e["sha256"] for e in vx.files(table)} == {e["path"]: e["sha256"] for e in ref.files(table)}
+
+
 def test_resume_rewrites_a_shard_that_went_missing(tiny_models, tmp_path):
     folder, _ = tiny_models["gpt2"]
     out = build_weights(folder, tmp_path / "vx", top_k=3, tables=("ov_gate",), progress=False)
