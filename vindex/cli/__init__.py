@@ -13,7 +13,7 @@ import click
 from .. import __version__
 
 # modules under vindex/cli that contribute commands (each exposes COMMANDS)
-COMMAND_MODULES = ["core", "larql", "view", "build", "hub", "query", "weights"]
+COMMAND_MODULES = ["core", "larql", "view", "build", "hub", "query", "weights", "study"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

