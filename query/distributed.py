@@ -11,13 +11,15 @@ The computation is the SQL layer's `cka_matrix`, organised for a whole lake:
    HfFileSystem), keep `pooling` (and `prompt_set`) rows ordered by (prompt_set, prompt_id), and
    compute the centred, unit-norm Gram g = HKH/||HKH||_F, packed (`gram_vector`: the function
    behind the SQL `cka_gram` UDF). Cost: models x layers x n^2 d.
-2. one task per model pair: CKA(a, b) = <g_a, g_b> (Kornblith et al. 2019, eq. 4, as the cosine of
+2. one task per model: stack its layers' Grams into one matrix (per row key), once for all its pairs.
+3. one task per model pair: CKA(a, b) = <g_a, g_b> (Kornblith et al. 2019, eq. 4, as the cosine of
    centred Grams) for all layer pairs at once, G_A G_B^T, and with permutations > 0 the null of
    `query.cka.null_scores` over the same stored Grams. Cost: pairs x layers^2 x n^2, no d.
 
-On Ray the Grams stay in the object store, each read by the pair tasks that need it (no barrier:
-a pair starts as soon as its two models' Grams exist). Without Ray the same two functions run in
-this process. The result has the columns of `cka_matrix(...)` and is written as one Parquet file.
+On Ray the Grams and stacks stay in the object store, each read by the tasks that need it (no
+barrier: a pair starts as soon as its two models' stacks exist). Without Ray the same three
+functions run in this process. The result has the columns of `cka_matrix(...)` and is written as
+one Parquet file.
 """
 from __future__ import annotations
 
@@ -113,63 +115,91 @@ def _rows_key(sets: list, ids: np.ndarray) -> str:
     return h.hexdigest()
 
 
-# -- step 2: one model pair -> all its layer pairs --------------------------------------------------
-def pair_cka(metas_a: list[dict], metas_b: list[dict], grams_a: list, grams_b: list, spec: dict) -> tuple[dict, list[str]]:
-    """CKA of every layer pair of models a and b from their unit Grams; (columns, notes).
+# -- step 2: one model's Grams stacked, once -------------------------------------------------------
+def model_stack(*layers) -> dict:
+    """A model's (meta, g) per layer -> its Grams stacked into one matrix per row key (layers that
+    saw the same rows in the same order), built once and shared by all the model's pairs.
 
-    CKA = <g_a, g_b> (one matrix product per block of layers sharing the same rows); with
-    permutations > 0 also the permutation null (rows of b shuffled; `query.cka.null_scores`).
-    Layer pairs whose rows differ are left out with a note (the SQL macro raises instead).
+    Returns {"model", "metas": [meta per layer], "blocks": {key: (positions, G)}} with positions the
+    indices into metas of that key's layers and G the (positions, n(n+1)/2) stack, NaN rows where a
+    layer's Gram is undefined (a constant layer).
     """
-    cols = {f.name: [] for f in RESULT_SCHEMA}
-    notes = []
-    for key in sorted({m["key"] for m in metas_a if m["key"]} & {m["key"] for m in metas_b if m["key"]}):
-        ia = [i for i, m in enumerate(metas_a) if m["key"] == key]
-        ib = [j for j, m in enumerate(metas_b) if m["key"] == key]
-        va = [i for i in ia if grams_a[i] is not None]
-        vb = [j for j in ib if grams_b[j] is not None]
-        n = metas_a[ia[0]]["n"]
-        obs = np.full((len(ia), len(ib)), np.nan)
-        null = None
-        if va and vb:
-            GA, GB = np.stack([grams_a[i] for i in va]), np.stack([grams_b[j] for j in vb])
-            block = GA @ GB.T                                            # (|va|, |vb|) = <g_a, g_b>
-            ra, rb = [ia.index(i) for i in va], [ib.index(j) for j in vb]
-            obs[np.ix_(ra, rb)] = block
-            if spec["permutations"] > 0:
+    metas = [m for m, _ in layers]
+    blocks = {}
+    for key in dict.fromkeys(m["key"] for m in metas if m["key"]):
+        pos = [i for i, m in enumerate(metas) if m["key"] == key]
+        width = next((g.size for i in pos if (g := layers[i][1]) is not None), None)
+        if width is None:
+            continue
+        G = np.full((len(pos), width), np.nan)
+        for r, i in enumerate(pos):
+            if layers[i][1] is not None:
+                G[r] = layers[i][1]
+        blocks[key] = (pos, G)
+    return {"model": metas[0]["model"] if metas else None, "metas": metas, "blocks": blocks}
+
+
+# -- step 3: one model pair -> all its layer pairs --------------------------------------------------
+def pair_cka(stack_a: dict, stack_b: dict, spec: dict) -> tuple[pa.Table, list[str]]:
+    """CKA of every layer pair of two models from their stacks: (rows as a table, notes).
+
+    CKA = <g_a, g_b>: one matrix product G_A G_B^T per row key the two models share; with
+    permutations > 0 also the permutation null over the same Grams (`query.cka.null_scores`,
+    rows of b shuffled). Layer pairs whose rows differ are left out with a note (the SQL macro
+    raises instead); an undefined Gram gives NULL, as in SQL.
+    """
+    parts, notes = [], []
+    shared = [k for k in stack_a["blocks"] if k in stack_b["blocks"]]
+    for key in shared:
+        (ia, GA), (ib, GB) = stack_a["blocks"][key], stack_b["blocks"][key]
+        n = stack_a["metas"][ia[0]]["n"]
+        obs = GA @ GB.T                                                     # (|ia|, |ib|) = <g_a, g_b>
+        cols = {"cka": obs}
+        if spec["permutations"] > 0:
+            va, vb = ~np.isnan(GA[:, 0]), ~np.isnan(GB[:, 0])
+            null = {k: np.full(obs.shape, np.nan) for k in ("null_mean", "null_p95", "p_value")}
+            if va.any() and vb.any():
                 gather = C.permutation_gather(n, spec["permutations"], spec["seed"])
-                scores = C.null_scores(GA, GB, gather)                # (|va|, |vb|, permutations)
-                summary = C.null_summary(block, scores)
-                null = {k: np.full((len(ia), len(ib)), np.nan) for k in summary}
-                for k, v in summary.items():
-                    null[k][np.ix_(ra, rb)] = v
-        for r, i in enumerate(ia):
-            for s, j in enumerate(ib):
-                ma, mb = metas_a[i], metas_b[j]
-                cols["model_a"].append(ma["model"]), cols["model_b"].append(mb["model"])
-                cols["layer_a"].append(ma["layer"]), cols["layer_b"].append(mb["layer"])
-                cols["depth_a"].append(ma["depth"]), cols["depth_b"].append(mb["depth"])
-                v = obs[r, s]
-                cols["cka"].append(None if np.isnan(v) else float(v))
-                for k in ("null_mean", "null_p95", "p_value"):
-                    x = None if null is None else null[k][r, s]
-                    cols[k].append(None if x is None or np.isnan(x) else float(x))
-                cols["n"].append(n)
-    a_keys = {m["key"] for m in metas_a if m["key"]}
-    b_keys = {m["key"] for m in metas_b if m["key"]}
-    if a_keys and b_keys and not (a_keys & b_keys):
-        notes.append(f"{metas_a[0]['model']} and {metas_b[0]['model']} hold different prompts (no layer pair has "
-                     "the same rows in the same order); pair skipped")
-    elif a_keys != b_keys and a_keys and b_keys:
-        notes.append(f"{metas_a[0]['model']} x {metas_b[0]['model']}: some layers hold other prompts than the rest; "
-                     "only layer pairs with identical rows were compared")
-    k = len(cols["model_a"])
+                scores = C.null_scores(GA[va], GB[vb], gather)              # (|va|, |vb|, permutations)
+                for k, v in C.null_summary(obs[np.ix_(va, vb)], scores).items():
+                    null[k][np.ix_(va, vb)] = v
+            cols.update(null)
+        parts.append(_rows(stack_a["metas"], stack_b["metas"], ia, ib, n, cols))
+    ka, kb = set(stack_a["blocks"]), set(stack_b["blocks"])
+    a, b = stack_a["model"], stack_b["model"]
+    if ka and kb and not shared:
+        notes.append(f"{a} and {b} hold different prompts (no layer pair has the same rows in the same order); "
+                     "pair skipped")
+    elif ka != kb and shared:
+        notes.append(f"{a} x {b}: some layers hold other prompts than the rest; only layer pairs with "
+                     "identical rows were compared")
+    table = pa.concat_tables(parts) if parts else RESULT_SCHEMA.empty_table()
+    k = table.num_rows
     for name, value in (("pooling", spec["pooling"]), ("prompt_set", spec["prompt_set"]),
                         ("estimator", spec["estimator"]), ("kernel", spec["kernel"]),
                         ("preprocess", spec["preprocess"]), ("permutations", spec["permutations"]),
                         ("seed", spec["seed"])):
-        cols[name] = [value] * k
-    return cols, notes
+        i = RESULT_SCHEMA.get_field_index(name)
+        table = table.set_column(i, RESULT_SCHEMA.field(name), pa.array([value] * k, RESULT_SCHEMA.field(name).type))
+    return table, notes
+
+
+def _rows(metas_a, metas_b, ia, ib, n, values: dict) -> pa.Table:
+    """The |ia| x |ib| layer pairs of one block as result rows (NaN -> NULL), options left NULL."""
+    na, nb = len(ia), len(ib)
+    ma, mb = [metas_a[i] for i in ia], [metas_b[j] for j in ib]
+    cols = {
+        "model_a": [ma[0]["model"]] * (na * nb), "model_b": [mb[0]["model"]] * (na * nb),
+        "layer_a": np.repeat([m["layer"] for m in ma], nb), "layer_b": np.tile([m["layer"] for m in mb], na),
+        "depth_a": np.repeat([m["depth"] for m in ma], nb), "depth_b": np.tile([m["depth"] for m in mb], na),
+        "n": np.full(na * nb, n),
+    }
+    for k, v in values.items():
+        v = np.asarray(v, dtype=np.float64).ravel()
+        cols[k] = pa.array(v, pa.float64(), mask=np.isnan(v))
+    arrays = [cols[f.name] if f.name in cols else pa.nulls(na * nb, f.type) for f in RESULT_SCHEMA]
+    return pa.table([pa.array(x, f.type) if not isinstance(x, pa.Array) else x
+                     for x, f in zip(arrays, RESULT_SCHEMA)], schema=RESULT_SCHEMA)
 
 
 # -- the job ----------------------------------------------------------------------------------------
@@ -254,68 +284,54 @@ def _run_local(jobs, pairs, spec, opts, progress):
     from tqdm.auto import tqdm
     grams = {}
     for m, l, n_layers, files, fs in tqdm(jobs, desc="Grams", unit="layer", disable=not progress, file=sys.stderr):
-        grams[(m, l)] = layer_gram(m, l, n_layers, files, fs, spec["pooling"], spec["prompt_set"], opts)
-    notes = _gram_notes(meta for meta, _ in grams.values())
+        grams.setdefault(m, []).append(layer_gram(m, l, n_layers, files, fs, spec["pooling"], spec["prompt_set"],
+                                                  opts))
+    notes = _gram_notes(meta for layers in grams.values() for meta, _ in layers)
+    stacks = {m: model_stack(*layers) for m, layers in grams.items()}
     results = []
     for a, b in tqdm(pairs, desc="pairs", unit="pair", disable=not progress, file=sys.stderr):
-        sa = [grams[k] for k in sorted(grams) if k[0] == a]
-        sb = [grams[k] for k in sorted(grams) if k[0] == b]
-        cols, more = pair_cka([x[0] for x in sa], [x[0] for x in sb], [x[1] for x in sa], [x[1] for x in sb], spec)
-        results.append(cols)
+        table, more = pair_cka(stacks[a], stacks[b], spec)
+        results.append(table)
         notes += more
     return results, notes
 
 
 def _run_ray(jobs, pairs, spec, opts, address, runtime_env, progress):
+    """Gram tasks -> one stack task per model -> one task per pair; no barrier between the steps."""
     from vindex.cluster import connect_ray, raise_vindex_cause
     ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
-    gram_task = ray.remote(num_returns=2, max_retries=3)(layer_gram)
-    pair_task = ray.remote(max_retries=3)(_pair_task)
-    refs = {}
-    for m, l, n_layers, files, fs in jobs:   # every Gram starts now; pairs wait only for their own inputs
-        refs[(m, l)] = gram_task.remote(m, l, n_layers, files, fs, spec["pooling"], spec["prompt_set"], opts)
-    pending = {}
-    for a, b in pairs:
-        ka = [k for k in sorted(refs) if k[0] == a]
-        kb = [k for k in sorted(refs) if k[0] == b]
-        args = [refs[k][0] for k in ka] + [refs[k][0] for k in kb] + [refs[k][1] for k in ka] + \
-               [refs[k][1] for k in kb]
-        pending[pair_task.remote(spec, len(ka), len(kb), *args)] = (a, b)
+    gram_task = ray.remote(max_retries=3)(layer_gram)
+    stack_task = ray.remote(max_retries=3)(model_stack)
+    pair_task = ray.remote(max_retries=3)(pair_cka)
+    grams = {}
+    for m, l, n_layers, files, fs in jobs:
+        grams.setdefault(m, []).append(gram_task.remote(m, l, n_layers, files, fs, spec["pooling"],
+                                                        spec["prompt_set"], opts))
+    stacks = {m: stack_task.remote(*refs) for m, refs in grams.items()}   # top-level refs: resolved by Ray
+    pending = [pair_task.remote(stacks[a], stacks[b], spec) for a, b in pairs]
     from tqdm.auto import tqdm
     results, notes = [], []
     with tqdm(total=len(pending), desc="pairs on ray", unit="pair", disable=not progress, file=sys.stderr) as bar:
-        waiting = list(pending)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
             try:
-                cols, more = ray.get(ready[0])
+                table, more = ray.get(ready[0])
             except Exception as e:
                 raise_vindex_cause(e)
                 raise
-            results.append(cols)
+            results.append(table)
             notes += more
             bar.update(1)
-    metas = ray.get([r[0] for r in refs.values()])
+    metas = [meta for stack in ray.get(list(stacks.values())) for meta in stack["metas"]]
     return results, _gram_notes(metas) + notes
-
-
-def _pair_task(spec, la, lb, *args):
-    """Ray entry point of `pair_cka`: Ray resolves top-level ObjectRef arguments (metas, Grams)."""
-    metas_a, metas_b = list(args[:la]), list(args[la:la + lb])
-    grams_a, grams_b = list(args[la + lb:2 * la + lb]), list(args[2 * la + lb:])
-    return pair_cka(metas_a, metas_b, grams_a, grams_b, spec)
 
 
 def _gram_notes(metas) -> list[str]:
     return [m["note"] for m in metas if m.get("note")]
 
 
-def _table(results: list[dict]) -> pa.Table:
-    cols = {f.name: [] for f in RESULT_SCHEMA}
-    for r in results:
-        for k in cols:
-            cols[k].extend(r[k])
-    t = pa.table({f.name: pa.array(cols[f.name], f.type) for f in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
+def _table(results: list[pa.Table]) -> pa.Table:
+    t = pa.concat_tables(results) if results else RESULT_SCHEMA.empty_table()
     return t.sort_by([("model_a", "ascending"), ("model_b", "ascending"), ("layer_a", "ascending"),
                       ("layer_b", "ascending")])
 
