@@ -42,7 +42,7 @@ STUDY_VERSION = 1                         # bump when an analysis changes meanin
 def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="default",
           poolings=POOLINGS, estimators=ESTIMATORS, permutations: int = 99, seed: int = 0,
           band: float = 0.15, knn_k: int = 10, lexicon=None, weights: bool = True,
-          feature_vectors: str = "down", dtype: str = "auto", batch_size: int = 16,
+          feature_vectors: str = "down", dtype: str = "auto", batch_size: int = 16, layers=None,
           progress: bool = True) -> Path:
     """Run the cross-model study and write `out`/report.md; returns the report's path.
 
@@ -62,6 +62,8 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
     feature_vectors: which vector the weights job stores per feature for clustering when it builds
         them: 'down' (W_down[:, f], what the feature writes; default) or 'gate' (what it reads).
     dtype: activation storage for new builds ('auto' = float16 unless the model's states overflow it).
+    layers: layers to build for new vindexes ("0-8,12" or a list; default all); the analyses use
+        whatever layers the vindexes hold.
     """
     t_start = time.perf_counter()
     models = [models] if isinstance(models, (str, Path)) else list(models)
@@ -80,7 +82,7 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
 
     say.stage(f"vindexes for {len(models)} model(s) in {lake}/")
     roots = [ensure_vindex(m, lake, prompts=ps, dtype=dtype, weights=weights, feature_vectors=feature_vectors,
-                           batch_size=batch_size, progress=progress, say=say) for m in models]
+                           batch_size=batch_size, layers=layers, progress=progress, say=say) for m in models]
     vxs = [Vindex.open(r) for r in roots]
     names = [v.name for v in vxs]
     if len(set(names)) != len(names):
@@ -172,7 +174,8 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
 
 # -- stage 1: vindexes ---------------------------------------------------------------------------
 def ensure_vindex(source, lake, *, prompts, dtype: str = "auto", weights: bool = True,
-                  feature_vectors: str = "down", batch_size: int = 16, progress: bool = True, say=None) -> Path:
+                  feature_vectors: str = "down", batch_size: int = 16, layers=None, progress: bool = True,
+                  say=None) -> Path:
     """The vindex folder for `source`, building what it lacks: activations over `prompts` and the
     features table. An existing vindex folder is used as it is."""
     say = say or _Say(progress)
@@ -190,14 +193,15 @@ def ensure_vindex(source, lake, *, prompts, dtype: str = "auto", weights: bool =
         from vindex.ingest.build import build
         t = time.perf_counter()
         build(source, root, name=name, prompts=prompts, dtype=_resume_dtype(vx, prompts, dtype),
-              batch_size=batch_size, progress=progress)
+              batch_size=batch_size, layers=layers, progress=progress)
         say.line(f"{name}: activations built in {time.perf_counter() - t:.0f} s")
     vx = Vindex.open(root)
-    if weights and not _features_done(vx):
+    feature_layers = [x for x in (_layer_list(layers, vx.n_layers)) if x >= 1]
+    if weights and not _features_done(vx, feature_layers):
         from vindex.ingest.weights import build_weights
         old = (vx.manifest.get("extraction") or {}).get("weights") or {}
         t = time.perf_counter()
-        build_weights(source, root, name=name, tables=("features",),
+        build_weights(source, root, name=name, tables=("features",), layers=feature_layers,
                       vectors=old.get("vectors", feature_vectors) if old else feature_vectors,
                       **({"top_k": old["top_k"]} if old.get("top_k") else {}), progress=progress)
         say.line(f"{name}: features (down_meta) built in {time.perf_counter() - t:.0f} s")
@@ -211,10 +215,15 @@ def _activations_done(vx: Vindex, prompts) -> bool:
     return ps.get("sha256") == prompts.sha256 and bool(ps.get("complete")) and "pooled" in vx.tables
 
 
-def _features_done(vx: Vindex) -> bool:
+def _features_done(vx: Vindex, layers: list[int]) -> bool:
     if "features" not in vx.tables:
         return False
-    return set(range(1, vx.n_layers + 1)) <= set(vx.layers("features"))
+    return set(layers) <= set(vx.layers("features"))
+
+
+def _layer_list(layers, n_layers: int) -> list[int]:
+    from vindex.ingest.weights import parse_layers
+    return parse_layers(layers, n_layers)
 
 
 def _resume_dtype(vx: Vindex | None, prompts, dtype: str) -> str:

@@ -33,9 +33,10 @@ from .core import fail
 @click.option("--dtype", type=click.Choice(["auto", "float16", "float32"]), default="auto", show_default=True,
               help="activation storage for new builds (auto: float16 unless states overflow it).")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="prompts per forward pass.")
+@click.option("--layers", help="layers to build for new vindexes, e.g. '0-8,12' (default: all).")
 @click.option("--quiet", is_flag=True, help="no progress, no summary (the report path is still printed).")
 def study(models, out, lake, prompts, poolings, permutations, seed, band, knn_k, lexicon, weights, feature_vectors,
-          dtype, batch_size, quiet):
+          dtype, batch_size, layers, quiet):
     """Reproduce the cross-model study: do models converge at matched depth, above chance?
 
     MODELS are offline names (smollm2-135m, gemma3-270m, qwen2.5-0.5b, minilm-l6), model folders,
@@ -51,7 +52,8 @@ def study(models, out, lake, prompts, poolings, permutations, seed, band, knn_k,
         report = study_fn(list(models) or DEFAULT_MODELS, out, lake=lake, prompts=prompts,
                           poolings=poolings or POOLINGS, permutations=permutations, seed=seed, band=band,
                           knn_k=knn_k, lexicon=lexicon, weights=weights, feature_vectors=feature_vectors,
-                          dtype=dtype, batch_size=batch_size, progress=not quiet)
+                          dtype=dtype, batch_size=batch_size, layers=layers,
+                          progress=not quiet)
     except VindexError as e:
         fail(e)
     if quiet:
