@@ -351,20 +351,13 @@ def build_weights_distributed(source, out=None, *, address=None, layers_per_task
     vector_dtype, tables). memory_per_task: bytes Ray should reserve per task (the unembedding
     in float32 plus one block), so big models do not oversubscribe a node.
     """
-    from .tensors import ModelWeights
-    from .weights import model_fields, parse_layers as weight_layers, resolve_weights_source
+    from .weights import open_weights_vindex, parse_layers as weight_layers, resolve_weights_source
 
     t0 = time.perf_counter()
     src = resolve_weights_source(source)
     src = dataclasses.replace(src, path=Path(src.path).resolve())   # workers do not share our cwd
-    name = name or src.name
-    out = Path(out) if out is not None else Path(name)
-    weights = ModelWeights(src.path, src.config)
-    writer = VindexWriter.create(out, name, {**src.manifest_model(), **model_fields(weights)}, exist_ok=True)
-    if int(writer.manifest["model"]["n_layers"]) != weights.n_layers:
-        from vindex.errors import ManifestError
-        raise ManifestError(f"{out}: the vindex records n_layers={writer.manifest['model']['n_layers']}, but "
-                            f"{src.path} has {weights.n_layers} blocks; is it the same model?")
+    writer, weights = open_weights_vindex(src, out, name)             # build_weights' own opening
+    out, name = writer.root, writer.name
     selected = weight_layers(layers, weights.n_layers)
     ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
     if layers_per_task is None:

@@ -40,7 +40,7 @@ def build_weights(source, out: str | Path | None = None, *, name: str | None = N
                   feature_layers: str | int = "same", ov_top_k: int | None = None,
                   vectors: str | None = "gate", vector_dtype: str = "float16",
                   tables: Iterable[str] = TABLES, layers=None, resume: bool = True,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, ray=None, layers_per_task: int | None = None) -> Path:
     """Write `features`, `ov_gate` and `layer_stats` for a model into the vindex at `out`.
 
     source: anything `resolve_model` takes (folder, GGUF, offline short name, Hub id) or a ModelSource.
@@ -55,8 +55,17 @@ def build_weights(source, out: str | Path | None = None, *, name: str | None = N
     layers: vindex layers to process (1..n_layers; 0 = the embedding's spectrum), as a list or a
         spec like "0-3,7"; default all.
     resume: skip shards already written with the same parameters; False rewrites them.
+    ray: run on a Ray cluster (True, or its address), one task per `layers_per_task` layers; same
+        shards, one manifest commit (see vindex.ingest.distributed.build_weights_distributed).
     Returns the vindex folder.
     """
+    if ray is not None and ray is not False:
+        from .distributed import build_weights_distributed
+        return build_weights_distributed(
+            source, out, address=ray, layers_per_task=layers_per_task, name=name, layers=layers, resume=resume,
+            progress=progress, top_k=top_k, unembedding=unembedding, ov_variants=ov_variants,
+            feature_layers=feature_layers, ov_top_k=ov_top_k, vectors=vectors, vector_dtype=vector_dtype,
+            tables=tables)
     src = resolve_weights_source(source)
     writer, weights = open_weights_vindex(src, out, name)
     write_weights(writer, weights, top_k=top_k, unembedding=unembedding, ov_variants=ov_variants,

@@ -96,11 +96,13 @@ def test_preempted_actor_rewrites_its_shards_without_duplicates(tiny_model, sing
 
 
 def test_weights_fan_out_per_layer_range(tiny_model, tmp_path, ray_local):
-    from vindex.ingest.distributed import build_weights_distributed
+    from vindex.cli import main
     from vindex.ingest.weights import build_weights
 
     a = build_weights(tiny_model, tmp_path / "one", progress=False)
-    b = build_weights_distributed(tiny_model, tmp_path / "ray", layers_per_task=1, progress=False)
+    b = tmp_path / "ray"
+    r = CliRunner().invoke(main, ["weights", str(tiny_model), str(b), "--quiet", "--ray", "--layers-per-task", "1"])
+    assert r.exit_code == 0, r.output
     tables = ("features", "ov_gate", "layer_stats")
     assert shards(a, tables) == shards(b, tables) and all(shards(b, tables).values())
     ma, mb = Vindex.open(a).manifest, Vindex.open(b).manifest
