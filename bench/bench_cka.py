@@ -7,7 +7,7 @@ shards, one file per layer. Prints medians of --repeats runs and the ratios the 
 SQL / numpy <= 1.3, third-party / SQL >= 15.
 
     python bench/bench_cka.py                 # builds the lake in a temp folder
-    python bench/bench_cka.py --d-b 2048 --permutations 99
+    python bench/bench_cka.py --d-b 2048 --permutations 99 --threads 1
 """
 from __future__ import annotations
 
@@ -113,7 +113,16 @@ def main(argv=None) -> int:
     ap.add_argument("--third-party-repeats", type=int, default=1)
     ap.add_argument("--permutations", type=int, default=0, help="also time the permutation null")
     ap.add_argument("--skip-third-party", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for BLAS, DuckDB and torch alike (default: each library's own); on a "
+                         "shared machine 1 avoids spinning BLAS/OpenMP threads that distort every figure")
     args = ap.parse_args(argv)
+    if args.threads:
+        try:
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(args.threads)
+        except ImportError:
+            print("threadpoolctl missing: set OPENBLAS_NUM_THREADS yourself")
 
     tmp = None if args.root else tempfile.TemporaryDirectory()
     root = args.root or Path(tmp.name)
@@ -126,6 +135,8 @@ def main(argv=None) -> int:
 
     from vindex.query import connect
     con = connect(root)
+    if args.threads:
+        con.execute(f"SET threads = {args.threads}")
     sql_pipeline(con)  # warm: file system cache, UDF import
     numpy_pipeline(ra, rb)
 
@@ -151,6 +162,8 @@ def main(argv=None) -> int:
         try:
             import torch
             from ckatorch.core import cka_base
+            if args.threads:
+                torch.set_num_threads(args.threads)
             tx = [torch.from_numpy(x) for x in xs]
             ty = [torch.from_numpy(y) for y in ys]
             t_ck, res = timed(lambda: [float(cka_base(x, y)) for x in tx for y in ty], args.third_party_repeats)

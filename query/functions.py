@@ -3,6 +3,8 @@ the math, and SQL macros (scalar and table) that give them defaults and named pa
 
 DuckDB 1.5's Python API registers scalar UDFs only, so every table-valued function here
 (`cka_matrix`, `cka_depth`, `kmeans`, ...) is a table macro over those scalars; see macros.py.
+The matrix macros are written for the connection's models (a branch per model), so `connect`
+registers them after creating the views.
 UDF names start with `vindex_` where a macro is the documented face; docs/sql.md lists them all.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ import pyarrow as pa
 
 from . import cka as C
 from . import cluster, knn
-from .macros import MACROS
+from .macros import ModelInfo, macros
 from .vectors import double_lists, row_arrays, row_keys, row_labels, row_matrices, scalars
 
 NULL_STRUCT = "STRUCT(null_mean DOUBLE, null_p95 DOUBLE, p_value DOUBLE)"
@@ -270,5 +272,16 @@ def register_functions(con) -> None:
             pass
         # 'special': the UDFs see NULL rows and may return NULL (an undefined CKA), and say so
         con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow", null_handling="special")
-    for sql in MACROS:
+    for sql in macros(lake_models(con)):
         con.execute(sql)
+
+
+def lake_models(con) -> list[ModelInfo]:
+    """The models of a connection made by `connect` (none on a bare DuckDB connection)."""
+    import duckdb
+    try:
+        rows = con.execute("SELECT model, n_layers FROM models ORDER BY model").fetchall()
+        schemas = {r[0] for r in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
+    except duckdb.Error:
+        return []
+    return [ModelInfo(name, int(n), name in schemas) for name, n in rows]

@@ -11,6 +11,10 @@ no rows, bad option) and is used in the final WHERE, so DuckDB cannot prune it a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from .sqltext import ident, literal
+
 CKA_OPTIONS = "estimator := 'biased', kernel := 'linear', preprocess := 'none'"
 
 SCALAR_MACROS = [
@@ -49,19 +53,39 @@ POOLED_WHERE = "r.pooling = pooling AND (prompt_set IS NULL OR r.prompt_set = pr
 POOLED_WHAT = "'pooling = ' || pooling || coalesce(' and prompt_set = ' || prompt_set, '')"
 
 
-def side_grams(alias: str, model: str, gram: str, table: str = "pooled", where: str = POOLED_WHERE,
-               key: str = "r.prompt_set, r.prompt_id") -> str:
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the macros need to know of a model: its name, depth scale and per-model schema."""
+    name: str
+    n_layers: int
+    schema: bool = True  # False for names DuckDB reserves (main, temp, ...): no per-model views
+
+
+def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table: str = "pooled",
+               where: str = POOLED_WHERE, key: str = "r.prompt_set, r.prompt_id") -> str:
     """CTE body: one row per layer of `model` with its Gram (`gram` formatted with {vectors} and
-    {keys}), row count, distinct keys and a fingerprint of its sorted row keys. The rows go to the
-    UDF unordered, with their keys, and are sorted there (cheaper than list(... ORDER BY ...))."""
-    call = gram.format(vectors="list(r.act)", keys=f"list(({key})), 'model ' || {model} || ' layer ' || r.layer")
+    {keys}), row count, distinct keys and a fingerprint of its sorted row keys.
+
+    The rows go to the UDF unordered, with their keys, and are sorted there (cheaper than
+    list(... ORDER BY ...)). There is one branch per model of the lake, reading that model's own
+    view, whose vectors are FLOAT[d] (a fixed-size list aggregates and converts faster than the
+    FLOAT[] of a mixed-width union); the branches of other models fold to nothing at plan time.
+    """
+    branches = []
+    for m in models or [None]:
+        if m is None:  # no catalog known (a bare connection): the unioned view
+            src, name, depth = table, model, f"(SELECT any_value(mm.n_layers) FROM models AS mm WHERE mm.model = {model})"
+            only = f"r.model = {model}"
+        else:
+            src = f"{ident(m.name)}.{table}" if m.schema else f"(FROM {table} AS t WHERE t.model = {literal(m.name)})"
+            name, depth, only = literal(m.name), repr(float(m.n_layers)), f"{literal(m.name)} = {model}"
+        call = gram.format(vectors="list(r.act)", keys=f"list(({key})), 'model ' || {name} || ' layer ' || r.layer")
+        branches.append(f"SELECT r.layer AS layer, r.layer / {depth} AS depth, {call} AS x\n"
+                        f"        FROM {src} AS r WHERE {only} AND {where} GROUP BY r.layer")
+    union = "\n        UNION ALL ".join(branches)
     return f"""{alias} AS (
   SELECT s.layer, s.depth, s.x.n AS n, s.x.n_distinct AS n_distinct, s.x.rows_key AS rows_key, s.x.g AS g
-  FROM (SELECT r.layer AS layer,
-               r.layer / (SELECT any_value(mm.n_layers) FROM models AS mm WHERE mm.model = {model}) AS depth,
-               {call} AS x
-        FROM {table} AS r WHERE r.model = {model} AND {where}
-        GROUP BY r.layer) AS s)"""
+  FROM ({union}) AS s)"""
 
 
 def pair_value(fn: str, expr: str, what: str = "prompts") -> str:
@@ -73,15 +97,16 @@ def pair_value(fn: str, expr: str, what: str = "prompts") -> str:
             f"|| ' rows); CKA needs the same rows on both sides, in the same order') ELSE {expr} END")
 
 
-CKA_MATRIX = f"""
+def cka_matrix_sql(models: list[ModelInfo]) -> str:
+    return f"""
 CREATE OR REPLACE MACRO cka_matrix(model_a, model_b, pooling := 'mean', {CKA_OPTIONS}, prompt_set := NULL,
                                    permutations := 0, seed := 0) AS TABLE
 WITH
 opts AS (SELECT vindex_cka_options(estimator, kernel, preprocess) AS o),
 checks AS (SELECT {model_checks('cka_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)}
                   AND (permutations >= 0 OR error('cka_matrix: permutations must be >= 0')) AS ok),
-{side_grams('ga', 'model_a', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)")},
-{side_grams('gb', 'model_b', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)")},
+{side_grams('ga', 'model_a', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models)},
+{side_grams('gb', 'model_b', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models)},
 pairs AS (
   SELECT a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a, b.depth AS depth_b,
          {pair_value('cka_matrix', 'list_dot_product(a.g, b.g)')} AS cka,
@@ -122,7 +147,9 @@ TOKEN_WHAT = "'include_special = ' || include_special || ', min_token_index = ' 
              "coalesce(' and prompt_set = ' || prompt_set, '')"
 TOKEN_KEY = "r.prompt_set, r.prompt_id, r.token_index, r.token_id"
 
-CKA_TOKEN_MATRIX = f"""
+
+def cka_token_matrix_sql(models: list[ModelInfo]) -> str:
+    return f"""
 CREATE OR REPLACE MACRO cka_token_matrix(model_a, model_b, batch_size := 256, seed := 0, kernel := 'linear',
                                          preprocess := 'none', prompt_set := NULL, include_special := false,
                                          min_token_index := 0) AS TABLE
@@ -131,9 +158,9 @@ opts AS (SELECT vindex_cka_options('debiased', kernel, preprocess) AS o),
 checks AS (SELECT {model_checks('cka_token_matrix', 'activations', ['model_a', 'model_b'], TOKEN_WHERE,
                                 TOKEN_WHAT)} AS ok),
 {side_grams('ga', 'model_a', "vindex_layer_minibatch_gram({vectors}, {keys}, batch_size, seed, kernel, preprocess)",
-            'activations', TOKEN_WHERE, TOKEN_KEY)},
+            models, 'activations', TOKEN_WHERE, TOKEN_KEY)},
 {side_grams('gb', 'model_b', "vindex_layer_minibatch_gram({vectors}, {keys}, batch_size, seed, kernel, preprocess)",
-            'activations', TOKEN_WHERE, TOKEN_KEY)}
+            models, 'activations', TOKEN_WHERE, TOKEN_KEY)}
 SELECT model_a AS model_a, model_b AS model_b, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a,
        b.depth AS depth_b,
        {pair_value('cka_token_matrix', 'list_dot_product(a.g, b.g)',
@@ -146,13 +173,15 @@ WHERE c.ok
 ORDER BY a.layer, b.layer
 """
 
-MUTUAL_KNN_MATRIX = f"""
+
+def mutual_knn_matrix_sql(models: list[ModelInfo]) -> str:
+    return f"""
 CREATE OR REPLACE MACRO mutual_knn_matrix(model_a, model_b, k := 10, pooling := 'mean', prompt_set := NULL) AS TABLE
 WITH
 checks AS (SELECT {model_checks('mutual_knn_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE,
                                 POOLED_WHAT)} AS ok),
-{side_grams('ga', 'model_a', "vindex_layer_knn_graph({vectors}, {keys}, k)")},
-{side_grams('gb', 'model_b', "vindex_layer_knn_graph({vectors}, {keys}, k)")}
+{side_grams('ga', 'model_a', "vindex_layer_knn_graph({vectors}, {keys}, k)", models)},
+{side_grams('gb', 'model_b', "vindex_layer_knn_graph({vectors}, {keys}, k)", models)}
 SELECT model_a AS model_a, model_b AS model_b, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a,
        b.depth AS depth_b, {pair_value('mutual_knn_matrix', 'list_dot_product(a.g, b.g)')} AS mutual_knn,
        a.n AS n, k::INTEGER AS k, pooling AS pooling, prompt_set::VARCHAR AS prompt_set
@@ -183,5 +212,10 @@ WHERE c.ok
 ORDER BY 2, 3 NULLS FIRST, 4
 """
 
-TABLE_MACROS = [CKA_MATRIX, CKA_DEPTH, CKA_TOKEN_MATRIX, MUTUAL_KNN_MATRIX, KMEANS]
-MACROS = SCALAR_MACROS + TABLE_MACROS
+
+
+def macros(models: list[ModelInfo] = ()) -> list[str]:
+    """Every CREATE MACRO statement; the matrix macros get a branch per model of `models`."""
+    models = list(models)
+    return SCALAR_MACROS + [cka_matrix_sql(models), CKA_DEPTH, cka_token_matrix_sql(models),
+                            mutual_knn_matrix_sql(models), KMEANS]

@@ -165,9 +165,9 @@ def test_every_example_in_docs_sql_runs_and_shows_its_result(docs_lake, tmp_path
 
 def test_every_sql_function_and_view_is_documented():
     from vindex.query.functions import UDFS
-    from vindex.query.macros import MACROS
+    from vindex.query.macros import macros
     text = DOC.read_text()
-    names = {re.search(r"MACRO (\w+)", m).group(1) for m in MACROS}
+    names = {re.search(r"MACRO (\w+)", m).group(1) for m in macros()}
     names |= {n for n, _, _ in UDFS if not n.startswith("vindex_")}
     names |= {"models", "prompt_sets", "files", "prompts", "activations", "pooled", "features", "ov_gate",
               "layer_stats"}
