@@ -38,7 +38,7 @@ class DegenerateInput(InvalidValue):
 # -- options ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Options:
-    """Parsed, canonical CKA options; `str()` of each part is what results record."""
+    """Parsed CKA options; `estimator`, `kernel_name` and `preprocess_name` are what results record."""
     estimator: str = "biased"
     kernel: str = "linear"
     sigma: float = 1.0          # RBF bandwidth as a fraction of the median distance
@@ -189,6 +189,14 @@ def hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:
 
 
 # -- CKA ----------------------------------------------------------------------------------------
+def centred(X: np.ndarray) -> np.ndarray:
+    """X - column means; a constant layer (nothing left, up to rounding) raises DegenerateInput."""
+    Xc = X - X.mean(axis=0)
+    if not np.linalg.norm(Xc) > 1e-12 * max(np.linalg.norm(X), 1e-300):
+        raise DegenerateInput(f"all {X.shape[0]} rows are the same vector (a constant layer): CKA is undefined")
+    return Xc
+
+
 def unit_gram(X, opts: Options | None = None) -> np.ndarray:
     """The (n, n) centred Gram of X scaled to unit Frobenius norm, so CKA = <g_X, g_Y>.
 
@@ -199,9 +207,7 @@ def unit_gram(X, opts: Options | None = None) -> np.ndarray:
     opts = opts or Options()
     X = preprocess_rows(as_rows(X), opts)
     if opts.kernel == "linear":
-        Xc = X - X.mean(axis=0)   # centring X first is exact for the linear kernel and better conditioned
-        if not np.linalg.norm(Xc) > 1e-12 * max(np.linalg.norm(X), 1e-300):
-            raise DegenerateInput(f"all {X.shape[0]} rows are the same vector (a constant layer): CKA is undefined")
+        Xc = centred(X)           # centring X first is exact for the linear kernel and better conditioned
         K = gram_linear(Xc)
         # Xc has zero column means, so K = Xc Xc^T is already HKH: the biased path is one GEMM
         G = u_centre_gram(K) if opts.estimator == "debiased" else K
@@ -233,7 +239,7 @@ def feature_space_cka(X: np.ndarray, Y: np.ndarray, estimator: str = "biased") -
               (Kornblith et al.'s `_debiased_dot_product_similarity_helper`):
               ||Y^T X||^2 - n/(n-2) <r_X, r_Y> + ||X||^2 ||Y||^2 / ((n-1)(n-2)),  r = squared row norms
     """
-    Xc, Yc = X - X.mean(axis=0), Y - Y.mean(axis=0)
+    Xc, Yc = centred(X), centred(Y)
 
     def dot(A, B):
         return np.linalg.norm(A.T @ B) ** 2

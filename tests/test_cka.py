@@ -202,6 +202,10 @@ def test_clear_errors():
         C.cka(np.ones((10, 4)) * 3.7, Y[:10])
     with pytest.raises(C.DegenerateInput):
         C.cka(np.ones((10, 4)), Y[:10], kernel="rbf")
+    # many rows take the feature-space route: a constant side is caught there too
+    const = np.full((200, 3), 0.1)
+    with pytest.raises(C.DegenerateInput, match="constant layer"):
+        C.cka(const, np.random.default_rng(0).standard_normal((200, 2)), "debiased")
     bad = X.copy()
     bad[5, 2] = np.nan
     with pytest.raises(InvalidValue, match="row 5 holds NaN"):
