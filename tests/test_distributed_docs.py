@@ -8,7 +8,8 @@ import warnings
 from pathlib import Path
 
 from click.testing import CliRunner
-from distributed_fixtures import write_tiny_model, write_toy_lake
+from distributed_fixtures import write_toy_lake
+from ingest_fixtures import make_tiny_model
 
 from vindex import verify
 from vindex.cli import main
@@ -18,7 +19,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
 
 def test_docs_examples_run(tmp_path, monkeypatch, ray_local):
     monkeypatch.chdir(tmp_path)
-    write_tiny_model(tmp_path / "tiny-model")
+    make_tiny_model(tmp_path / "tiny-model", "llama")
     write_toy_lake(tmp_path / "lake")
     found = re.findall(r"```(\w+)\n(.*?)```", DOC.read_text(), flags=re.S)
     assert [lang for lang, _ in found].count("console") >= 2 and [lang for lang, _ in found].count("python") >= 1
