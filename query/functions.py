@@ -199,13 +199,19 @@ def _dedupe(arrays: list[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
 # -- mutual k-NN, clustering --------------------------------------------------------------------
 def udf_mutual_knn(a, b, k) -> pa.Array:
     xs, ys = row_matrices(a, "mutual_knn: first list"), row_matrices(b, "mutual_knn: second list")
-    return pa.array([None if X is None or Y is None else knn.mutual_knn(X, Y, int(kk))
-                     for X, Y, kk in zip(xs, ys, scalars(k, len(xs)))], pa.float64())
+    out = []
+    for X, Y, kk in zip(xs, ys, scalars(k, len(xs))):
+        try:
+            out.append(None if X is None or Y is None else knn.mutual_knn(X, Y, int(kk)))
+        except C.DegenerateInput as e:
+            C.warn_undefined("mutual_knn", e)
+            out.append(None)
+    return pa.array(out, pa.float64())
 
 
 def udf_knn_graph(vectors, k) -> pa.Array:
     xs = row_matrices(vectors, "knn_graph")
-    return double_lists([None if X is None else knn.unit_knn_graph(X, int(kk)).ravel()
+    return double_lists([_gram_or_none(lambda: knn.unit_knn_graph(X, int(kk)), X)
                          for X, kk in zip(xs, scalars(k, len(xs)))])
 
 

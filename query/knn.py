@@ -10,13 +10,14 @@ import numpy as np
 
 from vindex.errors import InvalidValue
 
-from .cka import as_rows
+from .cka import as_rows, centred
 
 
 def knn_indices(X, k: int) -> np.ndarray:
     """(n, k) indices of each row's k nearest other rows by cosine similarity (ties: lower index)."""
     X = as_rows(X)
     n = X.shape[0]
+    centred(X)  # a constant layer has no neighbourhoods: DegenerateInput (NULL in SQL)
     if not 1 <= k < n:
         raise InvalidValue(f"mutual_knn: k must be between 1 and n-1 = {n - 1}, got {k}")
     norms = np.linalg.norm(X, axis=1, keepdims=True)

@@ -210,7 +210,7 @@ def test_matrix_errors_are_clear(bad_lake):
         ("SELECT * FROM cka_matrix('full', 'other-set')", "hold different prompts"),
         ("SELECT * FROM cka_matrix('full', 'flat', estimator := 'fancy')", "unknown estimator 'fancy'"),
         ("SELECT * FROM cka_matrix('full', 'flat', kernel := 'rbf:-1')", "must be > 0"),
-        ("SELECT * FROM cka_matrix('full', 'flat', permutations := -5)", "permutations must be >= 0"),
+        ("SELECT * FROM cka_matrix('full', 'full', permutations := -5)", "permutations must be >= 0"),
     ]
     for sql, msg in cases:
         with pytest.raises(duckdb.Error, match=msg):
@@ -258,3 +258,13 @@ def test_duplicate_rows_are_refused(tmp_path):
                              "act": np.ones((1, 4), np.float32)}, partition={"layer": 1}, part=2)
     with pytest.raises(duckdb.Error, match="lists the same row twice"):
         connect(root).sql("SELECT * FROM cka_matrix('a', 'a')").fetchall()
+
+
+def test_constant_layer_in_minibatch_and_knn_is_null(bad_lake):
+    con = connect(bad_lake)
+    with pytest.warns(C.CKAWarning, match="constant layer"):
+        rows = con.sql("SELECT layer_b, mutual_knn FROM mutual_knn_matrix('full', 'flat', k := 3) "
+                       "WHERE layer_a = 0 ORDER BY layer_b").fetchall()
+    assert rows[1][1] is None and rows[0][1] is not None
+    with pytest.raises(C.DegenerateInput):
+        C.minibatch_cka(np.full((40, 3), 2.0), np.random.default_rng(0).standard_normal((40, 3)), 8)
