@@ -374,6 +374,40 @@ def test_manifest_records_model_and_extraction(built):
     assert built["mixtral"].manifest["model"]["n_experts"] == 3
 
 
+def test_fused_moe_layout_reads_like_per_expert_tensors(tiny_models, built, tmp_path):
+    """transformers 5 keeps experts fused (gate_up_proj (E, 2F, d), down_proj (E, d, F)); both layouts read alike."""
+    import shutil
+    from safetensors.numpy import load_file, save_file
+    folder, _ = tiny_models["mixtral"]
+    fused = tmp_path / "fused"
+    shutil.copytree(folder, fused)
+    t = load_file(folder / "model.safetensors")
+    for b in range(3):
+        pre = f"model.layers.{b}.block_sparse_moe."
+        experts = [[t.pop(f"{pre}experts.{e}.{w}.weight") for w in ("w1", "w3", "w2")] for e in range(3)]
+        t[f"model.layers.{b}.mlp.experts.gate_up_proj"] = np.stack([np.concatenate([g, u]) for g, u, _ in experts])
+        t[f"model.layers.{b}.mlp.experts.down_proj"] = np.stack([d for _, _, d in experts])
+    save_file(t, fused / "model.safetensors")
+    vx = Vindex.open(build_weights(fused, tmp_path / "vx", top_k=TOP_K, tables=("features", "ov_gate"),
+                                   progress=False))
+    for table in ("features", "ov_gate"):
+        assert vx.read(table).drop(["model"]).equals(built["mixtral"].read(table).drop(["model"]))
+
+
+def test_build_weights_flag_writes_the_weight_tables_next_to_activations(tmp_path):
+    from click.testing import CliRunner
+    from ingest_fixtures import make_tiny_model, write_prompts
+    from vindex.cli import main
+    model = make_tiny_model(tmp_path / "m", "gpt2")
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    res = CliRunner().invoke(main, ["build", str(model), str(tmp_path / "vx"), "--prompts", str(prompts),
+                                    "--weights", "--quiet"])
+    assert res.exit_code == 0, res.output
+    vx = Vindex.open(tmp_path / "vx")
+    assert {"activations", "pooled", "features", "ov_gate", "layer_stats"} <= set(vx.tables)
+    assert verify(vx.root) == []
+
+
 # -- resume ---------------------------------------------------------------------------------------------
 
 def test_resume_skips_finished_shards_and_refuses_other_parameters(tiny_models, tmp_path):
