@@ -5,9 +5,10 @@
 
 baseline : the model's backbone over the same length-sorted batches `build()` uses, no hidden
            states kept, nothing written (the floor any ingest can reach)
-ingest   : `build()` end to end into a fresh folder, minus its model load + tokenization
-           (measured separately and reported), i.e. forward + capture + pooling + Parquet + manifest
-ratio    : baseline / ingest (target >= 0.85), medians over --repeats interleaved runs
+ingest   : `build()` into a fresh folder, after its setup (model load, tokenization, plan; timed by
+           build itself, LAST_TIMINGS), i.e. forward + capture + pooling + Parquet + manifest
+ratio    : baseline / ingest (target >= 0.85), medians over --repeats interleaved runs, on wall
+           time and on CPU time (all threads of this process: robust when other jobs share the cores)
 peak RSS : of a separate `build()` process and of a process that only loads the model, so the
            difference is what ingest itself holds (target < 1 GiB for the default prompt set)
 """
@@ -25,24 +26,26 @@ import time
 from pathlib import Path
 
 
-def bare_forward(model, tokenized, groups, pad_id) -> float:
+def bare_forward(model, tokenized, groups, pad_id) -> tuple[float, float]:
+    """(wall s, CPU s) of the backbone over the batches, nothing kept."""
     import torch
     from vindex.ingest.activations import pad_batch
     backbone = getattr(model, "base_model", model)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for group in groups:
             for batch in group:
                 ids, attn, _ = pad_batch([tokenized[i] for i in batch], pad_id)
                 backbone(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(attn.astype("int64")),
                          use_cache=False)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def child_peak_rss_mb(code: str) -> float:
-    """Run `code` in a fresh interpreter; its peak RSS in MiB."""
-    subprocess.run([sys.executable, "-c", code], check=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    """Run `code` in a fresh interpreter; its own peak RSS in MiB (ru_maxrss of that process)."""
+    tail = "\nimport resource; print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    out = subprocess.run([sys.executable, "-c", code + tail], check=True, capture_output=True, text=True).stdout
+    return int(out.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1024
 
 
 def main(argv=None):
@@ -52,18 +55,22 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     args = ap.parse_args(argv)
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from vindex.ingest.activations import plan_groups, tokenize_prompts
-    from vindex.ingest.build import build
+    from vindex.ingest.build import LAST_TIMINGS, build
     from vindex.ingest.prompts import load_prompts
     from vindex.ingest.sources import load_model, resolve_model
 
     src = resolve_model(args.source)
     ps = load_prompts(args.prompts)
     t = time.perf_counter()
-    model, tok = load_model(src)
+    model, tok = load_model(src, progress=False)
     tokenized = tokenize_prompts(tok, ps.prompts, 256)
     setup = time.perf_counter() - t
     mm = src.manifest_model()
@@ -73,33 +80,38 @@ def main(argv=None):
     n_tokens = sum(len(x) for x in tokenized)
 
     bare_forward(model, tokenized, groups[:1], pad_id)  # warm-up (allocator, kernels)
-    bare, ingest, out_bytes = [], [], 0
+    bare, ingest, bare_cpu, ingest_cpu, out_bytes = [], [], [], [], 0
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
         for r in range(args.repeats):
-            bare.append(bare_forward(model, tokenized, groups, pad_id))
+            wall, cpu = bare_forward(model, tokenized, groups, pad_id)
+            bare.append(wall)
+            bare_cpu.append(cpu)
             out = tmp / f"run{r}"
-            t = time.perf_counter()
             build(src.name, out, prompts=args.prompts, batch_size=args.batch_size, dtype=args.dtype,
                   progress=False)
-            ingest.append(time.perf_counter() - t - setup)
+            ingest.append(LAST_TIMINGS["run_s"])
+            ingest_cpu.append(LAST_TIMINGS["run_cpu_s"])
             out_bytes = sum(f.stat().st_size for f in out.rglob("*.parquet"))
             shutil.rmtree(out)
-            print(f"repeat {r}: bare {bare[-1]:.2f} s, ingest {ingest[-1]:.2f} s", file=sys.stderr)
+            print(f"repeat {r}: bare {bare[-1]:.2f} s ({bare_cpu[-1]:.2f} CPU s), ingest {ingest[-1]:.2f} s "
+                  f"({ingest_cpu[-1]:.2f} CPU s)", file=sys.stderr)
         b, i = statistics.median(bare), statistics.median(ingest)
+        bc, ic = statistics.median(bare_cpu), statistics.median(ingest_cpu)
         result = {"model": src.name, "prompts": len(ps), "tokens": n_tokens, "batch_size": args.batch_size,
-                  "groups": len(groups), "bare_forward_s": round(b, 3), "ingest_s": round(i, 3),
-                  "setup_s": round(setup, 3), "ratio": round(b / i, 3),
-                  "prompts_per_s": round(len(ps) / i, 1), "output_mib": round(out_bytes / 2**20, 1)}
+                  "threads": torch.get_num_threads(), "groups": len(groups),
+                  "bare_forward_s": round(b, 3), "ingest_s": round(i, 3), "ratio_wall": round(b / i, 3),
+                  "bare_forward_cpu_s": round(bc, 3), "ingest_cpu_s": round(ic, 3), "ratio_cpu": round(bc / ic, 3),
+                  "setup_s": round(setup, 3), "prompts_per_s": round(len(ps) / i, 1),
+                  "output_mib": round(out_bytes / 2**20, 1)}
         if not args.no_rss:
             load = (f"from vindex.ingest.sources import resolve_model, load_model; "
-                    f"m, t = load_model(resolve_model({src.name!r}))")
+                    f"m, t = load_model(resolve_model({src.name!r}), progress=False)")
             model_rss = child_peak_rss_mb(load)
             out = tmp / "rss"
             build_rss = child_peak_rss_mb(
                 f"from vindex.ingest.build import build; build({src.name!r}, {str(out)!r}, "
                 f"prompts={args.prompts!r}, batch_size={args.batch_size}, dtype={args.dtype!r}, progress=False)")
-            # RUSAGE_CHILDREN is the max over all children so far: the build ran last and is the larger
             result.update(model_only_peak_rss_mib=round(model_rss), build_peak_rss_mib=round(build_rss),
                           ingest_extra_rss_mib=round(build_rss - model_rss))
     finally:

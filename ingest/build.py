@@ -35,6 +35,9 @@ from .sources import load_model, resolve_model
 
 DTYPES = ("float16", "float32", "auto")
 _FLOAT16_MAX = 65504.0
+# wall / CPU seconds of the last build() in this process, split at the end of its setup (model
+# load, tokenization, plan): bench/bench_ingest.py compares run_s with the bare forward pass
+LAST_TIMINGS: dict = {}
 SPECIAL_RULE = ("special = added by the tokenizer (BOS/EOS/CLS/SEP), any id in all_special_ids, or "
                 "(with chat_template) outside the prompt text; char offsets are null for specials")
 
@@ -77,7 +80,7 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
             from .distributed import build_weights_distributed
             build_weights_distributed(source, root, address=ray, name=name, resume=resume, progress=progress)
         return root
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if dtype not in DTYPES:
         raise InvalidValue(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if batch_size < 1 or max_tokens < 1:
@@ -129,6 +132,7 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
         "prompt_set_sha256": ps.sha256})
     w.update(extraction={"activations": extraction})
 
+    t1, c1 = time.perf_counter(), time.process_time()    # setup (load, tokenize, plan) ends here
     done = [skip_done and _group_done(w, layers, base + k) for k in range(len(groups))]
     n_done = sum(len(b) for k, g in enumerate(groups) if done[k] for b in g)
     bar = _progress(len(ps), n_done, f"{name}/{ps.name}", progress)
@@ -155,6 +159,8 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
             bar.close()
     w.manifest["prompt_sets"][ps.name]["complete"] = True
     w.commit()
+    LAST_TIMINGS.update(setup_s=t1 - t0, setup_cpu_s=c1 - c0, run_s=time.perf_counter() - t1,
+                        run_cpu_s=time.process_time() - c1)
     if progress:
         _summary(w, ps, base, len(groups), time.perf_counter() - t0, len(ps) - n_done)
     if weights:
