@@ -35,7 +35,6 @@ from vindex.schema import arrow_schema
 from .tensors import FFNBlock, ModelWeights
 
 UNEMBEDDINGS = ("embedding", "lm_head")
-_ROWS_PER_READ = 16384
 
 
 @dataclass
@@ -52,14 +51,14 @@ def unembedding_matrix(weights: ModelWeights, kind: str = "embedding") -> Unembe
         raise InvalidValue(f"unembedding must be one of {UNEMBEDDINGS}, got {kind!r}")
     arch = weights.arch
     if kind == "embedding":
-        return Unembedding(_read_rows(weights, weights.embedding_name),
+        return Unembedding(weights.files.read(weights.embedding_name),
                            {"kind": "embedding", "tensor": weights.embedding_name, "final_norm": None,
                             "note": "LarQL down_meta: raw input embedding, no embed scale, no norm"})
     if arch.encoder:
         raise InvalidValue(f"{weights.folder}: {weights.model_type} is an encoder with no unembedding in its "
                            "weights; use unembedding='embedding'")
     name = weights.lm_head_name or weights.embedding_name
-    u = _read_rows(weights, name)
+    u = weights.files.read(name)
     g = weights.final_norm()
     if g is not None:
         u *= g[None, :]                                   # W_U diag(g)
@@ -70,15 +69,6 @@ def unembedding_matrix(weights: ModelWeights, kind: str = "embedding") -> Unembe
             "post_ffn_norm": arch.post_ffn_norm is not None,
             "note": "logit lens of W_down[:, f]: norm scales folded in, RMS division and biases left out"}
     return Unembedding(u, info, post_ffn_norm=arch.post_ffn_norm is not None)
-
-
-def _read_rows(weights: ModelWeights, name: str) -> np.ndarray:
-    """A (vocab, d) tensor as float32, converted in row blocks (no second full-size copy)."""
-    shape = weights.files.info(name).shape
-    out = np.empty(shape, np.float32)
-    for a in range(0, shape[0], _ROWS_PER_READ):
-        out[a:a + _ROWS_PER_READ] = weights.files.read(name, slice(a, a + _ROWS_PER_READ))
-    return out
 
 
 def output_directions(weights: ModelWeights, block: FFNBlock, layer_index: int, unemb: Unembedding) -> np.ndarray:

@@ -124,6 +124,7 @@ def architecture_of(model_type: str | None, where: str = "config.json") -> Archi
 # -- raw safetensors access ------------------------------------------------------------------------
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+_BLOCK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -156,12 +157,6 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     return out
 
 
-def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "BF16":  # bfloat16 is the top half of a float32
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    return raw.astype(np.float32)
-
-
 class SafetensorsFolder:
     """Every tensor of a folder's *.safetensors files, read on demand as float32."""
 
@@ -186,25 +181,41 @@ class SafetensorsFolder:
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Tensor `name` (optionally rows[a:b] of its first axis) as a fresh float32 array.
 
-        The file is mapped only for the copy, so the pages do not stay resident afterwards.
+        The file is mapped one block of rows at a time (at most _BLOCK_BYTES) and unmapped after
+        the copy, so a big tensor never sits in memory twice (mapped pages + the float32 copy).
         """
         t = self.info(name)
         if t.dtype not in _DTYPES:
             raise WeightsError(f"{t.file}: tensor {name!r} has dtype {t.dtype}; the weights job reads "
                                f"{', '.join(_DTYPES)} (dequantize first)")
         np_dtype = np.dtype(_DTYPES[t.dtype])
-        shape = t.shape
-        offset = t.offset
-        if rows is not None:
-            a, b, _ = rows.indices(shape[0])
-            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np_dtype.itemsize
-            offset += a * row_bytes
-            shape = (max(b - a, 0), *shape[1:])
-        if int(np.prod(shape, dtype=np.int64)) == 0:
-            return np.zeros(shape, np.float32)
-        mm = np.memmap(t.file, dtype=np_dtype, mode="r", offset=offset, shape=shape)
+        if not t.shape:
+            out = np.empty((), np.float32)
+            self._copy(out, t, np_dtype, t.offset)
+            return out
+        a, b, _ = (rows or slice(None)).indices(t.shape[0])
+        b = max(a, b)
+        inner = t.shape[1:]
+        row_bytes = int(np.prod(inner, dtype=np.int64)) * np_dtype.itemsize
+        out = np.empty((b - a, *inner), np.float32)
+        step = max(1, _BLOCK_BYTES // max(row_bytes, 1))
+        for s in range(a, b, step):
+            e = min(b, s + step)
+            self._copy(out[s - a:e - a], t, np_dtype, t.offset + s * row_bytes)
+        return out
+
+    @staticmethod
+    def _copy(dst: np.ndarray, t: TensorInfo, np_dtype, offset: int) -> None:
+        """Fill `dst` (float32) from the file at `offset`, mapping only that range."""
+        if dst.size == 0:
+            return
+        mm = np.memmap(t.file, dtype=np_dtype, mode="r", offset=offset, shape=dst.shape or (1,))
         try:
-            return _as_float32(mm, t.dtype)
+            src = mm.reshape(dst.shape)
+            if t.dtype == "BF16":   # bfloat16 is the top half of a float32
+                dst.view(np.uint32)[...] = src.astype(np.uint32) << 16
+            else:
+                dst[...] = src
         finally:
             mm._mmap.close()
             del mm

@@ -207,7 +207,7 @@ def write_weights(writer: VindexWriter, weights: ModelWeights, *, top_k: int = 1
             if layer == 0:
                 if "layer_stats" in tables and _todo(writer, "layer_stats", {}, 0, resume):
                     bar.set_postfix_str("layer_stats: embedding")
-                    emb = down_meta._read_rows(weights, weights.embedding_name)
+                    emb = weights.embedding()
                     summary["layer_stats"] += shards.write("layer_stats", spectra.matrix_rows({"embed": emb}, 0), {}, 0)
                     del emb
                 continue
@@ -229,7 +229,7 @@ def write_weights(writer: VindexWriter, weights: ModelWeights, *, top_k: int = 1
                 bar.set_postfix_str(f"layer_stats layer {layer}")
                 rows = spectra.matrix_rows(layer_matrices(weights, b), layer)
                 if layer == n_layers and weights.lm_head_name:
-                    lm = spectra.matrix_rows({"lm_head": down_meta._read_rows(weights, weights.lm_head_name)}, layer)
+                    lm = spectra.matrix_rows({"lm_head": weights.files.read(weights.lm_head_name)}, layer)
                     rows = {k: rows[k] + lm[k] for k in rows}
                 summary["layer_stats"] += shards.write("layer_stats", rows, {}, layer)
             shards.commit_if_due()

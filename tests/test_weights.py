@@ -356,6 +356,22 @@ def test_bfloat16_and_float16_checkpoints_read_as_float32(tiny_models, tmp_path)
         assert (e == model.model.embed_tokens.weight[5:9].to(dtype).float().detach().numpy()).all()
 
 
+def test_reads_in_small_blocks_equal_the_whole_tensor(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+    from vindex.ingest import tensors
+    t = {"bf16": torch.randn(1000, 7).to(torch.bfloat16), "f32": torch.randn(33, 5), "scalar": torch.tensor(3.5),
+         "f16": torch.randn(10, 3).half()}
+    save_file(t, tmp_path / "x.safetensors")
+    monkeypatch.setattr(tensors, "_BLOCK_BYTES", 100)            # many blocks per tensor
+    f = tensors.SafetensorsFolder(tmp_path)
+    for name, ref in t.items():
+        assert (f.read(name) == ref.float().numpy()).all(), name
+    assert (f.read("bf16", slice(10, 500)) == t["bf16"][10:500].float().numpy()).all()
+    assert f.read("f32", slice(40, 50)).shape == (0, 5)
+    with pytest.raises(WeightsError, match="no tensor 'nope'"):
+        f.read("nope")
+
+
 def test_blocks_are_stored_at_layer_block_plus_one(built):
     t = built["llama"].read("features", layers=[1], columns=["layer", "expert"]).to_pylist()
     assert {r["layer"] for r in t} == {1} and len(t) == F
