@@ -1,12 +1,13 @@
 """The weights job: write a model's weight-derived tables (features, ov_gate, layer_stats).
 
     from vindex.ingest.weights import build_weights
-    build_weights("smollm2-135m", "vindexes/smollm2-135m")
+    build_weights("smollm2-135m", "lake/smollm2-135m")
 
 Everything streams layer by layer: the unembedding matrix stays in memory (float32), each
 block's tensors are read from safetensors when its turn comes and dropped after, and every
-(table, layer) shard is committed as soon as it is written, so a rerun after an interruption
-skips the finished shards (resume). See docs/weights.md for the definitions.
+(table, layer) shard is written whole and recorded in the manifest within seconds (batched, see
+_ShardBatch), so a rerun after an interruption skips the finished shards (resume). See
+docs/weights.md for the definitions.
 
 Layer numbering follows the vindex convention (layer i = output of block i): the FFN features
 and attention heads of block b (0-based, as in the checkpoint's tensor names and LarQL's files)
