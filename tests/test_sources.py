@@ -10,7 +10,7 @@ import pytest
 
 from ingest_fixtures import make_tiny_gguf, make_tiny_model
 from vindex.errors import NotFound
-from vindex.ingest import sources
+from vindex.ingest import model_cache, sources
 from vindex.ingest.sources import (ModelSourceError, UnsupportedArchitecture, cache_root, load_model,
                                    resolve_model)
 
@@ -97,10 +97,10 @@ def test_concatenated_parts_are_checksummed(tmp_path):
     b.write_bytes(b"5678")
     import hashlib
     good = hashlib.sha256(b"GGUF12345678").hexdigest()
-    sources._concatenate([a, b], tmp_path / "ok.gguf", good, "x")
+    model_cache.concatenate([a, b], tmp_path / "ok.gguf", good, "x")
     assert (tmp_path / "ok.gguf").read_bytes() == b"GGUF12345678"
     with pytest.raises(ModelSourceError, match="sha256"):
-        sources._concatenate([a, b], tmp_path / "bad.gguf", "0" * 64, "x")
+        model_cache.concatenate([a, b], tmp_path / "bad.gguf", "0" * 64, "x")
 
 
 def test_cache_root(monkeypatch, tmp_path):
@@ -138,7 +138,7 @@ def test_gguf_second_resolve_uses_the_cache(gguf_source, monkeypatch):
 
     def no(*a, **k):
         raise AssertionError("converted again")
-    monkeypatch.setattr(sources, "_dequantize_into", no)
+    monkeypatch.setattr(model_cache, "dequantize_into", no)
     again = resolve_model(path, cache_dir=cache)
     assert again.path == src.path
 
@@ -148,7 +148,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, gguf_source, monkeypatc
 
     def interrupted(p):
         raise KeyboardInterrupt
-    monkeypatch.setattr(sources, "_gguf_fields", interrupted)
+    monkeypatch.setattr(model_cache, "_gguf_fields", interrupted)
     with pytest.raises(KeyboardInterrupt):
         resolve_model(path, cache_dir=tmp_path / "cache", progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
