@@ -24,13 +24,14 @@ import pyarrow.parquet as pq
 from vindex import Vindex, VindexWriter
 
 
-def build_model(root: Path, name: str, n_blocks: int, d: int, n_prompts: int, seed: int) -> Path:
+def build_model(root: Path, name: str, n_blocks: int, d: int, n_prompts: int, seed: int,
+                dtype: str = "float16") -> Path:
     """A vindex whose pooled layers share a low-rank prompt signal (so CKA is not trivial)."""
     rng = np.random.default_rng(seed)
     latent = np.random.default_rng(0).standard_normal((n_prompts, 24))  # shared across models
     w = VindexWriter.create(root / name, name, {"id": f"bench/{name}", "n_layers": n_blocks, "d_model": d},
                             exist_ok=True)
-    w.declare_vectors("pooled", d, "float16")
+    w.declare_vectors("pooled", d, dtype)
     entries = []
     for layer in range(n_blocks + 1):
         mix = rng.standard_normal((24, d)) * (1 + layer / n_blocks)
@@ -55,16 +56,24 @@ def load_layers(root: Path) -> list[np.ndarray]:
     return out
 
 
+def unit_grams(layers: list[np.ndarray]) -> np.ndarray:
+    gs = []
+    for X in layers:
+        Xc = X - X.mean(axis=0)
+        K = Xc @ Xc.T
+        gs.append(K / np.linalg.norm(K))
+    return np.stack(gs)
+
+
+def matrix_in_memory(xs: list[np.ndarray], ys: list[np.ndarray]) -> np.ndarray:
+    """numpy with Gram reuse on arrays already in memory (no shard reading): the compute alone."""
+    GA, GB = unit_grams(xs), unit_grams(ys)
+    return GA.reshape(len(GA), -1) @ GB.reshape(len(GB), -1).T
+
+
 def numpy_pipeline(root_a: Path, root_b: Path, permutations: int = 0) -> np.ndarray:
     """The hand-written baseline: read shards, one centred unit Gram per layer, one GEMM."""
-    def grams(root):
-        gs = []
-        for X in load_layers(root):
-            Xc = X - X.mean(axis=0)
-            K = Xc @ Xc.T
-            gs.append(K / np.linalg.norm(K))
-        return np.stack(gs)
-    GA, GB = grams(root_a), grams(root_b)
+    GA, GB = unit_grams(load_layers(root_a)), unit_grams(load_layers(root_b))
     n = GA.shape[1]
     out = GA.reshape(len(GA), -1) @ GB.reshape(len(GB), -1).T
     if permutations:  # the same permuted-Gram algorithm, without SQL around it
@@ -79,12 +88,15 @@ def sql_pipeline(con, permutations: int = 0):
                    f"permutations := {permutations})").fetchall()
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time, CPU seconds of all this process's threads
+
+
 def timed(fn, repeats: int) -> tuple[float, object]:
     times, result = [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         result = fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times), result
 
 
@@ -95,9 +107,9 @@ def timed_together(fns: list, repeats: int) -> list[tuple[float, object]]:
     results = [None] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             results[i] = fn()
-            times[i].append(time.perf_counter() - t0)
+            times[i].append(CLOCK() - t0)
     return [(statistics.median(t), r) for t, r in zip(times, results)]
 
 
@@ -109,14 +121,20 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks-a", type=int, default=18)
     ap.add_argument("--blocks-b", type=int, default=24)
     ap.add_argument("--prompts", type=int, default=256)
+    ap.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="vector dtype of the shards")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--third-party-repeats", type=int, default=1)
+    ap.add_argument("--third-party-repeats", type=int, default=3)
     ap.add_argument("--permutations", type=int, default=0, help="also time the permutation null")
     ap.add_argument("--skip-third-party", action="store_true")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for BLAS, DuckDB and torch alike (default: each library's own); on a "
                          "shared machine 1 avoids spinning BLAS/OpenMP threads that distort every figure")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: elapsed time; cpu: CPU time of the process (all threads), which a machine "
+                         "shared with other jobs inflates far less than wall time")
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         try:
             from threadpoolctl import threadpool_limits
@@ -127,11 +145,11 @@ def main(argv=None) -> int:
     tmp = None if args.root else tempfile.TemporaryDirectory()
     root = args.root or Path(tmp.name)
     t0 = time.perf_counter()
-    ra = build_model(root, "bench-a", args.blocks_a, args.d_a, args.prompts, 1)
-    rb = build_model(root, "bench-b", args.blocks_b, args.d_b, args.prompts, 2)
+    ra = build_model(root, "bench-a", args.blocks_a, args.d_a, args.prompts, 1, args.dtype)
+    rb = build_model(root, "bench-b", args.blocks_b, args.d_b, args.prompts, 2, args.dtype)
     la, lb = args.blocks_a + 1, args.blocks_b + 1
-    print(f"lake: {la} x {lb} layers, {args.prompts} prompts, d {args.d_a} / {args.d_b}, float16 "
-          f"(built in {time.perf_counter() - t0:.1f} s)")
+    print(f"lake: {la} x {lb} layers, {args.prompts} prompts, d {args.d_a} / {args.d_b}, {args.dtype} "
+          f"(built in {time.perf_counter() - t0:.1f} s); clock: {args.clock}, threads: {args.threads or 'default'}")
 
     from vindex.query import connect
     con = connect(root)
@@ -153,32 +171,46 @@ def main(argv=None) -> int:
         print(f"with {args.permutations} permutations: numpy {t_npp:.2f} s, SQL {t_sqlp:.2f} s, "
               f"ratio {t_sqlp / t_npp:.2f}")
 
-    if not args.skip_third_party:
-        xs, ys = load_layers(ra), load_layers(rb)
-
-        def pairwise(fn):
-            return [fn(x, y) for x in xs for y in ys]
-
-        try:
-            import torch
-            from ckatorch.core import cka_base
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            tx = [torch.from_numpy(x) for x in xs]
-            ty = [torch.from_numpy(y) for y in ys]
-            t_ck, res = timed(lambda: [float(cka_base(x, y)) for x in tx for y in ty], args.third_party_repeats)
-            print(f"ckatorch pair by pair {t_ck * 1e3:8.1f} ms   = {t_ck / t_sql:5.1f}x SQL "
-                  f"(target >= 15)  max diff {np.abs(np.array(res).reshape(la, lb) - want).max():.1e}")
-        except ImportError as e:
-            print(f"ckatorch: skipped ({e})")
-        try:
-            import repsim
-            t_rs, res = timed(lambda: pairwise(lambda x, y: repsim.cka([x, y], "linear", "gretton")[0, 1]),
-                              args.third_party_repeats)
-            print(f"repsim pair by pair   {t_rs * 1e3:8.1f} ms   = {t_rs / t_sql:5.1f}x SQL "
-                  f"(target >= 15)  max diff {np.abs(np.array(res).reshape(la, lb) - want).max():.1e}")
-        except ImportError as e:
-            print(f"repsim: skipped ({e})")
+    xs, ys = load_layers(ra), load_layers(rb)
+    if args.skip_third_party:
+        return 0
+    # third parties, pair by pair, interleaved round by round with SQL and in-memory numpy so that
+    # a change in machine load hits every figure alike; repsim (slow) on every 5th pair, scaled up
+    contenders = {"SQL cka_matrix": lambda: sql_pipeline(con),
+                  "numpy, arrays in memory": lambda: matrix_in_memory(xs, ys)}
+    try:
+        import torch
+        from ckatorch.core import cka_base
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        tx, ty = [torch.from_numpy(x) for x in xs], [torch.from_numpy(y) for y in ys]
+        contenders["ckatorch pair by pair"] = lambda: [float(cka_base(x, y)) for x in tx for y in ty]
+    except ImportError as e:
+        print(f"ckatorch: skipped ({e})")
+    pairs = [(i, j) for i in range(la) for j in range(lb)]
+    sample = pairs[::5]
+    try:
+        import repsim
+        contenders["repsim pair by pair"] = lambda: [
+            repsim.cka([xs[i], ys[j]], "linear", "gretton")[0, 1] for i, j in sample]
+    except ImportError as e:
+        print(f"repsim: skipped ({e})")
+    results = dict(zip(contenders, timed_together(list(contenders.values()), args.third_party_repeats)))
+    t_sql2 = results["SQL cka_matrix"][0]
+    print(f"third parties ({args.third_party_repeats} interleaved rounds; medians):")
+    for name, (t, res) in results.items():
+        scale = len(pairs) / len(sample) if name.startswith("repsim") else 1.0
+        t *= scale
+        line = f"  {name:24s}{t * 1e3:9.1f} ms"
+        if name.startswith(("ckatorch", "repsim")):
+            vals = np.array(res)
+            ref = want.ravel()[[i * lb + j for i, j in (sample if scale > 1 else pairs)]]
+            line += (f"  = {t / t_sql2:5.1f}x SQL (target >= 15), {t / results['numpy, arrays in memory'][0]:5.1f}x "
+                     f"numpy in memory, max diff {np.abs(vals - ref).max():.1e}"
+                     + (f" (timed on {len(sample)} of {len(pairs)} pairs, scaled)" if scale > 1 else ""))
+        elif name.startswith("numpy"):
+            line += f"  (the compute alone: reading shards is {(t_np - t) / t_np:.0%} of the numpy pipeline)"
+        print(line)
     if tmp:
         tmp.cleanup()
     return 0

@@ -85,14 +85,15 @@ def options(estimator="biased", kernel="linear", preprocess="none") -> Options:
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def as_rows(X, what: str = "X") -> np.ndarray:
-    """X as a finite float64 (n, d) array, or a clear error."""
+def as_rows(X, what: str = "X", check_finite: bool = True) -> np.ndarray:
+    """X as a finite float64 (n, d) array, or a clear error. (check_finite=False leaves the NaN/inf
+    test to a caller that finds them more cheaply, e.g. in the Gram's diagonal.)"""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise InvalidValue(f"{what}: expected a list of vectors (n, d), got shape {X.shape}")
     if X.shape[0] < 2:
         raise InvalidValue(f"{what}: CKA needs at least 2 rows, got {X.shape[0]}")
-    if not np.isfinite(X).all():
+    if check_finite and not np.isfinite(X).all():
         bad = np.argwhere(~np.isfinite(X))[0]
         raise InvalidValue(f"{what}: row {bad[0]} holds NaN or inf (at dimension {bad[1]})")
     return X
@@ -197,27 +198,55 @@ def centred(X: np.ndarray) -> np.ndarray:
     return Xc
 
 
-def unit_gram(X, opts: Options | None = None) -> np.ndarray:
-    """The (n, n) centred Gram of X scaled to unit Frobenius norm, so CKA = <g_X, g_Y>.
+def centred_gram(X, opts: Options | None = None) -> tuple[np.ndarray, float]:
+    """The (n, n) centred Gram of X and the scale of its kernel values (for the 0/0 test).
 
-    biased:   HKH / ||HKH||_F              (Kornblith et al. 2019)
-    debiased: U(K) / ||U(K)||_F            (unbiased HSIC, Song et al. 2012; can give CKA < 0)
-    Raises DegenerateInput for a constant layer (the Gram is 0 after centring).
+    biased:   HKH                           (Kornblith et al. 2019)
+    debiased: U(K)                          (unbiased HSIC, Song et al. 2012; can give CKA < 0)
     """
     opts = opts or Options()
+    if opts.kernel == "linear" and opts.preprocess == "none":
+        # the hot path of cka_matrix, in three passes over X and one GEMM
+        X = as_rows(X, check_finite=False)
+        mean = X.mean(axis=0)
+        K = gram_linear(X - mean)  # centring X first is exact for the linear kernel and better conditioned
+        trace = float(np.trace(K))  # = ||X - mean||^2; NaN/inf anywhere in X reach it
+        if not np.isfinite(trace):
+            as_rows(X)  # raises, naming the row
+        if not trace > 1e-24 * (trace + X.shape[0] * float(mean @ mean)):  # ||X||^2 = trace + n ||mean||^2
+            raise DegenerateInput(f"all {X.shape[0]} rows are the same vector (a constant layer): CKA is undefined")
+        # X - mean has zero column means, so K is already HKH: the biased path is one GEMM
+        G = u_centre_gram(K) if opts.estimator == "debiased" else K
+        return G, float(np.diag(K).max())
     X = preprocess_rows(as_rows(X), opts)
     if opts.kernel == "linear":
-        Xc = centred(X)           # centring X first is exact for the linear kernel and better conditioned
-        K = gram_linear(Xc)
-        # Xc has zero column means, so K = Xc Xc^T is already HKH: the biased path is one GEMM
+        K = gram_linear(centred(X))
         G = u_centre_gram(K) if opts.estimator == "debiased" else K
     else:
         K = gram_rbf(X, opts.sigma)
         G = u_centre_gram(K) if opts.estimator == "debiased" else centre_gram(K)
-    norm = np.linalg.norm(G)
-    if not norm > 1e-12 * max(np.abs(K).max(), 1e-300):
+    return G, float(np.diag(K).max())  # K is PSD: its largest entry is on the diagonal
+
+
+def _unit(v: np.ndarray, scale: float) -> np.ndarray:
+    norm = np.linalg.norm(v)
+    if not norm > 1e-12 * max(scale, 1e-300):
         raise DegenerateInput("the centred Gram is 0 (a constant layer): CKA is undefined")
-    return G / norm
+    v /= norm
+    return v
+
+
+def unit_gram(X, opts: Options | None = None) -> np.ndarray:
+    """The (n, n) centred Gram of X scaled to unit Frobenius norm, so CKA = <G_X, G_Y>_F.
+    Raises DegenerateInput for a constant layer (the Gram is 0 after centring)."""
+    G, scale = centred_gram(X, opts)
+    return _unit(G, scale)
+
+
+def packed_unit_gram(X, opts: Options | None = None) -> np.ndarray:
+    """unit_gram packed (pack_symmetric): what the SQL functions store per layer; CKA = p_X . p_Y."""
+    G, scale = centred_gram(X, opts)
+    return _unit(pack_symmetric(G), scale)
 
 
 def cka(X, Y, estimator="biased", kernel="linear", preprocess="none") -> float:
@@ -228,7 +257,7 @@ def cka(X, Y, estimator="biased", kernel="linear", preprocess="none") -> float:
     check_pair(X, Y, opts)
     if opts.kernel == "linear" and X.shape[0] > 2 * (X.shape[1] + Y.shape[1]):
         return feature_space_cka(preprocess_rows(X, opts), preprocess_rows(Y, opts), opts.estimator)
-    return float(np.dot(unit_gram(X, opts).ravel(), unit_gram(Y, opts).ravel()))
+    return float(np.dot(packed_unit_gram(X, opts), packed_unit_gram(Y, opts)))
 
 
 def feature_space_cka(X: np.ndarray, Y: np.ndarray, estimator: str = "biased") -> float:
@@ -262,19 +291,31 @@ def feature_space_cka(X: np.ndarray, Y: np.ndarray, estimator: str = "biased") -
 
 
 # -- minibatch CKA ------------------------------------------------------------------------------
+@lru_cache(maxsize=16)
 def packed_order(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column of each packed entry: the diagonal, then the upper triangle row by row."""
     iu, ju = np.triu_indices(n, 1)
     d = np.arange(n)
-    return np.concatenate([d, iu]), np.concatenate([d, ju])
+    rows, cols = np.concatenate([d, iu]), np.concatenate([d, ju])
+    rows.flags.writeable = cols.flags.writeable = False
+    return rows, cols
+
+
+@lru_cache(maxsize=16)
+def _packed_flat_index(n: int) -> np.ndarray:
+    rows, cols = packed_order(n)
+    flat = rows * n + cols
+    flat.flags.writeable = False
+    return flat
 
 
 def pack_symmetric(G: np.ndarray) -> np.ndarray:
     """[diag(G), sqrt(2) G_ij for i < j]: n(n+1)/2 numbers with <pack(A), pack(B)> = <A, B>_F for
     symmetric A, B. Half the bytes of the full Gram to move and multiply for every layer pair."""
     n = G.shape[0]
-    iu, ju = np.triu_indices(n, 1)
-    return np.concatenate([np.diag(G), np.sqrt(2.0) * G[iu, ju]])
+    p = np.take(np.ascontiguousarray(G).reshape(-1), _packed_flat_index(n))
+    p[n:] *= np.sqrt(2.0)
+    return p
 
 
 def packed_size(m: int) -> int:
@@ -375,7 +416,7 @@ def permutation_test(X, Y, permutations_count: int = 99, seed: int = 0, estimato
     opts = options(estimator, kernel, preprocess)
     X, Y = as_rows(X, "X"), as_rows(Y, "Y")
     check_pair(X, Y, opts)
-    gx, gy = pack_symmetric(unit_gram(X, opts)), pack_symmetric(unit_gram(Y, opts))
+    gx, gy = packed_unit_gram(X, opts), packed_unit_gram(Y, opts)
     obs = float(np.dot(gx, gy))
     null = null_scores(gx[None], gy[None], permutation_gather(X.shape[0], permutations_count, seed))[0, 0]
     return {"cka": obs, **{k: float(v) for k, v in null_summary(obs, null).items()}}

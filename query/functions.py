@@ -54,7 +54,7 @@ def udf_unit_gram(vectors, estimator, kernel, preprocess) -> pa.Array:
     n = len(xs)
     out = []
     for X, est, ker, pre in zip(xs, scalars(estimator, n), scalars(kernel, n), scalars(preprocess, n)):
-        out.append(_gram_or_none(lambda: C.pack_symmetric(C.unit_gram(X, C.options(est, ker, pre))), X))
+        out.append(_gram_or_none(lambda: C.packed_unit_gram(X, C.options(est, ker, pre)), X))
     return double_lists(out)
 
 
@@ -101,8 +101,10 @@ def _keyed(make_gram, what: str):
                 out.append(None)
                 continue
             order, fingerprint, n_distinct = key
+            if len(order) > 1 and not (order[1:] > order[:-1]).all():  # shards are usually already sorted
+                X = X[order]
             try:
-                g = make_gram(X[order], *[c[i] for c in consts]).ravel()
+                g = make_gram(X, *[c[i] for c in consts]).ravel()
             except C.DegenerateInput as e:
                 C.warn_undefined(labels[i], e)
                 g = None
@@ -117,8 +119,7 @@ def _keyed(make_gram, what: str):
     return udf
 
 
-udf_layer_gram = _keyed(lambda X, est, ker, pre: C.pack_symmetric(C.unit_gram(X, C.options(est, ker, pre))),
-                        "cka_matrix")
+udf_layer_gram = _keyed(lambda X, est, ker, pre: C.packed_unit_gram(X, C.options(est, ker, pre)), "cka_matrix")
 udf_layer_minibatch_gram = _keyed(
     lambda X, b, s, ker, pre: C.minibatch_unit_gram(X, int(b), int(s), C.options("debiased", ker, pre)),
     "cka_token_matrix")
