@@ -42,6 +42,8 @@ def test_partition_values_are_real_columns_and_parquet_options(toy_vindex):
     col = md.row_group(0).column(0)
     assert col.compression == "ZSTD"
     assert col.has_offset_index  # page index written
+    act = md.row_group(0).column(md.num_columns - 1)
+    assert act.path_in_schema.startswith("act") and not act.has_dictionary_page  # vectors: no dictionary
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
