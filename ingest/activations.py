@@ -140,6 +140,21 @@ class TokenText:
 
 # -- planning ---------------------------------------------------------------------------------------
 
+def default_shard_rows(buffer_mb: int, n_layers: int, d: int, itemsize: int, total_rows: int,
+                       min_groups: int = 4, min_rows: int = 256) -> int:
+    """Token rows per shard group: bounded by memory, and small enough to overlap writes.
+
+    Memory: two groups live at once (one computed, one being written), each holding
+    rows x n_layers x d values. Overlap: a prompt set planned as ONE group writes every shard
+    after the last forward pass; measured on smollm2-135m over 256 prompts that serial tail was
+    ~20% of the build's wall time. So split into at least `min_groups` groups (but never below
+    `min_rows` rows a shard, to keep tiny sets in one file per layer).
+    """
+    by_memory = max(1, buffer_mb * 2**20 // (2 * n_layers * d * itemsize))
+    for_overlap = max(min_rows, -(-total_rows // min_groups))
+    return int(min(by_memory, for_overlap))
+
+
 def plan_groups(tokenized: list[TokenizedPrompt], batch_size: int, shard_rows: int) -> list[list[list[int]]]:
     """Length-sorted batches, packed into shard groups of at most `shard_rows` token rows.
 

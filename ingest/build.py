@@ -29,7 +29,7 @@ import pyarrow as pa
 from vindex.errors import InvalidValue, ManifestError
 from vindex.writer import VindexWriter
 from .activations import (DEFAULT_POOLINGS, POOLINGS, HiddenStates, TokenText, check_poolings, pad_batch,
-                          parse_layers, plan_groups, pooling_weights, tokenize_prompts)
+                          parse_layers, plan_groups, default_shard_rows, pooling_weights, tokenize_prompts)
 from .prompts import PromptSet, load_prompts
 from .sources import load_model, resolve_model
 
@@ -94,13 +94,12 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
     name = name or src.name
     root = Path(out) if out is not None else Path("lake") / name
     itemsize = 2 if dtype == "float16" else 4   # auto plans for float32
-    # two groups live at once (one being written while the next is computed)
-    shard_rows = int(shard_rows or max(1, buffer_mb * 2**20 // (2 * len(layers) * d * itemsize)))
 
     import torch
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_model(src, device=device, progress=progress)
     tokenized = tokenize_prompts(tok, ps.prompts, max_tokens, chat_template=chat_template)
+    shard_rows = shard_rows or default_shard_rows(buffer_mb, len(layers), d, itemsize, sum(map(len, tokenized)))
     groups = plan_groups(tokenized, batch_size, shard_rows)
 
     params = {"prompt_sha256": ps.sha256, "model_id": src.model_id, "model_revision": src.revision,

@@ -42,7 +42,8 @@ from vindex.errors import CorruptShard, InvalidValue
 from vindex.files import safe_join
 from vindex.writer import VindexWriter
 
-from .activations import DEFAULT_POOLINGS, POOLINGS, check_poolings, parse_layers, plan_groups, tokenize_prompts
+from .activations import (DEFAULT_POOLINGS, POOLINGS, check_poolings, default_shard_rows, parse_layers,
+                          plan_groups, tokenize_prompts)
 from .prompts import Prompt, PromptSet, load_prompts
 from .sources import resolve_model
 
@@ -196,13 +197,12 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
     name = name or src.name
     root = Path(out) if out is not None else Path("lake") / name
     itemsize = 2 if dtype == "float16" else 4   # auto plans for float32
-    # two groups live at once in build() (one being written while the next is computed): the same
-    # formula here keeps the plan, the part numbers and the manifest params identical
-    shard_rows = int(shard_rows or max(1, buffer_mb * 2**20 // (2 * len(layers) * d * itemsize)))
 
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.trust_remote_code)
     tokenized = tokenize_prompts(tok, ps.prompts, max_tokens, chat_template=chat_template)
+    # the same plan as build(): identical shard groups, part numbers and manifest params
+    shard_rows = shard_rows or default_shard_rows(buffer_mb, len(layers), d, itemsize, sum(map(len, tokenized)))
     groups = plan_groups(tokenized, batch_size, shard_rows)
     ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
     pool = actor_pool(len(groups), actors, gpus_per_actor, cpus_per_actor)   # errors before any write
