@@ -88,6 +88,14 @@ def test_temp_files_never_visible_and_no_orphans(toy_vindex):
     assert not [p for p in toy_vindex.rglob("*") if p.name.startswith(".")]
 
 
+def test_files_get_ordinary_permissions(toy_vindex):
+    import os
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [toy_vindex / "vindex.json", *toy_vindex.rglob("*.parquet")]:
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
+
+
 def test_writer_rejects_wrong_width_nan_and_unknown_columns(toy_vindex):
     w = VindexWriter.open(toy_vindex)
     base = {"prompt_set": ["default"], "prompt_id": [0], "pooling": ["mean"]}

@@ -13,6 +13,8 @@ from pathlib import Path, PurePosixPath
 from .errors import UnsafePath
 
 _CHUNK = 1 << 20
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def safe_join(root: str | os.PathLike, relpath: str) -> Path:
@@ -53,6 +55,7 @@ def temp_path_for(path: Path) -> Path:
     """A unique sibling name for `path`; hidden, so globs and DuckDB scans never pick it up."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a lake is meant to be shared like any file
     return Path(tmp)
 
 
