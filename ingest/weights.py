@@ -208,7 +208,8 @@ def write_weights(writer: VindexWriter, weights: ModelWeights, *, top_k: int = 1
             if layer == 0:
                 if "layer_stats" in tables and _todo(writer, "layer_stats", {}, 0, resume):
                     bar.set_postfix_str("layer_stats: embedding")
-                    emb = weights.embedding()
+                    same = unemb is not None and unemb.info["kind"] == "embedding"   # W_E already in memory
+                    emb = unemb.matrix if same else weights.embedding()
                     summary["layer_stats"] += shards.write("layer_stats", spectra.matrix_rows({"embed": emb}, 0), {}, 0)
                     del emb
                 continue
