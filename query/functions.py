@@ -9,6 +9,11 @@ UDF names start with `vindex_` where a macro is the documented face; docs/sql.md
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 
@@ -18,6 +23,49 @@ from .macros import ModelInfo, macros
 from .vectors import double_lists, row_arrays, row_keys, row_labels, row_matrices, scalars
 
 NULL_STRUCT = "STRUCT(null_mean DOUBLE, null_p95 DOUBLE, p_value DOUBLE)"
+
+
+# -- parallel layers, single-threaded BLAS ------------------------------------------------------
+_BLAS = {"controller": None, "depth": 0, "limiter": None, "lock": threading.Lock()}
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Context limiting BLAS to one thread. A UDF runs inside DuckDB's worker threads, next to
+    DuckDB's other work: multi-threaded BLAS on these small GEMMs (n x d with n ~ 256) then spins at
+    its barriers (10x slower than one thread on a busy 2-core machine). Layers run in parallel
+    instead (map_layers). Re-entrant across DuckDB's threads (the last one out restores BLAS);
+    without threadpoolctl it does nothing."""
+    state = _BLAS
+    with state["lock"]:
+        if state["controller"] is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+                state["controller"] = ThreadpoolController()
+            except ImportError:
+                state["controller"] = False
+        if state["controller"] and state["depth"] == 0:
+            state["limiter"] = state["controller"].limit(limits=1, user_api="blas")
+        state["depth"] += 1
+    try:
+        yield
+    finally:
+        with state["lock"]:
+            state["depth"] -= 1
+            if state["depth"] == 0 and state["limiter"] is not None:
+                state["limiter"].restore_original_limits()
+                state["limiter"] = None
+
+
+def map_layers(fn, items) -> list:
+    """[fn(x) for x in items], on up to cpu_count threads with single-threaded BLAS (numpy releases
+    the GIL in GEMMs and array arithmetic, so layers really run side by side)."""
+    items = list(items)
+    with single_threaded_blas():
+        if len(items) < 2 or (os.cpu_count() or 1) < 2:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(min(len(items), os.cpu_count() or 1)) as pool:
+            return list(pool.map(fn, items))
 
 
 # -- CKA ----------------------------------------------------------------------------------------
@@ -88,19 +136,19 @@ def _keyed(make_gram, what: str):
     """A UDF (vectors, keys, label, *args) -> LAYER_GRAM: sort the rows by their keys here (an
     ordered list() aggregate costs DuckDB more than numpy's argsort), fingerprint the keys so the two
     sides of a pair can be checked for the same rows, and build the Gram with make_gram(X, *args).
-    `label` ('model m layer 3') names the layer in errors and warnings."""
+    `label` ('model m layer 3') names the layer in errors and warnings. Layers run in parallel."""
     def udf(vectors, keys, label, *args) -> pa.Array:
         n_rows = len(vectors)
         labels = [f"{what}: {x}" for x in scalars(label, n_rows)]
         xs = row_matrices(vectors, labels[0] if n_rows == 1 else what)
         ks = row_keys(keys)
         consts = [scalars(a, n_rows) for a in args]
-        out = []
-        for i, (X, key) in enumerate(zip(xs, ks)):
+
+        def one(i):
+            X = xs[i]
             if X is None:
-                out.append(None)
-                continue
-            order, fingerprint, n_distinct = key
+                return None
+            order, fingerprint, n_distinct = ks[i]
             if len(order) > 1 and not (order[1:] > order[:-1]).all():  # shards are usually already sorted
                 X = X[order]
             try:
@@ -110,7 +158,9 @@ def _keyed(make_gram, what: str):
                 g = None
             except C.InvalidValue as e:
                 raise C.InvalidValue(f"{labels[i]}: {e}") from None
-            out.append({"g": g, "rows_key": fingerprint, "n": len(X), "n_distinct": n_distinct})
+            return {"g": g, "rows_key": fingerprint, "n": len(X), "n_distinct": n_distinct}
+
+        out = map_layers(one, range(n_rows))
         grams = double_lists([None if o is None else o["g"] for o in out])
         fields = [grams] + [pa.array([o[f] if o else None for o in out], t) for f, t in
                             (("rows_key", pa.int64()), ("n", pa.int32()), ("n_distinct", pa.int32()))]
@@ -169,10 +219,11 @@ def udf_cka_null(ga, gb, permutations, seed) -> pa.Array:
         ia, ua = _dedupe([xs[r] for r in rows])
         ib, ub = _dedupe([ys[r] for r in rows])
         PA, PB = np.stack(ua), np.stack(ub)
-        if len(ub) <= len(ua):
-            null = C.null_scores(PA, PB, C.permutation_gather(n, count, s))
-        else:
-            null = C.null_scores(PB, PA, C.permutation_gather(n, count, s, inverse=True)).transpose(1, 0, 2)
+        with single_threaded_blas():
+            if len(ub) <= len(ua):
+                null = C.null_scores(PA, PB, C.permutation_gather(n, count, s))
+            else:
+                null = C.null_scores(PB, PA, C.permutation_gather(n, count, s, inverse=True)).transpose(1, 0, 2)
         for j, r in enumerate(rows):
             obs = float(np.dot(xs[r], ys[r]))
             summary = C.null_summary(obs, null[ia[j], ib[j]])
