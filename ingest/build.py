@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from vindex.writer import VindexWriter
 from .activations import (DEFAULT_POOLINGS, POOLINGS, HiddenStates, TokenText, check_poolings, pad_batch,
                           parse_layers, plan_groups, default_shard_rows, pooling_weights, tokenize_prompts)
 from .prompts import PromptSet, load_prompts
-from .sources import load_model, resolve_model
+from .sources import ModelSource, load_model, resolve_model
 
 DTYPES = ("float16", "float32", "auto")
 _FLOAT16_MAX = 65504.0
@@ -81,55 +82,22 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
             build_weights_distributed(source, root, address=ray, name=name, resume=resume, progress=progress)
         return root
     t0, c0 = time.perf_counter(), time.process_time()
-    if dtype not in DTYPES:
-        raise InvalidValue(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    if batch_size < 1 or max_tokens < 1:
-        raise InvalidValue(f"batch_size ({batch_size}) and max_tokens ({max_tokens}) must be >= 1")
-    poolings = check_poolings(poolings)
-    ps = load_prompts(prompts, name=prompt_set_name) if not isinstance(prompts, PromptSet) else prompts
-    src = resolve_model(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir, progress=progress)
-    mm = src.manifest_model()
-    n_layers, d = int(mm["n_layers"]), int(mm["d_model"])
-    layers = parse_layers(layers, n_layers)
-    name = name or src.name
-    root = Path(out) if out is not None else Path("lake") / name
-    itemsize = 2 if dtype == "float16" else 4   # auto plans for float32
+    job = resolve_job(source, out, name=name, prompts=prompts, prompt_set_name=prompt_set_name, layers=layers,
+                      dtype=dtype, batch_size=batch_size, max_tokens=max_tokens, poolings=poolings,
+                      trust_remote_code=trust_remote_code, cache_dir=cache_dir, progress=progress)
+    src, ps, layers, name, root, poolings, n_layers = (job.src, job.ps, job.layers, job.name, job.root,
+                                                         job.poolings, job.n_layers)
 
     import torch
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_model(src, device=device, progress=progress)
-    tokenized = tokenize_prompts(tok, ps.prompts, max_tokens, chat_template=chat_template)
-    shard_rows = shard_rows or default_shard_rows(buffer_mb, len(layers), d, itemsize, sum(map(len, tokenized)))
-    groups = plan_groups(tokenized, batch_size, shard_rows)
-
-    params = {"prompt_sha256": ps.sha256, "model_id": src.model_id, "model_revision": src.revision,
-              "layers": layers, "dtype": dtype, "batch_size": batch_size, "max_tokens": max_tokens,
-              "poolings": list(poolings), "chat_template": chat_template, "shard_rows": shard_rows}
-    w = _open_vindex(root, name, mm)
-    base, skip_done = _reserve_parts(w, ps, params, len(groups), resume)
+    tokenized, groups, shard_rows = plan_job(job, tok, chat_template=chat_template, buffer_mb=buffer_mb,
+                                             shard_rows=shard_rows)
     runner = HiddenStates(model, device=device)
-    requested, pad_id = dtype, (tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
-    for table in ("activations", "pooled"):   # a vector type declared by a build that wrote nothing binds nobody
-        t = w.manifest["tables"].get(table)
-        if t is not None and not t["files"]:
-            t["vector_width"] = t["vector_dtype"] = None
-    if dtype == "auto":
-        dtype = w.manifest["tables"].get("activations", {}).get("vector_dtype") or \
-            _auto_dtype(runner, tokenized, groups[0][0], layers, pad_id)
-    w.declare_vectors("activations", d, dtype)
-    w.declare_vectors("pooled", d, dtype)
-    if not w.has_shard("prompts", {"prompt_set": ps.name}, 0):
-        w.add_files("prompts", [w.write_shard("prompts", ps.rows(), {"prompt_set": ps.name}, 0, commit=False)],
-                    commit=False)
-    extraction = dict(w.manifest["extraction"].get("activations") or {})
-    extraction.update({
-        "layers": layers, "dtype": dtype, "dtype_requested": requested, "compute_dtype": "float32",
-        "max_tokens": max_tokens, "batch_size": batch_size, "padding": "right; padding never stored",
-        "chat_template": chat_template,
-        "poolings": {p: POOLINGS[p] for p in poolings}, "special_tokens": SPECIAL_RULE,
-        "norm": "L2 norm of the float32 hidden state of the token", "prompt_set": ps.name,
-        "prompt_set_sha256": ps.sha256})
-    w.update(extraction={"activations": extraction})
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    w, base, skip_done, dtype, extraction = prepare_vindex(
+        job, groups, shard_rows, chat_template=chat_template, resume=resume,
+        probe_dtype=lambda: _auto_dtype(runner, tokenized, groups[0][0], layers, pad_id))
 
     t1, c1 = time.perf_counter(), time.process_time()    # setup (load, tokenize, plan) ends here
     done = [skip_done and _group_done(w, layers, base + k) for k in range(len(groups))]
@@ -166,6 +134,89 @@ def build(source, out=None, *, name: str | None = None, prompts="default", layer
         from .weights import build_weights
         build_weights(src, root, name=name, resume=resume, progress=progress)
     return root
+
+
+# -- the plan shared by build() and build_distributed() ---------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    """A build's resolved arguments: what both the local and the Ray path start from."""
+    src: ModelSource
+    ps: PromptSet
+    layers: list[int]
+    name: str
+    root: Path
+    dtype: str
+    batch_size: int
+    max_tokens: int
+    poolings: tuple
+    n_layers: int
+    d: int
+
+
+def resolve_job(source, out, *, name, prompts, prompt_set_name, layers, dtype, batch_size, max_tokens,
+                poolings, trust_remote_code, cache_dir, progress) -> Job:
+    """Check the arguments and resolve model, prompts, layers and folder (no model is loaded)."""
+    if dtype not in DTYPES:
+        raise InvalidValue(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if batch_size < 1 or max_tokens < 1:
+        raise InvalidValue(f"batch_size ({batch_size}) and max_tokens ({max_tokens}) must be >= 1")
+    poolings = check_poolings(poolings)
+    ps = load_prompts(prompts, name=prompt_set_name) if not isinstance(prompts, PromptSet) else prompts
+    src = resolve_model(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir, progress=progress)
+    mm = src.manifest_model()
+    n_layers, d = int(mm["n_layers"]), int(mm["d_model"])
+    name = name or src.name
+    root = Path(out) if out is not None else Path("lake") / name
+    return Job(src, ps, parse_layers(layers, n_layers), name, root, dtype, batch_size, max_tokens,
+               poolings, n_layers, d)
+
+
+def plan_job(job: Job, tok, *, chat_template: bool, buffer_mb: int, shard_rows: int | None):
+    """Tokenize and pack into shard groups: (tokenized, groups, shard_rows); a pure function of the inputs."""
+    itemsize = 2 if job.dtype == "float16" else 4   # auto plans for float32
+    tokenized = tokenize_prompts(tok, job.ps.prompts, job.max_tokens, chat_template=chat_template)
+    shard_rows = shard_rows or default_shard_rows(buffer_mb, len(job.layers), job.d, itemsize,
+                                                  sum(map(len, tokenized)))
+    return tokenized, plan_groups(tokenized, job.batch_size, shard_rows), shard_rows
+
+
+def prepare_vindex(job: Job, groups, shard_rows: int, *, chat_template: bool, resume: bool, probe_dtype):
+    """Open the vindex and record the build before any shard: params, parts, vector types, prompts.
+
+    Returns (writer, base part, skip_done, the stored dtype, the extraction record).
+    `probe_dtype()` decides dtype='auto' (float32 where states exceed float16) when no earlier
+    build of this vindex already fixed it.
+    """
+    ps, mm = job.ps, job.src.manifest_model()
+    params = {"prompt_sha256": ps.sha256, "model_id": job.src.model_id, "model_revision": job.src.revision,
+              "layers": job.layers, "dtype": job.dtype, "batch_size": job.batch_size,
+              "max_tokens": job.max_tokens, "poolings": list(job.poolings), "chat_template": chat_template,
+              "shard_rows": shard_rows}
+    w = _open_vindex(job.root, job.name, mm)
+    base, skip_done = _reserve_parts(w, ps, params, len(groups), resume)
+    for table in ("activations", "pooled"):   # a vector type declared by a build that wrote nothing binds nobody
+        t = w.manifest["tables"].get(table)
+        if t is not None and not t["files"]:
+            t["vector_width"] = t["vector_dtype"] = None
+    dtype = job.dtype
+    if dtype == "auto":
+        dtype = w.manifest["tables"].get("activations", {}).get("vector_dtype") or probe_dtype()
+    w.declare_vectors("activations", job.d, dtype)
+    w.declare_vectors("pooled", job.d, dtype)
+    if not w.has_shard("prompts", {"prompt_set": ps.name}, 0):
+        w.add_files("prompts", [w.write_shard("prompts", ps.rows(), {"prompt_set": ps.name}, 0, commit=False)],
+                    commit=False)
+    extraction = dict(w.manifest["extraction"].get("activations") or {})
+    extraction.update({
+        "layers": job.layers, "dtype": dtype, "dtype_requested": job.dtype, "compute_dtype": "float32",
+        "max_tokens": job.max_tokens, "batch_size": job.batch_size, "padding": "right; padding never stored",
+        "chat_template": chat_template,
+        "poolings": {p: POOLINGS[p] for p in job.poolings}, "special_tokens": SPECIAL_RULE,
+        "norm": "L2 norm of the float32 hidden state of the token", "prompt_set": ps.name,
+        "prompt_set_sha256": ps.sha256})
+    w.update(extraction={"activations": extraction})
+    return w, base, skip_done, dtype, extraction
 
 
 # -- manifest bookkeeping -------------------------------------------------------------------------

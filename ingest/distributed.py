@@ -42,9 +42,8 @@ from vindex.errors import CorruptShard, InvalidValue
 from vindex.files import safe_join
 from vindex.writer import VindexWriter
 
-from .activations import (DEFAULT_POOLINGS, POOLINGS, check_poolings, default_shard_rows, parse_layers,
-                          plan_groups, tokenize_prompts)
-from .prompts import Prompt, PromptSet, load_prompts
+from .activations import DEFAULT_POOLINGS, tokenize_prompts
+from .prompts import Prompt, PromptSet
 from .sources import resolve_model
 
 
@@ -183,63 +182,28 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
     from . import build as B
 
     t0 = time.perf_counter()
-    if dtype not in B.DTYPES:
-        raise InvalidValue(f"dtype {dtype!r}: choose one of {', '.join(B.DTYPES)}")
-    if batch_size < 1 or max_tokens < 1:
-        raise InvalidValue(f"batch_size ({batch_size}) and max_tokens ({max_tokens}) must be >= 1")
-    poolings = check_poolings(poolings)
-    ps = prompts if isinstance(prompts, PromptSet) else load_prompts(prompts, name=prompt_set_name)
-    src = resolve_model(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir, progress=progress)
-    src = dataclasses.replace(src, path=Path(src.path).resolve())   # workers do not share our cwd
-    mm = src.manifest_model()
-    n_layers, d = int(mm["n_layers"]), int(mm["d_model"])
-    layers = parse_layers(layers, n_layers)
-    name = name or src.name
-    root = Path(out) if out is not None else Path("lake") / name
-    itemsize = 2 if dtype == "float16" else 4   # auto plans for float32
+    job = B.resolve_job(source, out, name=name, prompts=prompts, prompt_set_name=prompt_set_name, layers=layers,
+                        dtype=dtype, batch_size=batch_size, max_tokens=max_tokens, poolings=poolings,
+                        trust_remote_code=trust_remote_code, cache_dir=cache_dir, progress=progress)
+    src = dataclasses.replace(job.src, path=Path(job.src.path).resolve())   # workers do not share our cwd
+    job = dataclasses.replace(job, src=src)
+    ps, layers, name, root, poolings = job.ps, job.layers, job.name, job.root, job.poolings
 
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.trust_remote_code)
-    tokenized = tokenize_prompts(tok, ps.prompts, max_tokens, chat_template=chat_template)
-    # the same plan as build(): identical shard groups, part numbers and manifest params
-    shard_rows = shard_rows or default_shard_rows(buffer_mb, len(layers), d, itemsize, sum(map(len, tokenized)))
-    groups = plan_groups(tokenized, batch_size, shard_rows)
+    # the same plan and manifest bookkeeping as build(): identical shard groups, parts and params
+    _, groups, shard_rows = B.plan_job(job, tok, chat_template=chat_template, buffer_mb=buffer_mb,
+                                       shard_rows=shard_rows)
     ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
     pool = actor_pool(len(groups), actors, gpus_per_actor, cpus_per_actor)   # errors before any write
     config = {"max_tokens": max_tokens, "chat_template": chat_template, "layers": layers,
-              "poolings": list(poolings), "dtype": dtype, "n_layers": n_layers, "prompt_set": ps.name,
+              "poolings": list(poolings), "dtype": dtype, "n_layers": job.n_layers, "prompt_set": ps.name,
               "device": device, "cache_dir": None if cache_dir is None else str(cache_dir),
               "fail_once": _fail_once, "gpus": pool["num_gpus"]}
-
-    # the manifest bookkeeping of build(), step by step: same params, same parts, same resume rules
-    params = {"prompt_sha256": ps.sha256, "model_id": src.model_id, "model_revision": src.revision,
-              "layers": layers, "dtype": dtype, "batch_size": batch_size, "max_tokens": max_tokens,
-              "poolings": list(poolings), "chat_template": chat_template, "shard_rows": shard_rows}
-    w = B._open_vindex(root, name, mm)
-    base, skip_done = B._reserve_parts(w, ps, params, len(groups), resume)
-    requested = dtype
-    for table in ("activations", "pooled"):   # a vector type declared by a build that wrote nothing binds nobody
-        t = w.manifest["tables"].get(table)
-        if t is not None and not t["files"]:
-            t["vector_width"] = t["vector_dtype"] = None
-    if dtype == "auto":
-        dtype = w.manifest["tables"].get("activations", {}).get("vector_dtype") or \
-            _probe_dtype(ray, src, config, _group_row([groups[0][0]], ps), pool)
-        config["dtype"] = dtype
-    w.declare_vectors("activations", d, dtype)
-    w.declare_vectors("pooled", d, dtype)
-    if not w.has_shard("prompts", {"prompt_set": ps.name}, 0):
-        w.add_files("prompts", [w.write_shard("prompts", ps.rows(), {"prompt_set": ps.name}, 0, commit=False)],
-                    commit=False)
-    extraction = dict(w.manifest["extraction"].get("activations") or {})
-    extraction.update({
-        "layers": layers, "dtype": dtype, "dtype_requested": requested, "compute_dtype": "float32",
-        "max_tokens": max_tokens, "batch_size": batch_size, "padding": "right; padding never stored",
-        "chat_template": chat_template,
-        "poolings": {p: POOLINGS[p] for p in poolings}, "special_tokens": B.SPECIAL_RULE,
-        "norm": "L2 norm of the float32 hidden state of the token", "prompt_set": ps.name,
-        "prompt_set_sha256": ps.sha256})
-    w.update(extraction={"activations": extraction})   # workers read the declared vectors from here
+    w, base, skip_done, dtype, extraction = B.prepare_vindex(
+        job, groups, shard_rows, chat_template=chat_template, resume=resume,
+        probe_dtype=lambda: _probe_dtype(ray, src, config, _group_row([groups[0][0]], ps), pool))
+    config["dtype"] = dtype
 
     todo = [k for k in range(len(groups)) if not (skip_done and B._group_done(w, layers, base + k))]
     todo_set = set(todo)
