@@ -206,10 +206,14 @@ def centred_gram(X, opts: Options | None = None) -> tuple[np.ndarray, float]:
     """
     opts = opts or Options()
     if opts.kernel == "linear" and opts.preprocess == "none":
-        # the hot path of cka_matrix, in three passes over X and one GEMM
-        X = as_rows(X, check_finite=False)
-        mean = X.mean(axis=0)
-        K = gram_linear(X - mean)  # centring X first is exact for the linear kernel and better conditioned
+        # the hot path of cka_matrix: two passes over X (float32 as stored is fine) and one GEMM
+        X = np.asarray(X)
+        if X.dtype not in (np.float32, np.float64) or X.ndim != 2 or X.shape[0] < 2:
+            X = as_rows(X, check_finite=False)  # converts to float64, or raises the shape error
+        mean = X.mean(axis=0, dtype=np.float64)
+        # centring in float64 (X - mean promotes float32 to float64 in the same pass) is exact for the
+        # linear kernel and keeps the GEMM well conditioned
+        K = gram_linear(X - mean)
         trace = float(np.trace(K))  # = ||X - mean||^2; NaN/inf anywhere in X reach it
         if not np.isfinite(trace):
             as_rows(X)  # raises, naming the row

@@ -20,7 +20,7 @@ def _chunks(column) -> list[pa.Array]:
 
 
 def row_matrices(column, what: str = "vectors") -> list[np.ndarray | None]:
-    """One (n, d) float64 matrix per row of a list-of-vectors column; None for a NULL row."""
+    """One (n, d) float32/float64 matrix per row of a list-of-vectors column; None for a NULL row."""
     out = []
     for chunk in _chunks(column):
         if pa.types.is_null(chunk.type):  # an untyped NULL argument
@@ -40,7 +40,8 @@ def row_matrices(column, what: str = "vectors") -> list[np.ndarray | None]:
 
 
 def vectors_matrix(vectors: pa.Array, what: str = "vectors") -> np.ndarray:
-    """An Arrow array of vectors (fixed-size lists or lists of floats) as an (n, d) float64 matrix."""
+    """An Arrow array of vectors (fixed-size lists or lists of floats) as an (n, d) float32 or float64
+    matrix (float32 vectors are not copied: the math converts to float64 as it centres)."""
     n = len(vectors)
     t = vectors.type
     if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
@@ -63,7 +64,10 @@ def vectors_matrix(vectors: pa.Array, what: str = "vectors") -> np.ndarray:
     flat = vectors.flatten()
     if flat.null_count:
         raise InvalidValue(f"{what}: a vector holds NULL elements")
-    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float64).reshape(n, d)
+    values = flat.to_numpy(zero_copy_only=False)  # float32 stays float32, without a copy
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)         # float16, integers, decimals
+    return values.reshape(n, d)
 
 
 def row_arrays(column) -> list[np.ndarray | None]:
