@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import VindexError
+from .core import fail as core_fail
 
 FORMATS = ["table", "csv", "json", "parquet"]
 
@@ -31,9 +32,7 @@ def open_lake(lakes):
 def fail(e: Exception) -> None:
     """One clear line for user errors (VindexError, DuckDB errors), no traceback; exit 1."""
     msg = str(e).split("\n\nAt:\n")[0]  # DuckDB appends the UDF's Python stack: drop it
-    msg = msg.replace("Python exception occurred while executing the UDF: ", "")
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(1)
+    core_fail(msg.replace("Python exception occurred while executing the UDF: ", ""))
 
 
 def user_errors():
