@@ -93,7 +93,7 @@ def layer_gram(model: str, layer: int, n_layers: int, files: list[tuple[str, dic
 def gram_vector(X: np.ndarray, opts: C.Options) -> np.ndarray:
     """The layer's Gram as the SQL layer's `cka_gram` stores it: the unit centred Gram, packed
     (diagonal, then sqrt(2) x the upper triangle: n(n+1)/2 numbers, <pack A, pack B> = <A, B>_F)."""
-    return C.pack_symmetric(C.unit_gram(X, opts))
+    return C.packed_unit_gram(X, opts)
 
 
 def _read_pooled(url: str, entry: dict, filesystem) -> pa.Table:
