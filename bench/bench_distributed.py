@@ -63,7 +63,7 @@ def run_sql_pairs(lake: Path):
 
 
 def run_cka_all(lake: Path, ray):
-    from vindex.query.distributed import cka_all
+    from vindex.query.lake_cka import cka_all
     return cka_all(lake, ray=ray, progress=False)
 
 

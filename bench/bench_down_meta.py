@@ -51,7 +51,7 @@ def bare_numpy(emb, downs, k, chunk=256):
 
 
 def extraction(model, k, blocks, **kw):
-    from vindex.ingest.weights import build_weights
+    from vindex.ingest import build_weights
     with tempfile.TemporaryDirectory() as tmp:
         build_weights(model, f"{tmp}/vx", top_k=k, tables=("features",), layers=list(range(1, blocks + 1)),
                       progress=False, **kw)
@@ -61,9 +61,9 @@ def peak_rss(model: str, k: int) -> dict:
     """Peak RSS of a fresh process that runs only the extraction (and the model's embedding size)."""
     code = f"""
 import json, resource, tempfile
-from vindex.ingest.weights import build_weights
+from vindex.ingest import build_weights
 from vindex.ingest.sources import resolve_model
-from vindex.ingest.tensors import ModelWeights
+from vindex.ingest.checkpoint import ModelWeights
 src = resolve_model({model!r}, progress=False)
 w = ModelWeights(src.path, src.config)
 info = w.files.info(w.embedding_name)
@@ -88,7 +88,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from vindex.ingest.sources import resolve_model
-    from vindex.ingest.tensors import ModelWeights
+    from vindex.ingest.checkpoint import ModelWeights
     from vindex.ingest.down_meta import unembedding_matrix
 
     src = resolve_model(args.model)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -63,7 +62,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     from vindex.ingest.activations import plan_groups, tokenize_prompts
-    from vindex.ingest.build import LAST_TIMINGS, build
+    from vindex.ingest.builder import LAST_TIMINGS, build
     from vindex.ingest.prompts import load_prompts
     from vindex.ingest.sources import load_model, resolve_model
 
@@ -110,7 +109,7 @@ def main(argv=None):
             model_rss = child_peak_rss_mb(load)
             out = tmp / "rss"
             build_rss = child_peak_rss_mb(
-                f"from vindex.ingest.build import build; build({src.name!r}, {str(out)!r}, "
+                f"from vindex.ingest import build; build({src.name!r}, {str(out)!r}, "
                 f"prompts={args.prompts!r}, batch_size={args.batch_size}, dtype={args.dtype!r}, progress=False)")
             result.update(model_only_peak_rss_mib=round(model_rss), build_peak_rss_mib=round(build_rss),
                           ingest_extra_rss_mib=round(build_rss - model_rss))

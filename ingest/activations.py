@@ -15,7 +15,6 @@ Whether the last state has the final norm applied differs between implementation
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,44 +31,6 @@ POOLINGS = {
                    "for prompts with a single content token",
 }
 DEFAULT_POOLINGS = ("mean", "last", "mean_nosink")
-
-
-# -- layers ---------------------------------------------------------------------------------------
-
-def parse_layers(spec, n_layers: int) -> list[int]:
-    """Layer selection: None/"all" -> 0..n_layers; "0-8,12" or [0, 3] -> sorted unique layers.
-
-    Layers are hidden-state indices: 0 = embedding output, n_layers = the last block's output.
-    """
-    top = n_layers
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
-        return list(range(top + 1))
-    if isinstance(spec, int):
-        spec = [spec]
-    out = set()
-    if isinstance(spec, str):
-        for part in spec.split(","):
-            part = part.strip()
-            m = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", part)
-            if not m:
-                raise InvalidValue(f"--layers {spec!r}: cannot read {part!r}; use layer numbers and ranges "
-                                   f"like '0-8,12' (0 = embeddings, {top} = last block)")
-            a, b = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
-            if b < a:
-                raise InvalidValue(f"--layers {spec!r}: range {part!r} runs backwards")
-            out.update(range(a, b + 1))
-    else:
-        try:
-            out.update(int(x) for x in spec)
-        except (TypeError, ValueError):
-            raise InvalidValue(f"layers {spec!r}: expected a spec like '0-8,12' or a list of ints") from None
-    bad = sorted(x for x in out if x < 0 or x > top)
-    if bad:
-        raise InvalidValue(f"--layers {spec!r}: layer(s) {bad} out of range; this model has layers 0-{top} "
-                           f"(0 = embeddings, {top} = last block)")
-    if not out:
-        raise InvalidValue(f"--layers {spec!r}: selects no layer")
-    return sorted(out)
 
 
 # -- tokenization ---------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import pyarrow as pa
 from vindex.errors import InvalidValue
 from vindex.schema import arrow_schema
 
-from .tensors import FFNBlock, ModelWeights
+from .checkpoint import FFNBlock, ModelWeights
 
 UNEMBEDDINGS = ("embedding", "lm_head")
 

@@ -59,7 +59,7 @@ def transformers_bars(enabled: bool):
 
 def concatenate(parts: list[Path], target: Path, sha256: str | None, name: str) -> None:
     """Join a model's pieces into `target`, checking the sha256 of the whole on the way."""
-    from .sources import ModelSourceError
+    from vindex.errors import ModelSourceError
     h = hashlib.sha256()
     with open(target, "wb") as out:
         for p in parts:
@@ -85,7 +85,9 @@ def dequantize_into(entry: Path, gguf_file, descriptor: dict, progress: bool) ->
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from vindex.files import sha256_file
 
-    from .sources import ModelSourceError, UnsupportedArchitecture, family_of, supported_families_text
+    from vindex.errors import ModelSourceError, UnsupportedArchitecture
+
+    from .families import family_of, supported_families_text
 
     entry.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))

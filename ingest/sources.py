@@ -24,33 +24,11 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from vindex.errors import InvalidValue, NotFound, VindexError
+from vindex.errors import ModelSourceError, NotFound
 
 from . import model_cache
+from .families import ENCODER_FAMILIES, family_of
 from .model_cache import SOURCE_FILE, cache_root, is_cached, is_gguf, transformers_bars
-
-# model_type (config.json) -> vindex family. These are the architectures the ingest tests cover.
-SUPPORTED_MODEL_TYPES = {
-    "llama": "llama",          # Llama 2/3, SmolLM/SmolLM2
-    "mistral": "mistral",
-    "qwen2": "qwen2",          # Qwen2, Qwen2.5
-    "qwen3": "qwen3",
-    "gemma": "gemma",
-    "gemma2": "gemma2",
-    "gemma3_text": "gemma3",   # the text-only Gemma 3 (270M, 1B; what GGUF files load as)
-    "gpt2": "gpt2",
-    "bert": "bert",            # BERT, MiniLM, sentence-transformers encoders
-}
-ENCODER_FAMILIES = {"bert"}
-
-
-
-class ModelSourceError(VindexError):
-    """A model source cannot be resolved or loaded (missing file, offline Hub, bad checksum)."""
-
-
-class UnsupportedArchitecture(InvalidValue):
-    """The model's architecture is not one vindex knows how to ingest."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +119,7 @@ def resolve_model(source: str | os.PathLike, *, trust_remote_code: bool = False,
     if text in OFFLINE_MODELS:
         return _resolve_offline(OFFLINE_MODELS[text], cache_dir, trust_remote_code, progress)
     if p.is_dir():
-        return _from_folder(p, name=_short_name(p.name), model_id=str(p.resolve()), revision=None,
+        return _from_folder(p, name=short_name(p.name), model_id=str(p.resolve()), revision=None,
                             kind="folder", source=text, trust_remote_code=trust_remote_code)
     if p.is_file():
         if p.suffix.lower() != ".gguf" and not is_gguf(p):
@@ -180,22 +158,18 @@ def load_model(src: ModelSource, dtype=None, device: str | None = None, progress
     return model, tok
 
 
-def supported_families_text() -> str:
-    return ", ".join(f"{f} ({t})" for t, f in SUPPORTED_MODEL_TYPES.items())
-
-
 # -- folders --------------------------------------------------------------------------------------
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
 
 
-def _short_name(text: str) -> str:
+def short_name(text: str) -> str:
     """A vindex name (letters, digits, . _ -) from a folder, file or repo name."""
     name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
     return name or "model"
 
 
-def _read_config(folder: Path) -> dict:
+def read_config(folder: Path) -> dict:
     cfg = folder / "config.json"
     if not cfg.is_file():
         raise ModelSourceError(f"{folder}: no config.json; a model folder needs config.json, "
@@ -206,19 +180,9 @@ def _read_config(folder: Path) -> dict:
         raise ModelSourceError(f"{cfg}: not valid JSON ({e})") from None
 
 
-def family_of(model_type: str | None, where: str) -> str:
-    """The vindex family of a config's model_type, or UnsupportedArchitecture naming the supported ones."""
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        hint = " (use the text-only gemma3_text checkpoint)" if model_type == "gemma3" else ""
-        raise UnsupportedArchitecture(
-            f"{where}: model_type {model_type!r} is not supported{hint}; supported families "
-            f"(model_type): {supported_families_text()}")
-    return SUPPORTED_MODEL_TYPES[model_type]
-
-
 def _from_folder(folder: Path, *, name, model_id, revision, kind, source, trust_remote_code,
                  quantization=None) -> ModelSource:
-    cfg = _read_config(folder)
+    cfg = read_config(folder)
     model_type = cfg.get("model_type")
     family = family_of(model_type, str(folder / "config.json"))
     if not any(folder.glob("*.safetensors")):
@@ -234,7 +198,7 @@ def _from_folder(folder: Path, *, name, model_id, revision, kind, source, trust_
 def _resolve_gguf_file(path: Path, cache_dir, trust_remote_code, progress) -> ModelSource:
     path = path.resolve()
     st = path.stat()
-    name = _short_name(re.sub(r"[.-](q\d\w*|f16|f32|bf16)$", "", path.stem, flags=re.I))
+    name = short_name(re.sub(r"[.-](q\d\w*|f16|f32|bf16)$", "", path.stem, flags=re.I))
     desc = {"gguf": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     entry = cache_root(cache_dir) / f"{name}-{model_cache.descriptor_key(desc)}"
     if not is_cached(entry):
@@ -314,6 +278,6 @@ def _resolve_hub(text: str, trust_remote_code: bool) -> ModelSource:
             f"local model folder, a .gguf file, or one of the offline models: {', '.join(OFFLINE_MODELS)}"
         ) from None
     folder = Path(folder)
-    return _from_folder(folder, name=_short_name(repo.split("/")[-1]), model_id=repo,
+    return _from_folder(folder, name=short_name(repo.split("/")[-1]), model_id=repo,
                         revision=revision or folder.name, kind="hub", source=text,
                         trust_remote_code=trust_remote_code)

@@ -1,6 +1,6 @@
 """The weights job: write a model's weight-derived tables (features, ov_gate, layer_stats).
 
-    from vindex.ingest.weights import build_weights
+    from vindex.ingest import build_weights          # the entry point (vindex.ingest.build)
     build_weights("smollm2-135m", "lake/smollm2-135m")
 
 Everything streams layer by layer: the unembedding matrix stays in memory (float32), each
@@ -16,7 +16,6 @@ is untied, `lm_head` at layer n_layers.
 """
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,55 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from vindex.errors import InvalidValue, ManifestError
+from vindex.layers import block_of_layer, layer_of_block, parse_layers
 from vindex.writer import VindexWriter
 
 from . import down_meta, ov_gate, spectra
-from .tensors import ARCHITECTURES, ModelWeights
+from .checkpoint import ModelWeights
+from .families import ARCHITECTURES
 
 TABLES = ("features", "ov_gate", "layer_stats")
 VECTORS = ("gate", "down", None)
 COMMIT_EVERY_S = 10.0   # at most this much finished work is unrecorded if the job is killed
 # extraction params that change stored values: a resumed run must use the same ones
 _CONTENT_KEYS = ("top_k", "ov_top_k", "unembedding", "ov_variants", "feature_layers", "vectors", "vector_dtype")
-
-
-def build_weights(source, out: str | Path | None = None, *, name: str | None = None, top_k: int = 10,
-                  unembedding: str = "embedding", ov_variants: Iterable[str] = ("o", "ov"),
-                  feature_layers: str | int = "same", ov_top_k: int | None = None,
-                  vectors: str | None = "gate", vector_dtype: str = "float16",
-                  tables: Iterable[str] = TABLES, layers=None, resume: bool = True,
-                  progress: bool = True, ray=None, layers_per_task: int | None = None) -> Path:
-    """Write `features`, `ov_gate` and `layer_stats` for a model into the vindex at `out`.
-
-    source: anything `resolve_model` takes (folder, GGUF, offline short name, Hub id) or a ModelSource.
-    out: the vindex folder (default lake/<name>); an existing vindex of the same name is added to.
-    top_k: tokens kept per feature (down_meta). ov_top_k: features kept per head (default top_k).
-    unembedding: 'embedding' (raw W_E, LarQL) or 'lm_head' (real unembedding, final norm folded).
-    ov_variants: 'o' (LarQL, W_gate W_O,h) and/or 'ov' (full OV circuit with W_V).
-    feature_layers: couple heads into FFN gates of the 'same' block, of every 'later' block
-        (itself included), or of the same and the next N-1 blocks (an int N >= 1).
-    vectors: store each feature's W_gate row ('gate'), W_down column ('down') or nothing (None)
-        in features.vector, as `vector_dtype`.
-    layers: vindex layers to process (1..n_layers; 0 = the embedding's spectrum), as a list or a
-        spec like "0-3,7"; default all.
-    resume: skip shards already written with the same parameters; False rewrites them.
-    ray: run on a Ray cluster (True, or its address), one task per `layers_per_task` layers; same
-        shards, one manifest commit (see vindex.ingest.distributed.build_weights_distributed).
-    Returns the vindex folder.
-    """
-    if ray is not None and ray is not False:
-        from .distributed import build_weights_distributed
-        return build_weights_distributed(
-            source, out, address=ray, layers_per_task=layers_per_task, name=name, layers=layers, resume=resume,
-            progress=progress, top_k=top_k, unembedding=unembedding, ov_variants=ov_variants,
-            feature_layers=feature_layers, ov_top_k=ov_top_k, vectors=vectors, vector_dtype=vector_dtype,
-            tables=tables)
-    src = resolve_weights_source(source)
-    writer, weights = open_weights_vindex(src, out, name)
-    write_weights(writer, weights, top_k=top_k, unembedding=unembedding, ov_variants=ov_variants,
-                  feature_layers=feature_layers, ov_top_k=ov_top_k, vectors=vectors, vector_dtype=vector_dtype,
-                  tables=tables, layers=layers, resume=resume, progress=progress)
-    return writer.root
 
 
 def open_weights_vindex(src, out=None, name: str | None = None) -> tuple[VindexWriter, ModelWeights]:
@@ -92,7 +54,9 @@ def open_weights_vindex(src, out=None, name: str | None = None) -> tuple[VindexW
 
 def resolve_weights_source(source):
     """A ModelSource through `resolve_model`; local folders of MoE types it does not list are accepted too."""
-    from .sources import ModelSource, UnsupportedArchitecture, _read_config, _short_name, resolve_model
+    from vindex.errors import UnsupportedArchitecture
+
+    from .sources import ModelSource, read_config, short_name, resolve_model
 
     if isinstance(source, ModelSource):
         return source
@@ -102,10 +66,10 @@ def resolve_weights_source(source):
         folder = Path(str(source)).expanduser()
         if not folder.is_dir():
             raise
-        cfg = _read_config(folder)
+        cfg = read_config(folder)
         if cfg.get("model_type") not in ARCHITECTURES:
             raise
-        return ModelSource(name=_short_name(folder.name), path=folder.resolve(), model_id=str(folder.resolve()),
+        return ModelSource(name=short_name(folder.name), path=folder.resolve(), model_id=str(folder.resolve()),
                            revision=None, model_type=cfg["model_type"],
                            family=ARCHITECTURES[cfg["model_type"]].family, kind="folder", source=str(source),
                            config=cfg)
@@ -121,26 +85,6 @@ def model_fields(weights: ModelWeights) -> dict:
     if s.n_experts:
         fields["n_experts"] = int(s.n_experts)
     return fields
-
-
-def parse_layers(spec, n_layers: int) -> list[int]:
-    """Vindex layers from a list or a "0-3,7" spec, checked against 0..n_layers."""
-    if spec is None:
-        return list(range(n_layers + 1))
-    if isinstance(spec, str):
-        out = []
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-            if not m:
-                raise InvalidValue(f"layers: cannot read {part!r} in {spec!r}; use e.g. '0-3,7'")
-            a, b = int(m[1]), int(m[2] or m[1])
-            out.extend(range(a, b + 1))
-        spec = out
-    layers = sorted({int(x) for x in spec})
-    bad = [x for x in layers if not 0 <= x <= n_layers]
-    if bad or not layers:
-        raise InvalidValue(f"layers: {bad or spec} outside 0..{n_layers} (the model has {n_layers} blocks)")
-    return layers
 
 
 def _feature_blocks(mode, block: int, n_layers: int) -> list[int]:
@@ -213,7 +157,7 @@ def write_weights(writer: VindexWriter, weights: ModelWeights, *, top_k: int = 1
                     summary["layer_stats"] += shards.write("layer_stats", spectra.matrix_rows({"embed": emb}, 0), {}, 0)
                     del emb
                 continue
-            b = layer - 1
+            b = block_of_layer(layer)
             part = {"layer": layer}
             if "features" in tables and _todo(writer, "features", part, 0, resume):
                 bar.set_postfix_str(f"features (down_meta) layer {layer}")
@@ -311,7 +255,7 @@ def ov_gate_rows(weights: ModelWeights, block: int, variants, feature_layers, k:
                 c = ov_gate.coupling_o(gate, attn.o, s.n_heads)
             else:
                 c = ov_gate.coupling_ov(gate, attn.o, attn.v, s.n_heads, s.n_kv_heads)
-            parts.append(ov_gate.top_couplings(c, k, variant=variant, feature_layer=fb + 1, experts=experts,
+            parts.append(ov_gate.top_couplings(c, k, variant=variant, feature_layer=layer_of_block(fb), experts=experts,
                                                features=features))
     return ov_gate.concat_rows(parts)
 

@@ -20,19 +20,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from vindex.errors import InvalidValue
+from vindex.errors import CKAWarning, DegenerateInput, InvalidValue
 
 ESTIMATORS = ("biased", "debiased")
 KERNELS = ("linear", "rbf")
 PREPROCESS = ("none", "l2", "clip")
-
-
-class CKAWarning(UserWarning):
-    """A CKA value is undefined (e.g. a constant layer) and was returned as NULL/None."""
-
-
-class DegenerateInput(InvalidValue):
-    """The rows carry no variance, so CKA is undefined (0/0): a constant layer."""
 
 
 # -- options ------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def _resolve_hub(location: str) -> list[ResolvedVindex]:
     Hub: DuckDB reads them through HfFileSystem, only the row groups a query needs, at the commit
     the manifests were read at.
     """
-    from vindex.hub import find_remote_vindexes, hub_filesystem
+    from vindex.hub.remote import find_remote_vindexes, hub_filesystem
 
     fs = hub_filesystem()
     return [ResolvedVindex(rv.manifest, rv.fs_url(), location, fs) for rv in find_remote_vindexes(location)]

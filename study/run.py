@@ -6,7 +6,7 @@
 
 Stages, each reusing what exists, so a rerun takes seconds:
   1. vindexes: `vindex.ingest.build` (activations over the prompt set) and
-     `vindex.ingest.weights.build_weights` (the `features` table: down_meta + feature vectors),
+     `vindex.ingest.build_weights` (the `features` table: down_meta + feature vectors),
      skipped when the vindex already holds them for this prompt set;
   2. analyses: each writes out/data/<table>.parquet under a key made of its options and the sha256
      of the shards it reads; a stage whose key is unchanged is read back instead of recomputed;
@@ -190,7 +190,7 @@ def ensure_vindex(source, lake, *, prompts, dtype: str = "auto", weights: bool =
     if vx is not None and _activations_done(vx, prompts, _layer_list(layers, vx.n_layers)):
         say.line(f"{name}: activations over '{prompts.name}' found in {root}")
     else:
-        from vindex.ingest.build import build
+        from vindex.ingest import build
         t = time.perf_counter()
         build(source, root, name=name, prompts=prompts, dtype=_resume_dtype(vx, prompts, dtype),
               batch_size=batch_size, layers=layers, progress=progress)
@@ -198,7 +198,7 @@ def ensure_vindex(source, lake, *, prompts, dtype: str = "auto", weights: bool =
     vx = Vindex.open(root)
     feature_layers = [x for x in (_layer_list(layers, vx.n_layers)) if x >= 1]
     if weights and not _features_done(vx, feature_layers):
-        from vindex.ingest.weights import build_weights
+        from vindex.ingest import build_weights
         old = (vx.manifest.get("extraction") or {}).get("weights") or {}
         t = time.perf_counter()
         build_weights(source, root, name=name, tables=("features",), layers=feature_layers,
@@ -225,7 +225,7 @@ def _features_done(vx: Vindex, layers: list[int]) -> bool:
 
 
 def _layer_list(layers, n_layers: int) -> list[int]:
-    from vindex.ingest.weights import parse_layers
+    from vindex.layers import parse_layers
     return parse_layers(layers, n_layers)
 
 

@@ -1,4 +1,4 @@
-"""Lake-scale CKA (`vindex.query.distributed.cka_all`): on Ray and in-process, against the SQL layer's
+"""Lake-scale CKA (`vindex.query.lake_cka.cka_all`): on Ray and in-process, against the SQL layer's
 `cka_matrix` pair by pair, on a toy lake of models with different layer counts and widths."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from distributed_fixtures import write_toy_lake
 from vindex import VindexWriter
 from vindex.errors import InvalidValue, NotFound
 from vindex.query import connect
-from vindex.query.distributed import RESULT_SCHEMA, CKAPairSkipped, cka_all
+from vindex.query.lake_cka import RESULT_SCHEMA, CKAPairSkipped, cka_all
 
 FLOATS = ("depth_a", "depth_b", "cka", "null_mean", "null_p95", "p_value")
 
@@ -128,7 +128,7 @@ def test_errors_name_what_is_wrong(lake, tmp_path):
 def test_missing_extra_says_what_to_install(monkeypatch):
     import sys
 
-    from vindex.cluster import RayUnavailable, connect_ray
+    from vindex.ray_connection import RayUnavailable, connect_ray
     monkeypatch.setitem(sys.modules, "ray", None)   # import ray -> ImportError
     with pytest.raises(RayUnavailable, match=r"vindex-lake\[distributed\]"):
         connect_ray()

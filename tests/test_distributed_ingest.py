@@ -1,4 +1,4 @@
-"""Distributed ingest (`vindex.ingest.distributed`) against the single-machine jobs, on a local Ray with
+"""Distributed ingest (`vindex.ingest.on_ray`) against the single-machine jobs, on a local Ray with
 2 CPUs: the same shards byte for byte, one manifest commit, and a preempted actor's group rewritten
 under the same names (no duplicates)."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from vindex import Vindex, VindexWriter, verify
 from vindex.errors import CorruptShard, InvalidValue
-from vindex.ingest.distributed import StagingWriter, commit_staged
+from vindex.ingest.on_ray import StagingWriter, commit_staged
 from vindex.manifest import MANIFEST
 
 from ingest_fixtures import make_tiny_model
@@ -29,7 +29,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(tiny_model, tmp_path_factory):
     """The single-machine build every distributed result is compared with."""
-    from vindex.ingest.build import build
+    from vindex.ingest import build
     return build(tiny_model, tmp_path_factory.mktemp("single") / "tiny", **BUILD)
 
 
@@ -40,8 +40,8 @@ def shards(root, tables=("prompts", "activations", "pooled")) -> dict:
 
 def test_ray_build_writes_the_same_shards_and_commits_once(tiny_model, single, tmp_path, ray_local, monkeypatch):
     from vindex import writer as writer_module
-    from vindex.ingest import distributed
-    from vindex.ingest.build import build
+    from vindex.ingest import on_ray as distributed
+    from vindex.ingest import build
 
     out = tmp_path / "tiny"
     log = []
@@ -73,7 +73,7 @@ def test_ray_build_writes_the_same_shards_and_commits_once(tiny_model, single, t
 def test_preempted_actor_rewrites_its_shards_without_duplicates(tiny_model, single, tmp_path, ray_local):
     """Resume + failure model: the last group is missing from the manifest (an earlier run died before
     committing it, leaving a garbage orphan); the actor computing it dies once after writing."""
-    from vindex.ingest.distributed import build_distributed
+    from vindex.ingest.on_ray import build_on_ray
 
     root = tmp_path / "tiny"
     shutil.copytree(single, root)
@@ -86,7 +86,7 @@ def test_preempted_actor_rewrites_its_shards_without_duplicates(tiny_model, sing
     (root / f"data/pooled/layer=01/part-{last:05d}.parquet").write_bytes(b"orphan from a killed run")
     markers = tmp_path / "markers"
     markers.mkdir()
-    build_distributed(tiny_model, root, **BUILD, actors=1, gpus_per_actor=0, _fail_once=str(markers))
+    build_on_ray(tiny_model, root, **BUILD, actors=1, gpus_per_actor=0, _fail_once=str(markers))
     assert sorted(p.name for p in markers.iterdir()) == [f"failed-part-{last:05d}"]   # only that group ran
     assert shards(root) == shards(single)
     for t in ("activations", "pooled"):
@@ -97,7 +97,7 @@ def test_preempted_actor_rewrites_its_shards_without_duplicates(tiny_model, sing
 
 def test_weights_fan_out_per_layer_range(tiny_model, tmp_path, ray_local):
     from vindex.cli import main
-    from vindex.ingest.weights import build_weights
+    from vindex.ingest import build_weights
 
     a = build_weights(tiny_model, tmp_path / "one", progress=False)
     b = tmp_path / "ray"
@@ -125,9 +125,9 @@ def test_weights_fan_out_per_layer_range(tiny_model, tmp_path, ray_local):
 
 
 def test_more_gpus_than_the_cluster_has_is_a_clear_error(tiny_model, tmp_path, ray_local):
-    from vindex.ingest.distributed import build_distributed
+    from vindex.ingest.on_ray import build_on_ray
     with pytest.raises(InvalidValue, match="gpus_per_actor=1.*0 GPU"):
-        build_distributed(tiny_model, tmp_path / "x", prompts="heldout", progress=False, gpus_per_actor=1)
+        build_on_ray(tiny_model, tmp_path / "x", prompts="heldout", progress=False, gpus_per_actor=1)
 
 
 def test_staging_writer_never_writes_the_manifest_and_commit_checks_every_shard(tmp_path):
@@ -162,14 +162,14 @@ def test_staging_writer_never_writes_the_manifest_and_commit_checks_every_shard(
 @pytest.mark.parametrize("argv, address", [(["--ray"], ""), (["--ray", "ray://head:10001"], "ray://head:10001")])
 def test_cli_build_ray_options_reach_the_function(monkeypatch, tmp_path, argv, address):
     from vindex.cli import main
-    from vindex.ingest import distributed
+    from vindex.ingest import on_ray as distributed
     seen = {}
 
     def fake(source, out, **kwargs):
         seen.update(kwargs, source=source, out=out)
         return tmp_path
 
-    monkeypatch.setattr(distributed, "build_distributed", fake)
+    monkeypatch.setattr(distributed, "build_on_ray", fake)
     r = CliRunner().invoke(main, ["build", "some-model", str(tmp_path / "v"), "--quiet", "--actors", "3",
                                   "--gpus-per-actor", "0.5", *argv])
     assert r.exit_code == 0, r.output

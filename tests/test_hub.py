@@ -9,8 +9,10 @@ import pytest
 from conftest import write_toy_vindex
 from vindex import ChecksumError, ManifestError, NotFound, UnsafePath, Vindex, VindexError, verify
 from vindex.errors import UnsupportedSchemaVersion
-from vindex.hub import HubError, cache_root, ls, publish
-from vindex.pull import STAGING, pull
+from vindex.errors import HubError
+from vindex.hub import ls, publish
+from vindex.hub.remote import cache_root
+from vindex.hub.pull import STAGING, pull
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=:DeprecationWarning")  # inside huggingface_hub
 
@@ -59,9 +61,9 @@ def test_pull_one_table_two_layers_byte_identical(hub_server, published, tmp_pat
 
 @pytest.fixture(autouse=True)
 def _no_retry_wait(monkeypatch):
-    import vindex.pull
+    import vindex.hub.pull
 
-    monkeypatch.setattr(vindex.pull, "RETRY_WAIT", 0.0)
+    monkeypatch.setattr(vindex.hub.pull, "RETRY_WAIT", 0.0)
 
 
 def _resolve_gets(hub_server) -> list[dict]:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import write_toy_vindex
-from vindex.card import dataset_card, table_globs
+from vindex.hub.card import dataset_card, table_globs
 from vindex.hub import publish
 from vindex.manifest import load_manifest
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import write_toy_vindex
 from docs_examples import run_doc_examples
 from vindex import Vindex, verify
-from vindex.hub import cache_root
+from vindex.hub.remote import cache_root
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "hub.md"
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=:DeprecationWarning")  # inside huggingface_hub

@@ -10,7 +10,7 @@ import pytest
 
 from ingest_fixtures import FAMILIES, PROMPTS, make_tiny_model, write_prompts
 from vindex import Vindex, verify
-from vindex.ingest.build import build
+from vindex.ingest import build
 from vindex.ingest.sources import load_model, resolve_model
 
 

@@ -13,8 +13,9 @@ from ingest_fixtures import make_tiny_model, write_prompts
 from vindex import Vindex
 from vindex.cli import main
 from vindex.errors import InvalidValue, NotFound
-from vindex.ingest.activations import parse_layers, plan_groups, pool, pooling_weights
-from vindex.ingest.build import build
+from vindex.ingest.activations import plan_groups, pool, pooling_weights
+from vindex.layers import parse_layers
+from vindex.ingest import build
 from vindex.ingest.prompts import load_prompts
 
 
@@ -198,11 +199,11 @@ def test_float16_overflow_is_caught_and_auto_picks_float32(gpt2_folder, tmp_path
 
 
 def test_a_failed_first_build_does_not_pin_the_dtype(gpt2_folder, tmp_path, monkeypatch):
-    from vindex.ingest import build as build_mod
+    from vindex.ingest import builder as build_mod
 
     def boom(*a, **k):
         raise RuntimeError("stopped before any shard")
-    monkeypatch.setattr(build_mod, "_capture_group", boom)
+    monkeypatch.setattr(build_mod, "capture_group", boom)
     with pytest.raises(RuntimeError):
         build(gpt2_folder, tmp_path / "vx", prompts="heldout", layers="0", progress=False)
     monkeypatch.undo()

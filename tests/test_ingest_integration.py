@@ -8,7 +8,7 @@ import pytest
 from real_models import few_prompts, require_model_package
 
 from vindex import Vindex, verify
-from vindex.ingest.build import build
+from vindex.ingest import build
 from vindex.ingest.sources import load_model, resolve_model
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ import pytest
 from ingest_fixtures import make_tiny_model, write_prompts
 from vindex import Vindex, verify
 from vindex.errors import InvalidValue
-from vindex.ingest import activations, build as build_mod
-from vindex.ingest.build import build
+from vindex.ingest import activations, builder as build_mod
+from vindex.ingest import build
 
 ARGS = dict(batch_size=2, shard_rows=24, progress=False)   # 8 prompts -> several shard groups
 
@@ -56,7 +56,7 @@ def test_plan_has_several_groups(setup):
 
 def test_resume_after_exception_equals_uninterrupted(setup, tmp_path, monkeypatch):
     folder, prompts, reference = setup
-    real = build_mod._capture_group
+    real = build_mod.capture_group
     n = {"calls": 0}
 
     def failing(*a, **k):
@@ -64,10 +64,10 @@ def test_resume_after_exception_equals_uninterrupted(setup, tmp_path, monkeypatc
         if n["calls"] == 3:
             raise RuntimeError("injected failure in group 3")
         return real(*a, **k)
-    monkeypatch.setattr(build_mod, "_capture_group", failing)
+    monkeypatch.setattr(build_mod, "capture_group", failing)
     with pytest.raises(RuntimeError, match="injected"):
         build(folder, tmp_path / "vx", prompts=prompts, **ARGS)
-    monkeypatch.setattr(build_mod, "_capture_group", real)
+    monkeypatch.setattr(build_mod, "capture_group", real)
     partial = Vindex.open(tmp_path / "vx")
     assert partial.manifest["prompt_sets"]["p"]["complete"] is False
     # group 1 committed; group 2 was written by the writer threads but never committed (the
@@ -95,7 +95,7 @@ KILLER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)     # kill -9 in the middle of a group
         return real(self, *a, **k)
     VindexWriter.write_shard = write_shard
-    from vindex.ingest.build import build
+    from vindex.ingest import build
     build(sys.argv[1], sys.argv[2], prompts=sys.argv[3], batch_size=2, shard_rows=24, progress=False)
 """)
 

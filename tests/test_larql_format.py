@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from larql_fixtures import write_larql_fixture
 
-from vindex.ingest import larql_format as lf
-from vindex.ingest import larql_labels as labels
-from vindex.ingest import larql_ov_gate as ov
+from vindex.ingest.larql import format as lf
+from vindex.ingest.larql import labels
+from vindex.ingest.larql import ov_gate as ov
 
 
 def test_down_meta_bin_layers_and_padding(tmp_path):

@@ -11,8 +11,9 @@ from larql_fixtures import (assert_matches_fixture, larql_fixture_from_model, sh
 
 import vindex
 from vindex import ChecksumError, ManifestError, NotFound, Vindex
-from vindex.ingest.larql import LAYER_OFFSET, import_larql
-from vindex.ingest.larql_format import LarqlFormatError
+from vindex.ingest.larql import import_larql
+from vindex.layers import BLOCK_TO_LAYER as LAYER_OFFSET
+from vindex.ingest.larql.format import LarqlFormatError
 
 CASES = {
     "dense-f32": dict(dtype="f32"),
@@ -206,7 +207,7 @@ def test_reimport_replaces_and_foreign_out_is_refused(tmp_path, toy_vindex):
 
 def test_streams_gate_vectors_in_parts(tmp_path, monkeypatch):
     """A layer larger than the part budget is written in several shards, rows in order."""
-    import vindex.ingest.larql as mod
+    import vindex.ingest.larql.importer as mod
     monkeypatch.setattr(mod, "VECTOR_PART_BYTES", 5 * 8 * 4)   # five float32 rows of width 8
     fx = write_larql_fixture(tmp_path / "src", dtype="f16", moe=True)
     root = import_larql(fx.folder, tmp_path / "out", gate_vectors=True, progress=False)

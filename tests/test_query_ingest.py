@@ -13,7 +13,7 @@ ckatorch_core = pytest.importorskip("ckatorch.core")
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
     from ingest_fixtures import make_tiny_model, write_prompts
-    from vindex.ingest.build import build
+    from vindex.ingest import build
     root = tmp_path_factory.mktemp("ingested")
     prompts = write_prompts(root / "prompts.jsonl")
     for seed, name in ((0, "tiny-a"), (1, "tiny-b")):  # same tokenizer, different weights

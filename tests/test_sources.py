@@ -12,7 +12,8 @@ from ingest_fixtures import make_tiny_gguf, make_tiny_model
 from vindex.errors import NotFound
 from vindex.ingest import model_cache, sources
 from real_models import require_model_package
-from vindex.ingest.sources import (ModelSourceError, UnsupportedArchitecture, cache_root, load_model,
+from vindex.errors import ModelSourceError, UnsupportedArchitecture
+from vindex.ingest.sources import (cache_root, load_model,
                                    resolve_model)
 
 

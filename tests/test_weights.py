@@ -15,8 +15,9 @@ import torch
 from vindex import Vindex, verify
 from vindex.errors import InvalidValue, ManifestError, VindexError
 from vindex.ingest import down_meta, ov_gate, spectra
-from vindex.ingest.tensors import ModelWeights, WeightsError
-from vindex.ingest.weights import build_weights, parse_layers
+from vindex.ingest.checkpoint import ModelWeights, WeightsError
+from vindex.ingest import build_weights
+from vindex.layers import parse_layers
 
 V, D, F, TOP_K = 96, 16, 24, 5
 
@@ -358,7 +359,7 @@ def test_bfloat16_and_float16_checkpoints_read_as_float32(tiny_models, tmp_path)
 
 def test_reads_in_small_blocks_equal_the_whole_tensor(tmp_path, monkeypatch):
     from safetensors.torch import save_file
-    from vindex.ingest import tensors
+    from vindex.ingest import checkpoint as tensors
     t = {"bf16": torch.randn(1000, 7).to(torch.bfloat16), "f32": torch.randn(33, 5), "scalar": torch.tensor(3.5),
          "f16": torch.randn(10, 3).half()}
     save_file(t, tmp_path / "x.safetensors")

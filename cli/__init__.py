@@ -10,7 +10,7 @@ import importlib
 
 import click
 
-from .. import __version__
+from vindex import __version__
 
 # modules under vindex/cli that contribute commands (each exposes COMMANDS)
 COMMAND_MODULES = ["core", "larql", "view", "build", "hub", "query", "weights", "study"]

@@ -1,4 +1,4 @@
-"""Connecting to Ray, for the distributed paths (`vindex.ingest.distributed`, `vindex.query.distributed`).
+"""Connecting to Ray, for the distributed paths (`vindex.ingest.on_ray`, `vindex.query.lake_cka`).
 
 Ray is an optional extra (`pip install 'vindex-lake[distributed]'`); nothing here imports it at
 module level, so core stays light. Which cluster a job runs on:
@@ -16,13 +16,9 @@ as it is, and `runtime_env` must then be given to `ray.init` by whoever started 
 """
 from __future__ import annotations
 
-from .errors import VindexError
+from .errors import RayUnavailable, VindexError
 
 EXTRA_HINT = "pip install 'vindex-lake[distributed]' (Ray 2.60 with Ray Data)"
-
-
-class RayUnavailable(VindexError):
-    """Ray (the `distributed` extra) is not installed, or the cluster cannot be reached."""
 
 
 def require_ray():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import VindexError
+from vindex.errors import VindexError
 from .core import fail as core_fail
 
 FORMATS = ["table", "csv", "json", "parquet"]
@@ -178,7 +178,7 @@ def shell(con, max_rows: int = 40) -> None:
 @click.option("-f", "--format", "fmt", type=click.Choice(["grid", "table", "csv", "json"]), default="grid",
               show_default=True, help="grid: layers of A down, layers of B across; table/csv/json: one row per pair.")
 @click.option("--all", "all_pairs", is_flag=True,
-              help="Every model pair of the lake at once (vindex.query.distributed.cka_all); see -o.")
+              help="Every model pair of the lake at once (vindex.query.lake_cka.cka_all); see -o.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Compute the Grams and pairs as Ray tasks: --ray alone uses RAY_ADDRESS or a local cluster; "
                    "or ray://head:10001, auto, local (needs the `distributed` extra).")
@@ -222,12 +222,12 @@ def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_
 
 
 def cka_all_command(model_a, model_b, lakes, all_pairs, ray_address, output, by_depth, plot, fmt, options):
-    """`vindex cka --all` / `--ray`: a thin shell over vindex.query.distributed.cka_all."""
+    """`vindex cka --all` / `--ray`: a thin shell over vindex.query.lake_cka.cka_all."""
     if by_depth or plot:
         raise click.UsageError("--depth and --plot take one pair without --all/--ray; query the -o table instead")
     if not all_pairs and not (model_a and model_b):
         raise click.UsageError("--ray needs MODEL_A and MODEL_B, or --all")
-    from vindex.query.distributed import cka_all
+    from vindex.query.lake_cka import cka_all
     models = [m for m in (model_a, model_b) if m] or None
     try:
         table = cka_all(*(lakes or (".",)), models=models if all_pairs else None,

@@ -28,14 +28,14 @@ import pyarrow as pa
 
 from vindex import __version__
 from vindex.errors import InvalidValue, ManifestError, NotFound, VindexError
+from vindex.layers import BLOCK_TO_LAYER, layer_of_block
 from vindex.manifest import MANIFEST, load_manifest
 from vindex.writer import VindexWriter
 
-from . import larql_format as lf
-from .larql_format import LAYER_OFFSET
-from .larql_labels import FeatureLabels
-from .larql_ov_gate import read_ov_gate, write_ov_gate
-from .larql_source import LABEL_FILES, LarqlSource, fetch_from_hub, parse_hf_uri, resolve_source
+from . import format as lf
+from .labels import FeatureLabels
+from .ov_gate import read_ov_gate, write_ov_gate
+from .source import LABEL_FILES, LarqlSource, fetch_from_hub, parse_hf_uri, resolve_source
 
 VECTOR_PART_BYTES = 64 << 20  # gate vectors per shard part: bounds memory whatever the layer's size
 MAX_PART_ROWS = 1 << 18
@@ -185,7 +185,7 @@ def write_feature_layer(writer: VindexWriter, index: lf.LarqlIndex, down: DownMe
             cols["gate_norm"] = np.linalg.norm(vectors.astype(np.float32), axis=1)
             cols["vector"] = vectors
         try:
-            entries.append(writer.write_shard("features", cols, partition={"layer": layer + LAYER_OFFSET},
+            entries.append(writer.write_shard("features", cols, partition={"layer": layer_of_block(layer)},
                                               part=part, commit=False))
         except VindexError as e:
             source = gates.path if gates is not None and "vector" in str(e) else down.path
@@ -267,7 +267,7 @@ def _model(index: lf.LarqlIndex) -> dict:
              "moe": mc.get("moe")}
     bands = raw.get("layer_bands")
     if isinstance(bands, dict):
-        model["layer_bands"] = {k: [int(x) + LAYER_OFFSET for x in v] for k, v in bands.items()
+        model["layer_bands"] = {k: [layer_of_block(x) for x in v] for k, v in bands.items()
                                 if isinstance(v, list) and all(isinstance(x, int) for x in v)}
     return {k: v for k, v in model.items() if v is not None}
 
@@ -279,7 +279,7 @@ def _extraction(index, source, down, gate_vectors, verified, labels, ov_meta) ->
     larql.update({k: v for k, v in (raw.get("source") or {}).items() if v is not None})
     larql["checksums_verified"] = verified
     ex = {"source": "larql", "tool": f"vindex-lake {__version__} import-larql", "imported_from": source.provenance,
-          "larql": larql, "layer_offset": LAYER_OFFSET,
+          "larql": larql, "layer_offset": BLOCK_TO_LAYER,
           "layer_convention": "layer = LarQL layer + 1: layer i is the output of block i (LarQL counts blocks from 0)",
           "top_k": down.top_k,
           "unembedding": {"kind": "embedding", "tensor": None, "final_norm": None,
@@ -310,4 +310,4 @@ def _progress(items, progress: bool, desc: str):
     return tqdm(items, desc=desc, unit="layer")
 
 
-__all__ = ["import_larql", "resolve_source", "parse_hf_uri", "fetch_from_hub", "LarqlSource", "LAYER_OFFSET"]
+__all__ = ["import_larql", "resolve_source", "parse_hf_uri", "fetch_from_hub", "LarqlSource"]

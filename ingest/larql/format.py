@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vindex.errors import ChecksumError, VindexError
+from vindex.errors import ChecksumError, LarqlFormatError
 from vindex.files import sha256_file
 
 INDEX = "index.json"
@@ -27,9 +27,8 @@ FEATURE_LABELS = "feature_labels.json"
 RELATION_CLUSTERS = "relation_clusters.json"
 FEATURE_CLUSTERS = "feature_clusters.jsonl"
 
-# LarQL counts transformer blocks from 0; a vindex's layer i is the output of block i (1..L, 0 being
-# the embeddings), so LarQL layer l is stored as vindex layer l + 1 (as `vindex build --weights` does).
-LAYER_OFFSET = 1
+# LarQL counts transformer blocks from 0; its layer l is stored at vindex layer `layer_of_block(l)`
+# (vindex.layers: the one block <-> layer convention, as `vindex build --weights` uses it).
 
 DOWN_META_MAGIC = 0x444D4554  # "DMET"; the bytes b"TEMD" on disk (little-endian u32)
 DOWN_META_VERSION = 1
@@ -37,10 +36,6 @@ _HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("num_layers", "<u4"),
 
 # index.json `dtype` -> the element type on disk. bf16 has no numpy type: it is read as raw u16.
 DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": np.dtype("<u2")}
-
-
-class LarqlFormatError(VindexError):
-    """A LarQL file is missing, truncated, malformed or inconsistent with index.json."""
 
 
 # -- index.json ---------------------------------------------------------------------------------

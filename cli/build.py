@@ -1,9 +1,9 @@
-"""`vindex build`: a thin shell over vindex.ingest.build.build (same names, same defaults)."""
+"""`vindex build`: a thin shell over vindex.ingest.build (same names, same defaults)."""
 from __future__ import annotations
 
 import click
 
-from ..errors import VindexError
+from vindex.errors import VindexError
 from .core import fail
 
 
@@ -47,7 +47,7 @@ def build(source, out, name, prompts, prompt_set_name, layers, dtype, batch_size
     offline model name (smollm2-135m, gemma3-270m, qwen2.5-0.5b, minilm-l6). OUT defaults to
     lake/<name>. Rerunning the same command after an interruption continues where it stopped.
     """
-    from vindex.ingest.build import build as build_fn
+    from vindex.ingest import build as build_fn
     try:
         root = build_fn(source, out, name=name, prompts=prompts, prompt_set_name=prompt_set_name,
                         layers=layers, dtype=dtype, batch_size=batch_size, max_tokens=max_tokens,

@@ -14,8 +14,8 @@ from pathlib import PurePosixPath
 
 import yaml
 
-from . import __version__
-from .info import human_bytes
+from .. import __version__
+from ..info import human_bytes
 
 TAGS = ["vindex", "interpretability", "transformers", "activations", "parquet"]
 _PARTITION = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=.+$")

@@ -6,10 +6,10 @@ import sys
 
 import click
 
-from .. import info as info_fn
-from .. import verify as verify_fn
-from ..errors import VindexError
-from ..info import human_bytes
+from vindex import info as info_fn
+from vindex import verify as verify_fn
+from vindex.errors import VindexError
+from vindex.info import human_bytes
 
 
 def fail(e: Exception) -> None:

@@ -1,6 +1,6 @@
 """Lake-scale CKA: every layer pair of every model pair of a lake, in one job, locally or on Ray.
 
-    from vindex.query.distributed import cka_all
+    from vindex.query.lake_cka import cka_all
     table = cka_all("lake/", out="lake-cka.parquet")                    # this machine
     table = cka_all("hf://datasets/org/lake", ray=True, out="cka.parquet")   # a Ray cluster
     connect("lake/").sql("SELECT * FROM 'lake-cka.parquet' WHERE layer_a = 6 ORDER BY cka DESC")
@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vindex.errors import InvalidValue, NotFound
+from vindex.errors import CKAPairSkipped, InvalidValue, NotFound
 
 from . import cka as C
 from .sources import ResolvedVindex, resolve_sources
@@ -47,10 +47,6 @@ RESULT_SCHEMA = pa.schema([
     ("prompt_set", pa.string()), ("estimator", pa.string()), ("kernel", pa.string()), ("preprocess", pa.string()),
     ("permutations", pa.int32()), ("seed", pa.int32()),
 ])
-
-
-class CKAPairSkipped(UserWarning):
-    """A model pair (or a model) of the lake could not be compared; the run goes on without it."""
 
 
 # -- step 1: one (model, layer) -> its unit centred Gram -------------------------------------------
@@ -211,7 +207,7 @@ def cka_all(*sources, models=None, pairs=None, pooling: str = "mean", estimator:
 
     models: restrict to these model names. pairs: explicit (model_a, model_b) pairs (default: every
     unordered pair, names sorted). The options are `cka_matrix`'s. ray: None/False runs here; True,
-    '' or an address runs on a Ray cluster (see `vindex.cluster.connect_ray`; runtime_env is passed
+    '' or an address runs on a Ray cluster (see `vindex.ray_connection.connect_ray`; runtime_env is passed
     to ray.init when this call starts Ray). out: where to write the result as Parquet.
     Pairs that cannot be compared (different prompts, no pooled rows) are skipped with a warning.
     Returns the table (columns of `cka_matrix`, sorted by model_a, model_b, layer_a, layer_b).
@@ -298,7 +294,7 @@ def _run_local(jobs, pairs, spec, opts, progress):
 
 def _run_ray(jobs, pairs, spec, opts, address, runtime_env, progress):
     """Gram tasks -> one stack task per model -> one task per pair; no barrier between the steps."""
-    from vindex.cluster import connect_ray, raise_vindex_cause
+    from vindex.ray_connection import connect_ray, raise_vindex_cause
     ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
     gram_task = ray.remote(max_retries=3)(layer_gram)
     stack_task = ray.remote(max_retries=3)(model_stack)

@@ -1,4 +1,4 @@
-"""The Hugging Face Hub round trip: where vindexes live on the Hub, publishing them, listing them.
+"""Remote vindexes: Hub calls, manifests read from the Hub, the local pull cache, `ls`.
 
 A vindex on the Hub is a dataset repo with the same layout as the folder (vindex.json, README.md,
 data/...). A repo may also hold a lake: one vindex per top-level folder (`<name>/vindex.json`).
@@ -9,8 +9,8 @@ Locations are written `hf://datasets/<org>/<name>[@<revision>][/<folder>]`; a ba
     find_remote_vindexes("hf://datasets/my-org/smollm2-vindex")   # manifests, pinned to a commit
     ls(org="my-org")                                       # the local cache and the org's vindexes
 
-Publishing is in `vindex.publish`, pulling (download with verification and resume) in `vindex.pull`;
-both are also reachable here as `vindex.hub.publish` / `vindex.hub.pull`. Everything read from the Hub
+Publishing is in `vindex.hub.publish`, pulling (download with verification and resume) in
+`vindex.hub.pull`; the hf:// grammar in `vindex.hub.location`. Everything read from the Hub
 is untrusted: manifests are validated (schema version, paths that stay inside the folder) before
 anything uses them, and nothing downloaded is executed or unpickled.
 
@@ -26,65 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
+from ..errors import HubError, ManifestError, NotFound, VindexError
+from ..files import safe_join
+from ..manifest import MANIFEST, load_manifest, validate_manifest
+from .location import REMOTE_ROOT, HF_PREFIX, HubLocation
 
-from .errors import ManifestError, NotFound, VindexError
-from .files import safe_join
-from .manifest import MANIFEST, load_manifest, validate_manifest
-
-HF_PREFIX = "hf://"
 VINDEX_TAG = "vindex"
 CARD = "README.md"
 MAX_MANIFEST_BYTES = 64 << 20      # a manifest is JSON metadata; anything larger is refused unread
-_REMOTE_ROOT = "/__hub__"          # lexical root for path checks of a remote manifest
-
-
-class HubError(VindexError):
-    """The Hub (or the network) refused or failed a request; the message says which and why."""
-
-
-# --- locations -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class HubLocation:
-    """A repo on the Hub, optionally a revision and a folder inside it (a vindex in a lake repo)."""
-    repo_id: str
-    repo_type: str = "dataset"
-    revision: str | None = None
-    path: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> "HubLocation":
-        """`hf://[datasets/|models/]org/name[@rev][/folder]`, a Hub web URL, or a bare `org/name`."""
-        from huggingface_hub.utils import parse_hf_uri
-
-        text = str(text).strip()
-        if not text.startswith((HF_PREFIX, "http://", "https://")):
-            text = HF_PREFIX + text
-        body = text[len(HF_PREFIX):] if text.startswith(HF_PREFIX) else None
-        if body is not None and not body.startswith(("datasets/", "models/", "spaces/", "buckets/", "kernels/")):
-            text = f"{HF_PREFIX}datasets/{body}"   # vindexes are dataset repos
-        try:
-            u = parse_hf_uri(text)
-        except Exception as e:  # HfUriError and friends: make it one of ours, naming the input
-            raise VindexError(f"{text!r} is not a Hub location ({e}); expected "
-                              "hf://datasets/<org>/<name>[@<revision>][/<folder>]") from None
-        if u.type not in ("dataset", "model"):
-            raise VindexError(f"{text}: vindexes live in dataset (or model) repos, not {u.type}s")
-        path = (u.path_in_repo or "").strip("/")
-        if path:
-            safe_join(_REMOTE_ROOT, path)  # no '..' or absolute folders
-        return cls(u.id, u.type, u.revision, path)
-
-    @property
-    def url_prefix(self) -> str:
-        return "datasets/" if self.repo_type == "dataset" else ""
-
-    def uri(self, revision: str | None = None, path: str | None = None) -> str:
-        rev = revision or self.revision
-        p = self.path if path is None else path
-        return f"{HF_PREFIX}{self.repo_type}s/{self.repo_id}{'@' + rev if rev else ''}{'/' + p if p else ''}"
-
-    def with_path(self, path: str) -> "HubLocation":
-        return HubLocation(self.repo_id, self.repo_type, self.revision, path.strip("/"))
 
 
 def endpoint() -> str:
@@ -195,7 +144,7 @@ def parse_remote_manifest(data: bytes, where: str) -> dict:
         m = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ManifestError(f"{where}: not valid JSON ({e})") from None
-    return validate_manifest(m, where=where, root=_REMOTE_ROOT)
+    return validate_manifest(m, where=where, root=REMOTE_ROOT)
 
 
 def find_remote_vindexes(location: str | HubLocation, token=None, commit: str | None = None) -> list[RemoteVindex]:
@@ -319,16 +268,3 @@ def _ls_remote(org: str | None, collection: str | None, token) -> list[dict]:
                          "layers": sorted({e["partition"]["layer"] for e in files if "layer" in e.get("partition", {})}),
                          "files": len(files), "bytes": sum(e["bytes"] for e in files)})
     return rows
-
-
-def __getattr__(name: str):
-    """`vindex.hub.publish` and `vindex.hub.pull`: the whole round trip under one name, loaded
-    lazily (they live in vindex.publish and vindex.pull, which import this module)."""
-    if name in ("publish", "PublishResult"):
-        from . import publish as module
-        return getattr(module, name)
-    if name in ("pull", "PullResult"):
-        from . import pull as module
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

@@ -1,9 +1,9 @@
-"""`vindex weights`: a thin shell over vindex.ingest.weights.build_weights (same names, same defaults)."""
+"""`vindex weights`: a thin shell over vindex.ingest.build_weights (same names, same defaults)."""
 from __future__ import annotations
 
 import click
 
-from ..errors import VindexError
+from vindex.errors import VindexError
 from .core import fail
 
 
@@ -45,7 +45,7 @@ def weights(source, out, name, top_k, unembedding, ov_variants, feature_layers, 
     gemma3-270m, qwen2.5-0.5b, minilm-l6). OUT defaults to lake/<name>; an existing vindex of the
     same model is added to. Rerunning after an interruption continues where it stopped.
     """
-    from vindex.ingest.weights import build_weights
+    from vindex.ingest import build_weights
     try:
         root = build_weights(source, out, name=name, top_k=top_k, unembedding=unembedding,
                              ov_variants=[v for v in ov_variants.split(",") if v],

@@ -1,4 +1,4 @@
-"""`vindex publish`, `vindex pull`, `vindex ls`: thin shells over vindex.hub / vindex.pull.
+"""`vindex publish`, `vindex pull`, `vindex ls`: thin shells over vindex.hub / vindex.hub.pull.
 
 The token comes from huggingface_hub's usual places (HF_TOKEN, `hf auth login`), never from a
 command-line option (it would end up in the shell history).
@@ -9,7 +9,8 @@ import json
 
 import click
 
-from ..errors import InvalidValue, VindexError
+from vindex.errors import VindexError
+from vindex.layers import parse_layers
 from .core import fail
 
 
@@ -17,26 +18,6 @@ def split_list(values) -> list[str] | None:
     """Repeated and/or comma-separated option values -> one list (None when not given)."""
     out = [v.strip() for value in values or () for v in value.split(",") if v.strip()]
     return out or None
-
-
-def parse_layers(values) -> list[int] | None:
-    """'3', '1,2', '0-3,7' (repeatable) -> sorted layer numbers."""
-    items = split_list(values)
-    if items is None:
-        return None
-    layers = set()
-    for item in items:
-        try:
-            if "-" in item:
-                lo, hi = (int(x) for x in item.split("-", 1))
-                if lo > hi:
-                    raise ValueError
-                layers.update(range(lo, hi + 1))
-            else:
-                layers.add(int(item))
-        except ValueError:
-            raise InvalidValue(f"--layers: {item!r} is not a layer number or a range like 0-3") from None
-    return sorted(layers)
 
 
 @click.command()
@@ -52,7 +33,7 @@ def publish(path, repo, revision, private, message, quiet):
     Verifies every local file first; uploads only files whose content changed; writes the manifest
     and README.md last, so the repo never lists files it does not have yet.
     """
-    from ..publish import publish as run
+    from vindex.hub.publish import publish as run
     try:
         res = run(path, repo, revision=revision, private=private, message=message, progress=not quiet)
     except VindexError as e:
@@ -75,7 +56,7 @@ def pull(source, tables, layers, models, out, workers, quiet):
     Every file is checked against the manifest's sha256 before it is kept; run the same command
     again to resume an interrupted pull. Prints the local folder, ready for `vindex sql`.
     """
-    from ..pull import pull as run
+    from vindex.hub.pull import pull as run
     try:
         res = run(source, tables=split_list(tables), layers=parse_layers(layers), models=split_list(models),
                   out=out, workers=workers, progress=not quiet)
@@ -91,8 +72,8 @@ def pull(source, tables, layers, models, out, workers, quiet):
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 def ls_(org, collection, no_local, as_json):
     """List vindexes in the local cache and, with --org/--collection, on the Hub."""
-    from ..hub import ls as run
-    from ..info import human_bytes
+    from vindex.hub import ls as run
+    from vindex.info import human_bytes
     try:
         rows = run(org=org, collection=collection, local=not no_local)
     except VindexError as e:

@@ -13,8 +13,8 @@ from urllib.parse import unquote
 
 from vindex.errors import InvalidValue, NotFound, VindexError
 
-from . import larql_format as lf
-from .larql_ov_gate import ov_gate_header
+from . import format as lf
+from .ov_gate import ov_gate_header
 
 _OV_NAME = re.compile(r"(ov[_-]?gate.*\.(jsonl|ndjson)|\.ndjson)$", re.IGNORECASE)
 LABEL_FILES = (lf.FEATURE_LABELS, lf.RELATION_CLUSTERS, lf.FEATURE_CLUSTERS)

@@ -1,8 +1,8 @@
 """Ingest on a Ray cluster: activations as Ray Data over an actor pool, weight tables per layer range.
 
-    from vindex.ingest.distributed import build_distributed, build_weights_distributed
-    build_distributed("smollm2-135m", "lake/smollm2-135m", address="ray://head:10001", gpus_per_actor=1)
-    build_weights_distributed("smollm2-135m", "lake/smollm2-135m", layers_per_task=4)
+    from vindex.ingest.on_ray import build_on_ray, build_weights_on_ray
+    build_on_ray("smollm2-135m", "lake/smollm2-135m", address="ray://head:10001", gpus_per_actor=1)
+    build_weights_on_ray("smollm2-135m", "lake/smollm2-135m", layers_per_task=4)
 
 `build(..., ray=ADDRESS)` and `vindex build --ray [ADDRESS]` dispatch here. What runs where:
 
@@ -12,8 +12,8 @@ driver  resolves the model, tokenizes the prompt set and plans the shard groups 
         streams the groups that are not committed yet through Ray Data.
 actors  `map_batches` on an actor pool, one model loaded per actor (`gpus_per_actor` GPUs each,
         or CPU only). Each row of the dataset is one shard group (its prompts' ids and texts);
-        the actor re-tokenizes them, runs `_capture_group` and `_write_group` of `build()` (the
-        same capture, pooling and shard writing code) into a `StagingWriter`, which writes the
+        the actor re-tokenizes them, runs `capture_group` and `write_group` of
+        `vindex.ingest.capture` (the same capture, pooling and shard writing code as `build()`) into a `StagingWriter`, which writes the
         Parquet shards straight into the vindex folder under their deterministic names but
         keeps the manifest entries to itself, and returns them.
 driver  checks that every expected shard is there with its recorded size, then records all the
@@ -37,12 +37,17 @@ from pathlib import Path
 
 import numpy as np
 
-from vindex.cluster import cluster_resources, connect_ray, raise_vindex_cause
+from vindex.ray_connection import cluster_resources, connect_ray, raise_vindex_cause
 from vindex.errors import CorruptShard, InvalidValue
 from vindex.files import safe_join
 from vindex.writer import VindexWriter
 
+from vindex.layers import parse_layers
+
 from .activations import DEFAULT_POOLINGS, tokenize_prompts
+from .capture import capture_group, write_group
+from .plan import group_done, plan_job, prepare_vindex, print_summary, resolve_job
+from .weights import open_weights_vindex, resolve_weights_source, write_weights
 from .prompts import Prompt, PromptSet
 from .sources import resolve_model
 
@@ -132,7 +137,6 @@ class ActivationWorker:
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
 
     def __call__(self, batch: dict) -> dict:
-        from .build import _capture_group, _write_group
         c = self.cfg
         parts, staged = [], []
         for part, group_json in zip(batch["part"], batch["group"]):
@@ -140,9 +144,9 @@ class ActivationWorker:
             prompts = [Prompt(int(i), None, t) for i, t in zip(g["prompt_id"], g["text"])]
             tokenized = tokenize_prompts(self.tok, prompts, c["max_tokens"], chat_template=c["chat_template"])
             w = StagingWriter.open(self.root)
-            acts, pooled = _capture_group(self.runner, tokenized, g["batches"], c["layers"], c["poolings"],
+            acts, pooled = capture_group(self.runner, tokenized, g["batches"], c["layers"], c["poolings"],
                                           c["dtype"], self.pad_id, c["n_layers"], _NoBar())
-            _write_group(w, c["prompt_set"], acts, pooled, c["layers"], c["poolings"], int(part), self.text)
+            write_group(w, c["prompt_set"], acts, pooled, c["layers"], c["poolings"], int(part), self.text)
             _maybe_fail_once(c.get("fail_once"), int(part))
             staged.append(json.dumps({**w.staged(), "convention": self.runner.convention()}))
             parts.append(int(part))
@@ -160,7 +164,7 @@ def _maybe_fail_once(folder: str | None, part: int) -> None:
         os._exit(1)
 
 
-def build_distributed(source, out=None, *, address=None, actors: int | None = None,
+def build_on_ray(source, out=None, *, address=None, actors: int | None = None,
                       gpus_per_actor: float | None = None, cpus_per_actor: float = 1,
                       runtime_env: dict | None = None, name: str | None = None, prompts="default", layers=None,
                       dtype: str = "float16", batch_size: int = 16, max_tokens: int = 256,
@@ -170,7 +174,7 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
                       shard_rows: int | None = None, cache_dir=None, _fail_once: str | None = None) -> Path:
     """`build()` on a Ray cluster: same arguments, same shards, same manifest; returns the vindex folder.
 
-    address: the Ray cluster (see `vindex.cluster.connect_ray`; None = RAY_ADDRESS or local).
+    address: the Ray cluster (see `vindex.ray_connection.connect_ray`; None = RAY_ADDRESS or local).
     actors: actor-pool size (default: as many as the cluster's GPUs / CPUs allow, at most one per
       shard group). gpus_per_actor: GPUs each actor (model copy) holds; default 1 when the cluster
       has GPUs, else 0 (CPU only). cpus_per_actor: CPUs reserved per actor.
@@ -179,10 +183,8 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
     set is one group and so one actor: pass a smaller `shard_rows` to spread it.
     The vindex folder must be on storage every node can write (NFS, a mounted bucket).
     """
-    from . import build as B
-
     t0 = time.perf_counter()
-    job = B.resolve_job(source, out, name=name, prompts=prompts, prompt_set_name=prompt_set_name, layers=layers,
+    job = resolve_job(source, out, name=name, prompts=prompts, prompt_set_name=prompt_set_name, layers=layers,
                         dtype=dtype, batch_size=batch_size, max_tokens=max_tokens, poolings=poolings,
                         trust_remote_code=trust_remote_code, cache_dir=cache_dir, progress=progress)
     src = dataclasses.replace(job.src, path=Path(job.src.path).resolve())   # workers do not share our cwd
@@ -192,7 +194,7 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.trust_remote_code)
     # the same plan and manifest bookkeeping as build(): identical shard groups, parts and params
-    _, groups, shard_rows = B.plan_job(job, tok, chat_template=chat_template, buffer_mb=buffer_mb,
+    _, groups, shard_rows = plan_job(job, tok, chat_template=chat_template, buffer_mb=buffer_mb,
                                        shard_rows=shard_rows)
     ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
     pool = actor_pool(len(groups), actors, gpus_per_actor, cpus_per_actor)   # errors before any write
@@ -200,12 +202,12 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
               "poolings": list(poolings), "dtype": dtype, "n_layers": job.n_layers, "prompt_set": ps.name,
               "device": device, "cache_dir": None if cache_dir is None else str(cache_dir),
               "fail_once": _fail_once, "gpus": pool["num_gpus"]}
-    w, base, skip_done, dtype, extraction = B.prepare_vindex(
+    w, base, skip_done, dtype, extraction = prepare_vindex(
         job, groups, shard_rows, chat_template=chat_template, resume=resume,
         probe_dtype=lambda: _probe_dtype(ray, src, config, _group_row([groups[0][0]], ps), pool))
     config["dtype"] = dtype
 
-    todo = [k for k in range(len(groups)) if not (skip_done and B._group_done(w, layers, base + k))]
+    todo = [k for k in range(len(groups)) if not (skip_done and group_done(w, layers, base + k))]
     todo_set = set(todo)
     n_done = sum(len(b) for k, g in enumerate(groups) if k not in todo_set for b in g)
     if todo:
@@ -220,7 +222,7 @@ def build_distributed(source, out=None, *, address=None, actors: int | None = No
     w.manifest["prompt_sets"][ps.name]["complete"] = True
     w.commit()                                          # the one commit of every shard computed now
     if progress:
-        B._summary(w, ps, base, len(groups), time.perf_counter() - t0, len(ps) - n_done)
+        print_summary(w, ps, base, len(groups), time.perf_counter() - t0, len(ps) - n_done)
     return root
 
 
@@ -256,7 +258,7 @@ def actor_pool(n_groups: int, actors: int | None, gpus_per_actor: float | None, 
 
 
 def _probe_dtype(ray, src, config: dict, row: dict, pool: dict) -> str:
-    """dtype='auto' decided as build() decides it (its `_auto_dtype` on the longest batch), on a
+    """dtype='auto' decided as build() decides it (`capture.auto_dtype` on the longest batch), on a
     worker with the actors' resources: the driver never loads the model."""
     task = ray.remote(_probe_dtype_task).options(num_gpus=pool["num_gpus"], num_cpus=pool["num_cpus"])
     try:
@@ -267,11 +269,11 @@ def _probe_dtype(ray, src, config: dict, row: dict, pool: dict) -> str:
 
 
 def _probe_dtype_task(src, config: dict, row: dict) -> str:
-    from .build import _auto_dtype
+    from .capture import auto_dtype
     worker = ActivationWorker(None, src, config)
     prompts = [Prompt(int(i), None, t) for i, t in zip(row["prompt_id"], row["text"])]
     tokenized = tokenize_prompts(worker.tok, prompts, config["max_tokens"], chat_template=config["chat_template"])
-    return _auto_dtype(worker.runner, tokenized, row["batches"][0], config["layers"], worker.pad_id)
+    return auto_dtype(worker.runner, tokenized, row["batches"][0], config["layers"], worker.pad_id)
 
 
 def _run_groups(ray, rows, root, src, config, pool, *, progress, total, done, desc) -> list[dict]:
@@ -302,7 +304,7 @@ def _run_groups(ray, rows, root, src, config, pool, *, progress, total, done, de
 
 # -- weight tables --------------------------------------------------------------------------------
 
-def build_weights_distributed(source, out=None, *, address=None, layers_per_task: int | None = None,
+def build_weights_on_ray(source, out=None, *, address=None, layers_per_task: int | None = None,
                               cpus_per_task: float = 1, memory_per_task: int | None = None,
                               runtime_env: dict | None = None, name: str | None = None, layers=None,
                               resume: bool = True, progress: bool = True, **options) -> Path:
@@ -315,14 +317,12 @@ def build_weights_distributed(source, out=None, *, address=None, layers_per_task
     vector_dtype, tables). memory_per_task: bytes Ray should reserve per task (the unembedding
     in float32 plus one block), so big models do not oversubscribe a node.
     """
-    from .weights import open_weights_vindex, parse_layers as weight_layers, resolve_weights_source
-
     t0 = time.perf_counter()
     src = resolve_weights_source(source)
     src = dataclasses.replace(src, path=Path(src.path).resolve())   # workers do not share our cwd
     writer, weights = open_weights_vindex(src, out, name)             # build_weights' own opening
     out, name = writer.root, writer.name
-    selected = weight_layers(layers, weights.n_layers)
+    selected = parse_layers(layers, weights.n_layers)
     ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
     if layers_per_task is None:
         layers_per_task = max(1, math.ceil(len(selected) / max(1, int(cluster_resources()["CPU"] // cpus_per_task))))
@@ -358,8 +358,7 @@ def build_weights_distributed(source, out=None, *, address=None, layers_per_task
 
 def _weights_task(root: str, src, layers: list[int], resume: bool, options: dict) -> dict:
     """One layer range of the weights job, written through a StagingWriter (runs on a worker)."""
-    from .tensors import ModelWeights
-    from .weights import resolve_weights_source, write_weights
+    from .checkpoint import ModelWeights
     if not Path(src.path).is_dir():   # a node that does not share the driver's model cache
         src = resolve_weights_source(src.source)
     w = StagingWriter.open(root)

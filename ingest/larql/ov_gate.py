@@ -17,8 +17,10 @@ import pyarrow as pa
 
 from vindex.writer import VindexWriter
 
-from .larql_format import LAYER_OFFSET, LarqlFormatError, LarqlIndex
-from .larql_labels import KEY_LF
+from vindex.layers import BLOCK_TO_LAYER, layer_of_block
+
+from .format import LarqlFormatError, LarqlIndex
+from .labels import KEY_LF
 
 OV_GATE_TYPE = "ov_gate_coupling"
 _HEAD = re.compile(r"^L(\d+)_H(\d+)$")
@@ -124,10 +126,10 @@ def write_ov_gate(writer: VindexWriter, index: LarqlIndex, files: list[OvGateRow
                 expert[at], feature[at] = li.split(feature[at])
         writer.write_shard("ov_gate", {
             "head": heads.astype(np.int32), "variant": ["o"] * len(sel),
-            "feature_layer": (cols["feature_layer"][sel] + LAYER_OFFSET).astype(np.int32),
+            "feature_layer": (cols["feature_layer"][sel] + BLOCK_TO_LAYER).astype(np.int32),
             "feature": feature.astype(np.int32), "expert": pa.array(expert, pa.int32(), mask=expert < 0),
             "coupling": cols["coupling"][sel], "total_coupling": cols["total_coupling"][sel],
-            "rank": rank.astype(np.int32)}, partition={"layer": int(layer) + LAYER_OFFSET})
+            "rank": rank.astype(np.int32)}, partition={"layer": layer_of_block(layer)})
     h = files[0].header
     return {"files": [f.path.name for f in files], "variant": "o", "top_k": h.get("top_k"),
             "formula": "coupling_f = ||W_gate[f, :] . W_O[:, h*head_dim:(h+1)*head_dim]||_2, same layer",

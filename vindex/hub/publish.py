@@ -3,7 +3,7 @@
     publish("lake/smollm2", "my-org/smollm2-vindex")
 
 The local vindex is verified first; files whose sha256 (LFS) or git blob id the Hub already has
-are skipped; data files go in batches and the manifest and generated card (vindex.card) go last,
+are skipped; data files go in batches and the manifest and generated card (vindex.hub.card) go last,
 so the repo never lists a file it does not have yet. Also reachable as `vindex.hub.publish`.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .errors import ChecksumError, NotFound, VindexError
-from .files import safe_join, sha256_file
-from .hub import CARD, HubLocation, hub_call, endpoint, hub_api
-from .manifest import MANIFEST, load_manifest
+from ..errors import ChecksumError, NotFound, VindexError
+from ..files import safe_join, sha256_file
+from .remote import CARD, HubLocation, hub_call, endpoint, hub_api
+from ..manifest import MANIFEST, load_manifest
 
 COMMIT_BATCH = 1000                # files per commit: the Hub rejects very large commits
 
@@ -36,7 +36,7 @@ class PublishResult:
     bytes_uploaded: int = 0
 
     def __str__(self) -> str:
-        from .info import human_bytes
+        from ..info import human_bytes
 
         return (f"{self.url} @ {self.commit[:12]}: {len(self.uploaded)} file(s) uploaded "
                 f"({human_bytes(self.bytes_uploaded)}), {len(self.unchanged)} unchanged, "
@@ -78,7 +78,7 @@ def publish(path: str | Path, repo: str, revision: str | None = None, private: b
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     from .card import dataset_card
-    from .verify import verify
+    from ..verify import verify
 
     loc = HubLocation.parse(repo)
     if loc.repo_type != "dataset":

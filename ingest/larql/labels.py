@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .larql_format import FEATURE_CLUSTERS, FEATURE_LABELS, RELATION_CLUSTERS, LarqlFormatError
+from .format import FEATURE_CLUSTERS, FEATURE_LABELS, RELATION_CLUSTERS, LarqlFormatError
 
 KEY_LF = re.compile(r"^L(\d+)_F(\d+)$")
 _KEY_COLON = re.compile(r"^(\d+):(\d+)$")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import VindexError
+from vindex.errors import VindexError
 from .core import fail
 
 

@@ -33,11 +33,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .errors import ChecksumError, NotFound, VindexError
-from .files import fsync_dir, safe_join, sha256_file
-from .hub import (HubError, HubLocation, RemoteVindex, cache_dir_for, endpoint, find_remote_vindexes,
+from ..errors import ChecksumError, NotFound, VindexError
+from ..files import fsync_dir, safe_join, sha256_file
+from ..errors import HubError
+from .remote import (HubLocation, RemoteVindex, cache_dir_for, endpoint, find_remote_vindexes,
                   resolve_commit)
-from .manifest import MANIFEST, load_manifest, save_manifest, validate_manifest
+from ..manifest import MANIFEST, load_manifest, save_manifest, validate_manifest
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class PullResult:
     bytes_downloaded: int = 0
 
     def __str__(self) -> str:
-        from .info import human_bytes
+        from ..info import human_bytes
 
         return (f"{self.path} (commit {self.commit[:12]}): {len(self.downloaded)} file(s) downloaded "
                 f"({human_bytes(self.bytes_downloaded)}), {len(self.reused)} already present"

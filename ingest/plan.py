@@ -1,0 +1,193 @@
+"""The build plan: what the single-machine and the Ray activation builds both start from.
+
+    job = resolve_job(source, out, ...)              # model, prompts, layers, folder (no model loaded)
+    tokenized, groups, shard_rows = plan_job(job, tokenizer, ...)
+    writer, base, skip_done, dtype, extraction = prepare_vindex(job, groups, shard_rows, ...)
+
+The plan is a pure function of the arguments, so a rerun (resume) recomputes the same shard groups
+and part numbers; `prepare_vindex` records the build in the manifest before any shard is written.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from vindex.errors import InvalidValue, ManifestError
+from vindex.files import safe_join
+from vindex.info import human_bytes
+from vindex.layers import parse_layers
+from vindex.writer import VindexWriter
+
+from .activations import POOLINGS, check_poolings, default_shard_rows, plan_groups, tokenize_prompts
+from .prompts import PromptSet, load_prompts
+from .sources import ModelSource, resolve_model
+
+DTYPES = ("float16", "float32", "auto")
+SPECIAL_RULE = ("special = added by the tokenizer (BOS/EOS/CLS/SEP), any id in all_special_ids, or "
+                "(with chat_template) outside the prompt text; char offsets are null for specials")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A build's resolved arguments: what both the local and the Ray path start from."""
+    src: ModelSource
+    ps: PromptSet
+    layers: list[int]
+    name: str
+    root: Path
+    dtype: str
+    batch_size: int
+    max_tokens: int
+    poolings: tuple
+    n_layers: int
+    d: int
+
+
+def resolve_job(source, out, *, name, prompts, prompt_set_name, layers, dtype, batch_size, max_tokens,
+                poolings, trust_remote_code, cache_dir, progress) -> Job:
+    """Check the arguments and resolve model, prompts, layers and folder (no model is loaded)."""
+    if dtype not in DTYPES:
+        raise InvalidValue(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if batch_size < 1 or max_tokens < 1:
+        raise InvalidValue(f"batch_size ({batch_size}) and max_tokens ({max_tokens}) must be >= 1")
+    poolings = check_poolings(poolings)
+    ps = load_prompts(prompts, name=prompt_set_name) if not isinstance(prompts, PromptSet) else prompts
+    src = resolve_model(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir, progress=progress)
+    mm = src.manifest_model()
+    n_layers, d = int(mm["n_layers"]), int(mm["d_model"])
+    name = name or src.name
+    root = Path(out) if out is not None else Path("lake") / name
+    return Job(src, ps, parse_layers(layers, n_layers), name, root, dtype, batch_size, max_tokens,
+               poolings, n_layers, d)
+
+
+def plan_job(job: Job, tok, *, chat_template: bool, buffer_mb: int, shard_rows: int | None):
+    """Tokenize and pack into shard groups: (tokenized, groups, shard_rows); a pure function of the inputs."""
+    itemsize = 2 if job.dtype == "float16" else 4   # auto plans for float32
+    tokenized = tokenize_prompts(tok, job.ps.prompts, job.max_tokens, chat_template=chat_template)
+    shard_rows = shard_rows or default_shard_rows(buffer_mb, len(job.layers), job.d, itemsize,
+                                                  sum(map(len, tokenized)))
+    return tokenized, plan_groups(tokenized, job.batch_size, shard_rows), shard_rows
+
+
+def prepare_vindex(job: Job, groups, shard_rows: int, *, chat_template: bool, resume: bool, probe_dtype):
+    """Open the vindex and record the build before any shard: params, parts, vector types, prompts.
+
+    Returns (writer, base part, skip_done, the stored dtype, the extraction record).
+    `probe_dtype()` decides dtype='auto' (float32 where states exceed float16) when no earlier
+    build of this vindex already fixed it.
+    """
+    ps, mm = job.ps, job.src.manifest_model()
+    params = {"prompt_sha256": ps.sha256, "model_id": job.src.model_id, "model_revision": job.src.revision,
+              "layers": job.layers, "dtype": job.dtype, "batch_size": job.batch_size,
+              "max_tokens": job.max_tokens, "poolings": list(job.poolings), "chat_template": chat_template,
+              "shard_rows": shard_rows}
+    w = _open_vindex(job.root, job.name, mm)
+    base, skip_done = _reserve_parts(w, ps, params, len(groups), resume)
+    for table in ("activations", "pooled"):   # a vector type declared by a build that wrote nothing binds nobody
+        t = w.manifest["tables"].get(table)
+        if t is not None and not t["files"]:
+            t["vector_width"] = t["vector_dtype"] = None
+    dtype = job.dtype
+    if dtype == "auto":
+        dtype = w.manifest["tables"].get("activations", {}).get("vector_dtype") or probe_dtype()
+    w.declare_vectors("activations", job.d, dtype)
+    w.declare_vectors("pooled", job.d, dtype)
+    if not w.has_shard("prompts", {"prompt_set": ps.name}, 0):
+        w.add_files("prompts", [w.write_shard("prompts", ps.rows(), {"prompt_set": ps.name}, 0, commit=False)],
+                    commit=False)
+    extraction = dict(w.manifest["extraction"].get("activations") or {})
+    extraction.update({
+        "layers": job.layers, "dtype": dtype, "dtype_requested": job.dtype, "compute_dtype": "float32",
+        "max_tokens": job.max_tokens, "batch_size": job.batch_size, "padding": "right; padding never stored",
+        "chat_template": chat_template,
+        "poolings": {p: POOLINGS[p] for p in job.poolings}, "special_tokens": SPECIAL_RULE,
+        "norm": "L2 norm of the float32 hidden state of the token", "prompt_set": ps.name,
+        "prompt_set_sha256": ps.sha256})
+    w.update(extraction={"activations": extraction})
+    return w, base, skip_done, dtype, extraction
+
+
+# -- manifest bookkeeping -------------------------------------------------------------------------
+
+def _open_vindex(root: Path, name: str, mm: dict) -> VindexWriter:
+    w = VindexWriter.create(root, name, model={k: v for k, v in mm.items() if v is not None}, exist_ok=True)
+    have = w.manifest["model"].get("id")
+    if have != mm["id"]:
+        raise ManifestError(f"{root}: this vindex holds model {have!r}, not {mm['id']!r}; choose another out folder")
+    w.update(model={k: v for k, v in mm.items() if v is not None}, commit=False)
+    return w
+
+
+def _reserve_parts(w: VindexWriter, ps: PromptSet, params: dict, n_parts: int, resume: bool):
+    """Part numbers of this prompt set's shards: [base, base + n_parts). Returns (base, may_skip).
+
+    Prompt sets share the activations/pooled folders (partitioned by layer only), so each set
+    owns a contiguous range of part numbers, recorded in the manifest.
+    """
+    sets = w.manifest["prompt_sets"]
+    prev = sets.get(ps.name)
+    others_end = max((s.get("part_base", 0) + s.get("n_parts", 0) for n, s in sets.items() if n != ps.name),
+                     default=0)
+    if prev is not None and prev.get("build") == params and resume:
+        base, may_skip = prev["part_base"], True
+    else:
+        if prev is not None and resume and prev.get("build") is not None:
+            old = prev["build"]
+            diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
+            raise InvalidValue(
+                f"{w.root}: prompt set {ps.name!r} was built with other arguments "
+                f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); pass resume=False "
+                "(--no-resume) to rebuild it, or another out folder / prompt set name")
+        if prev is not None:
+            _drop_parts(w, prev.get("part_base", 0), prev.get("n_parts", 0))
+            base = prev.get("part_base", 0) if n_parts <= prev.get("n_parts", 0) else others_end
+        else:
+            base = others_end
+        may_skip = False
+    w.add_prompt_set(ps.name, ps.sha256, len(ps), commit=False, categories=ps.categories(), source=ps.source,
+                     part_base=base, n_parts=n_parts, build=params, complete=False)
+    return base, may_skip
+
+
+def _drop_parts(w: VindexWriter, base: int, n: int) -> None:
+    """Forget (and delete) a prompt set's old activation/pooled shards before a rebuild."""
+    wanted = {f"part-{p:05d}.parquet" for p in range(base, base + n)}
+    for table in ("activations", "pooled"):
+        t = w.manifest["tables"].get(table)
+        if not t:
+            continue
+        keep = []
+        for e in t["files"]:
+            if e["path"].rsplit("/", 1)[-1] in wanted:
+                safe_join(w.root, e["path"]).unlink(missing_ok=True)
+            else:
+                keep.append(e)
+        t["files"] = keep
+    w.commit()
+
+
+def group_done(w: VindexWriter, layers, part: int) -> bool:
+    return all(w.has_shard(t, {"layer": l}, part) for t in ("activations", "pooled") for l in layers)
+
+
+
+# -- reporting ------------------------------------------------------------------------------------
+
+def progress_bar(total, initial, desc, enabled):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit="prompt", disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
+def print_summary(w, ps, base, n_parts, seconds, computed):
+    parts = {f"part-{p:05d}.parquet" for p in range(base, base + n_parts)}
+    lines = [f"built {w.root} ({ps.name}: {len(ps)} prompts, {computed} computed now) in {seconds:.1f} s"
+             + (f", {computed / seconds:.1f} prompts/s" if computed and seconds > 0 else "")]
+    for table in ("activations", "pooled"):
+        files = [e for e in w.manifest["tables"].get(table, {}).get("files", [])
+                 if e["path"].rsplit("/", 1)[-1] in parts]
+        lines.append(f"  {table:<12} {len(files):>5} files {sum(e['rows'] for e in files):>10} rows "
+                     f"{human_bytes(sum(e['bytes'] for e in files)):>10}")
+    print("\n".join(lines), file=sys.stderr)
