@@ -7,7 +7,7 @@
 
 Building vindexes lives in `vindex.ingest`, querying in `vindex.query`.
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .errors import (ChecksumError, CorruptShard, InvalidValue, ManifestError, NotFound,  # noqa: E402
                      SchemaMismatch, UnsafePath, UnsupportedSchemaVersion, VindexError)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jsonschema
 
-from . import __version__
+from .version import __version__
 from .errors import ManifestError, UnsupportedSchemaVersion
 from .files import atomic_write_bytes, safe_join
 from .schema import manifest_json_schema

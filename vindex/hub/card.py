@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 
 import yaml
 
-from .. import __version__
+from ..version import __version__
 from ..info import human_bytes
 
 TAGS = ["vindex", "interpretability", "transformers", "activations", "parquet"]
