@@ -224,7 +224,7 @@ def cka_all(*sources, models=None, pairs=None, pooling: str = "mean", estimator:
     notes: list[str] = []
     layers = {}
     for m in needed:
-        ls = sorted({e["partition"]["layer"] for e in by_name[m].entries("pooled")})
+        ls = by_name[m].layers("pooled")
         if not ls:
             notes.append(f"{m}: no pooled table; its pairs are skipped")
         layers[m] = ls
@@ -334,16 +334,10 @@ def _table(results: list[pa.Table]) -> pa.Table:
 
 def write_result(table: pa.Table, out) -> Path:
     """Write the result atomically as one Parquet file (zstd), readable by DuckDB, polars, pandas."""
-    from vindex.files import commit_file, temp_path_for
+    from vindex.files import atomic_path
     out = Path(out)
     if out.is_dir():
         raise InvalidValue(f"out {out}: is a folder; give a file name such as {out / 'cka.parquet'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(out)
-    try:
+    with atomic_path(out) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        commit_file(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return out

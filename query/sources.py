@@ -15,14 +15,14 @@ from pathlib import Path
 
 from vindex.errors import ManifestError, NotFound, VindexError
 from vindex.files import safe_join
-from vindex.manifest import MANIFEST, load_manifest
+from vindex.manifest import MANIFEST, ManifestView, load_manifest
 
 HUB_PREFIX = "hf://"
 
 
 @dataclass(frozen=True)
-class ResolvedVindex:
-    """One vindex found in a source: its manifest and where its files live.
+class ResolvedVindex(ManifestView):
+    """One vindex found in a source: its manifest (accessors: `ManifestView`) and where its files live.
 
     `base` is a location string DuckDB can read files under (an absolute local path today,
     `hf://datasets/<repo>` once the Hub source lands); `filesystem` is an fsspec filesystem
@@ -32,25 +32,6 @@ class ResolvedVindex:
     base: str
     source: str
     filesystem: object | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.manifest["name"]
-
-    @property
-    def model(self) -> dict:
-        return self.manifest["model"]
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.model["n_layers"])
-
-    def table(self, table: str) -> dict:
-        """The manifest's record of `table` ({} when the vindex has no such table)."""
-        return (self.manifest.get("tables") or {}).get(table) or {}
-
-    def entries(self, table: str) -> list[dict]:
-        return list(self.table(table).get("files") or [])
 
     def url(self, relpath: str) -> str:
         """Where DuckDB reads the manifest path `relpath` (refusing paths that escape the vindex)."""

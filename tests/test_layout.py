@@ -144,7 +144,6 @@ def test_the_checks_catch_an_added_back_edge(tmp_path, file, line, expected):
     found = back_edges(import_graph(root))
     if file == "vindex/writer.py":
         assert found == [], "an import inside core is not a back-edge"
-        assert circles(import_graph(root)), "but vindex.writer -> hub.card -> ... -> vindex.writer is a circle"
     else:
         assert any(b.startswith(expected) for b in found), found
 

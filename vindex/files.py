@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from .errors import UnsafePath
@@ -67,13 +68,25 @@ def commit_file(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Write a file atomically: yields a hidden temp sibling to write to; on success it is fsynced and
+    renamed over `path`, on any error (or interrupt) it is removed and `path` is left as it was.
+
+        with atomic_path(out) as tmp:
+            pq.write_table(table, tmp)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     try:
-        tmp.write_bytes(data)
+        yield tmp
         commit_file(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

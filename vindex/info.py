@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .manifest import partition_values
 from .reader import Vindex
 
 
@@ -12,7 +13,7 @@ def info(path: str | Path) -> dict:
     tables = {}
     for name, t in vx.manifest["tables"].items():
         files = t.get("files", [])
-        layers = sorted({e["partition"]["layer"] for e in files if "layer" in e.get("partition", {})})
+        layers = partition_values(files)
         tables[name] = {"files": len(files), "rows": sum(e["rows"] for e in files),
                         "bytes": sum(e["bytes"] for e in files), "layers": layers,
                         "vector_width": t.get("vector_width"), "vector_dtype": t.get("vector_dtype")}

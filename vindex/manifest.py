@@ -81,3 +81,51 @@ def save_manifest(root: str | Path, m: dict) -> None:
     m["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     validate_manifest(m, where=f"{Path(root) / MANIFEST} (about to be written)", root=root)
     atomic_write_bytes(Path(root) / MANIFEST, (json.dumps(m, indent=2, sort_keys=False) + "\n").encode())
+
+
+def partition_values(entries, key: str = "layer") -> list:
+    """Sorted distinct values of partition `key` over manifest file entries (entries without it skipped)."""
+    return sorted({e["partition"][key] for e in entries if key in (e.get("partition") or {})})
+
+
+class ManifestView:
+    """Read-only accessors over a manifest, shared by a local `Vindex` and a query's `ResolvedVindex`.
+
+    Subclasses set `self.manifest`; `entries(table)` is [] for a table the vindex lacks (`Vindex`
+    raises NotFound instead, naming the tables it has).
+    """
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def model(self) -> dict:
+        return self.manifest["model"]
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model["n_layers"])
+
+    @property
+    def tables(self) -> list[str]:
+        """Tables that hold at least one file."""
+        return sorted(t for t, v in (self.manifest.get("tables") or {}).items() if v.get("files"))
+
+    @property
+    def prompt_sets(self) -> dict:
+        return self.manifest.get("prompt_sets", {})
+
+    def table(self, table: str) -> dict:
+        """The manifest's record of `table` ({} when the vindex has no such table)."""
+        return (self.manifest.get("tables") or {}).get(table) or {}
+
+    def entries(self, table: str) -> list[dict]:
+        return list(self.table(table).get("files") or [])
+
+    def partitions(self, table: str, key: str = "layer") -> list:
+        return partition_values(self.entries(table), key)
+
+    def layers(self, table: str = "activations") -> list[int]:
+        return self.partitions(table, "layer")

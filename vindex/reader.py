@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 
 from .errors import CorruptShard, NotFound
 from .files import safe_join
-from .manifest import load_manifest
+from .manifest import ManifestView, load_manifest
 from .schema import arrow_schema
 
 
-class Vindex:
-    """One model's vindex on local disk."""
+class Vindex(ManifestView):
+    """One model's vindex on local disk (accessors: `ManifestView`)."""
 
     def __init__(self, root: str | Path, manifest: dict):
         self.root = Path(root)
@@ -29,26 +29,6 @@ class Vindex:
 
     def __repr__(self) -> str:
         return f"Vindex({self.name!r}, {str(self.root)!r}, tables={self.tables})"
-
-    @property
-    def name(self) -> str:
-        return self.manifest["name"]
-
-    @property
-    def model(self) -> dict:
-        return self.manifest["model"]
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.model["n_layers"])
-
-    @property
-    def tables(self) -> list[str]:
-        return sorted(t for t, v in self.manifest["tables"].items() if v.get("files"))
-
-    @property
-    def prompt_sets(self) -> dict:
-        return self.manifest.get("prompt_sets", {})
 
     def _table(self, table: str) -> dict:
         t = self.manifest["tables"].get(table)
@@ -63,15 +43,12 @@ class Vindex:
 
     def files(self, table: str, **partition) -> list[dict]:
         """Manifest entries of `table`, filtered by partition values (e.g. layer=3)."""
-        out = [e for e in self._table(table)["files"]
-               if all(e.get("partition", {}).get(k) == v for k, v in partition.items())]
-        return out
+        return [e for e in self.entries(table)
+                if all(e.get("partition", {}).get(k) == v for k, v in partition.items())]
 
-    def partitions(self, table: str, key: str = "layer") -> list:
-        return sorted({e["partition"][key] for e in self._table(table)["files"] if key in e.get("partition", {})})
-
-    def layers(self, table: str = "activations") -> list[int]:
-        return self.partitions(table, "layer")
+    def entries(self, table: str) -> list[dict]:
+        """Manifest entries of `table`; NotFound (naming the tables there are) when it has none."""
+        return list(self._table(table)["files"])
 
     def path(self, entry_or_relpath) -> Path:
         rel = entry_or_relpath["path"] if isinstance(entry_or_relpath, dict) else entry_or_relpath

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InvalidValue, ManifestError, SchemaMismatch
-from .files import commit_file, safe_join, sha256_file, temp_path_for
+from .files import atomic_path, safe_join, sha256_file
 from .manifest import MANIFEST, load_manifest, new_manifest, save_manifest
 from .schema import arrow_schema, check_schema, partition_columns, vector_columns
 
@@ -196,14 +196,8 @@ class VindexWriter:
         rel = shard_path(table, partition, part)
         data = self.conform(table, rows, partition, where=f"{self.root}/{rel}")
         final = safe_join(self.root, rel)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path_for(final)
-        try:
+        with atomic_path(final) as tmp:
             pq.write_table(data, tmp, **parquet_options(data.schema, vector_columns(table)))
-            commit_file(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         entry = {"path": rel, "rows": data.num_rows, "bytes": os.path.getsize(final),
                  "sha256": sha256_file(final), "partition": partition}
         if commit:

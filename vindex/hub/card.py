@@ -16,6 +16,7 @@ import yaml
 
 from ..version import __version__
 from ..info import human_bytes
+from ..manifest import partition_values
 
 TAGS = ["vindex", "interpretability", "transformers", "activations", "parquet"]
 _PARTITION = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=.+$")
@@ -90,7 +91,7 @@ def _vindex_section(prefix: str, m: dict, lake: bool) -> str:
         files = t.get("files") or []
         if not files:
             continue
-        layers = sorted({e["partition"]["layer"] for e in files if "layer" in (e.get("partition") or {})})
+        layers = partition_values(files)
         lrange = (f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])) if layers else "-"
         vec = f"{t.get('vector_dtype') or 'float16'}[{t['vector_width']}]" if t.get("vector_width") else "-"
         lines.append(f"| {table} | {len(files)} | {sum(e['rows'] for e in files)} | "
@@ -110,7 +111,7 @@ def _query_section(manifests: list[tuple[str, dict]], repo_id: str) -> str:
     tables = [t for t, v in m["tables"].items() if v.get("files")]
     table = next((t for t in ("pooled", "activations", "features") if t in tables), tables[0] if tables else "pooled")
     entries = m["tables"].get(table, {}).get("files") or []
-    layers = sorted({e["partition"]["layer"] for e in entries if "layer" in (e.get("partition") or {})})
+    layers = partition_values(entries)
     some = ",".join(str(x) for x in layers[:2]) or "0"
     glob = table_globs(entries, prefix)[0] if entries else f"data/{table}/*/*.parquet"
     uri = f"hf://datasets/{repo_id}"

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from ..errors import HubError, ManifestError, NotFound, VindexError
 from ..files import safe_join
-from ..manifest import MANIFEST, load_manifest, validate_manifest
+from ..manifest import MANIFEST, load_manifest, partition_values, validate_manifest
 from .location import REMOTE_ROOT, HF_PREFIX, HubLocation
 
 VINDEX_TAG = "vindex"
@@ -226,7 +226,7 @@ def _ls_local() -> list[dict]:
         src = m.get("pulled_from") or {}
         rows.append({"where": "local", "name": m["name"], "model": m["model"].get("id"),
                      "location": str(folder), "tables": sorted(t for t, v in m["tables"].items() if v.get("files")),
-                     "layers": sorted({e["partition"]["layer"] for e in files if "layer" in e.get("partition", {})}),
+                     "layers": partition_values(files),
                      "files": len(files), "bytes": sum(e["bytes"] for e in files),
                      "pulled_from": src.get("uri"), "partial": src.get("partial")})
     return rows
@@ -265,6 +265,6 @@ def _ls_remote(org: str | None, collection: str | None, token) -> list[dict]:
             rows.append({"where": "hub", "name": rv.name, "model": rv.manifest["model"].get("id"),
                          "location": rv.uri(), "commit": rv.commit,
                          "tables": sorted(t for t, v in rv.manifest["tables"].items() if v.get("files")),
-                         "layers": sorted({e["partition"]["layer"] for e in files if "layer" in e.get("partition", {})}),
+                         "layers": partition_values(files),
                          "files": len(files), "bytes": sum(e["bytes"] for e in files)})
     return rows
