@@ -15,9 +15,8 @@ from pathlib import Path
 
 from vindex.errors import ManifestError, NotFound, VindexError
 from vindex.files import safe_join
+from vindex.hub.location import is_hub_uri
 from vindex.manifest import MANIFEST, ManifestView, load_manifest
-
-HUB_PREFIX = "hf://"
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def resolve_source(src) -> list[ResolvedVindex]:
     if not isinstance(src, (str, os.PathLike)):
         raise VindexError(f"a source must be a path or an hf:// location, got {type(src).__name__} {src!r}")
     text = os.fspath(src)
-    if text.startswith(HUB_PREFIX):
+    if is_hub_uri(text):
         return _resolve_hub(text)
     return _resolve_local(Path(text).expanduser())
 

@@ -11,7 +11,9 @@ from larql_fixtures import assert_matches_fixture, write_larql_fixture
 
 from vindex import ChecksumError, NotFound, Vindex, VindexWriter
 from vindex.cli import main
-from vindex.ingest.larql import import_larql, parse_hf_uri
+from vindex.hub.location import HubLocation
+from vindex.ingest.larql import import_larql
+from vindex.ingest.larql.source import LARQL_REPO_TYPES
 
 WEIGHTS = ("attn_weights.bin", "embeddings.bin", "down_weights.bin", "up_weights.bin", "norms.bin")
 
@@ -82,14 +84,30 @@ def test_hub_errors_are_clear(hub_server, tmp_path):
     assert not (tmp_path / "a" / "vindex.json").exists()
 
 
-def test_parse_hf_uri():
-    assert parse_hf_uri("hf://org/name") == ("model", "org/name", None, "")
-    assert parse_hf_uri("hf://models/org/name@v1") == ("model", "org/name", "v1", "")
-    assert parse_hf_uri("hf://datasets/org/name@refs%2Fpr%2F2/sub/dir") == ("dataset", "org/name", "refs/pr/2",
-                                                                           "sub/dir")
+def test_larql_uris_use_the_one_hf_grammar():
+    def where(uri):  # (repo_type, repo_id, revision, subfolder) of each repo a LarQL import tries, in order
+        return [(loc.repo_type, loc.repo_id, loc.revision, loc.path)
+                for loc in HubLocation.candidates(uri, order=LARQL_REPO_TYPES)]
+
+    assert where("hf://org/name")[0] == ("model", "org/name", None, "")   # a model repo first ...
+    assert where("hf://org/name")[1:] == [("dataset", "org/name", None, "")]  # ... then a dataset repo
+    assert where("hf://models/org/name@v1") == [("model", "org/name", "v1", "")]
+    assert where("hf://datasets/org/name@refs%2Fpr%2F2/sub/dir") == [("dataset", "org/name", "refs/pr/2", "sub/dir")]
     for bad in ("hf://name", "hf://spaces/org/app", "hf://datasets/"):
         with pytest.raises(Exception, match="hf://|Space"):
-            parse_hf_uri(bad)
+            HubLocation.parse(bad, default_type="model")
+
+
+def test_import_bare_uri_of_a_dataset_repo(hub_server, tmp_path):
+    """hf://org/name names no repo type: no model repo of that name, so the dataset repo is imported."""
+    fx = write_larql_fixture(tmp_path / "src", labels=True)
+    head = _publish(hub_server, fx, "vindex-org/only-a-dataset", "dataset")
+    out = import_larql("hf://vindex-org/only-a-dataset", tmp_path / "out", progress=False)
+    assert_matches_fixture(out, fx, gate_vectors=False)
+    got = Vindex.open(out).manifest["extraction"]["imported_from"]
+    assert (got["repo_type"], got["repo_id"], got["revision"]) == ("dataset", "vindex-org/only-a-dataset", head)
+    with pytest.raises(NotFound, match="no model repo 'vindex-org/only-a-dataset'"):  # explicit: that type only
+        import_larql("hf://models/vindex-org/only-a-dataset", tmp_path / "m", progress=False)
 
 
 def test_imported_and_native_vindex_in_one_query(tmp_path):

@@ -35,7 +35,7 @@ from vindex.writer import VindexWriter
 from . import format as lf
 from .labels import FeatureLabels
 from .ov_gate import read_ov_gate, write_ov_gate
-from .source import LABEL_FILES, LarqlSource, fetch_from_hub, parse_hf_uri, resolve_source
+from .source import LABEL_FILES, LarqlSource, fetch_from_hub, resolve_source
 
 VECTOR_PART_BYTES = 64 << 20  # gate vectors per shard part: bounds memory whatever the layer's size
 MAX_PART_ROWS = 1 << 18
@@ -310,4 +310,4 @@ def _progress(items, progress: bool, desc: str):
     return tqdm(items, desc=desc, unit="layer")
 
 
-__all__ = ["import_larql", "resolve_source", "parse_hf_uri", "fetch_from_hub", "LarqlSource"]
+__all__ = ["import_larql", "resolve_source", "fetch_from_hub", "LarqlSource"]

@@ -2,22 +2,26 @@
 
 A LarQL repo on the Hub can hold tens of GB of inference weights next to the few files an import
 reads, so `fetch_from_hub` lists the repo first and downloads only those files (plus
-gate_vectors.bin on request) into the Hugging Face cache, pinned to the commit it listed.
+gate_vectors.bin on request) into the Hugging Face cache, pinned to the commit it listed. The URI
+is split by `vindex.hub.location.HubLocation` (the grammar: docs/hub.md); one that names no repo
+type (`hf://org/name`) is looked up as a model repo, then as a dataset repo, as LarQL does.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
 
 from vindex.errors import InvalidValue, NotFound, VindexError
+from vindex.hub.location import HubLocation, is_hub_uri
 
 from . import format as lf
 from .ov_gate import ov_gate_header
 
 _OV_NAME = re.compile(r"(ov[_-]?gate.*\.(jsonl|ndjson)|\.ndjson)$", re.IGNORECASE)
 LABEL_FILES = (lf.FEATURE_LABELS, lf.RELATION_CLUSTERS, lf.FEATURE_CLUSTERS)
+LARQL_REPO_TYPES = ("model", "dataset")   # hf://org/name with no repo type: LarQL looks in this order
+
 
 @dataclass
 class LarqlSource:
@@ -36,7 +40,7 @@ def resolve_source(src, *, revision: str | None = None, gate_vectors: bool = Fal
                    progress: bool = True) -> LarqlSource:
     """A local folder as is; an hf:// repo downloaded (only the files an import reads)."""
     uri = str(src)
-    if uri.startswith("hf://"):
+    if is_hub_uri(uri):
         return fetch_from_hub(uri, revision=revision, gate_vectors=gate_vectors, progress=progress)
     if revision is not None:
         raise InvalidValue(f"revision={revision!r} only applies to hf:// sources, not the folder {uri!r}")
@@ -48,24 +52,6 @@ def resolve_source(src, *, revision: str | None = None, gate_vectors: bool = Fal
     return LarqlSource(uri, folder, {"uri": str(folder.resolve())}, ov)
 
 
-def parse_hf_uri(uri: str) -> tuple[str, str, str | None, str]:
-    """hf://[datasets/|models/]org/name[@rev][/subfolder] -> (repo_type, repo_id, revision, subfolder)."""
-    parts = uri[len("hf://"):].strip("/").split("/")
-    repo_type = "model"
-    if parts and parts[0] in ("datasets", "models", "spaces"):
-        kind = parts.pop(0)
-        if kind == "spaces":
-            raise InvalidValue(f"{uri}: a Space is not a LarQL vindex; use a model or dataset repo")
-        repo_type = "dataset" if kind == "datasets" else "model"
-    if len(parts) < 2 or not all(parts[:2]):
-        raise InvalidValue(f"{uri}: expected hf://[datasets/]org/name[@revision]")
-    name, rev = parts[1], None
-    if "@" in name:
-        name, rev = name.split("@", 1)
-        rev = unquote(rev)  # refs%2Fpr%2F1, as HfFileSystem writes it
-    return repo_type, f"{parts[0]}/{name}", rev, "/".join(parts[2:])
-
-
 def fetch_from_hub(uri: str, *, revision: str | None = None, gate_vectors: bool = False,
                    progress: bool = True) -> LarqlSource:
     """Download the files an import needs from a Hub repo (never the inference weights)."""
@@ -73,18 +59,23 @@ def fetch_from_hub(uri: str, *, revision: str | None = None, gate_vectors: bool 
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    repo_type, repo_id, rev, sub = parse_hf_uri(uri)
-    if revision is not None and rev is not None and revision != rev:
-        raise InvalidValue(f"{uri}: names revision {rev!r} but revision={revision!r} was also given")
-    rev = revision or rev
-    try:
-        info = HfApi().repo_info(repo_id, repo_type=repo_type, revision=rev)
-    except RepositoryNotFoundError:
-        raise NotFound(f"{uri}: no {repo_type} repo {repo_id!r} on the Hub (or it is private: log in)") from None
-    except RevisionNotFoundError:
-        raise NotFound(f"{uri}: {repo_id!r} has no revision {rev!r}") from None
-    except Exception as e:  # network failures come in many types (httpx, OSError, HfHubHTTPError)
-        raise VindexError(f"{uri}: cannot reach the Hub ({type(e).__name__}: {e})") from None
+    tried = []
+    for loc in HubLocation.candidates(uri, order=LARQL_REPO_TYPES):
+        if revision is not None and loc.revision is not None and revision != loc.revision:
+            raise InvalidValue(f"{uri}: names revision {loc.revision!r} but revision={revision!r} was also given")
+        rev = revision or loc.revision
+        try:
+            info = HfApi().repo_info(loc.repo_id, repo_type=loc.repo_type, revision=rev)
+            break
+        except RepositoryNotFoundError:
+            tried.append(f"{loc.repo_type} repo {loc.repo_id!r}")
+        except RevisionNotFoundError:
+            raise NotFound(f"{uri}: {loc.repo_type} repo {loc.repo_id!r} has no revision {rev!r}") from None
+        except Exception as e:  # network failures come in many types (httpx, OSError, HfHubHTTPError)
+            raise VindexError(f"{uri}: cannot reach the Hub ({type(e).__name__}: {e})") from None
+    else:
+        raise NotFound(f"{uri}: no {' and no '.join(tried)} on the Hub (or it is private: log in)")
+    repo_type, repo_id, sub = loc.repo_type, loc.repo_id, loc.path
     prefix = f"{sub}/" if sub else ""
     present = {s.rfilename[len(prefix):] for s in info.siblings or [] if s.rfilename.startswith(prefix)}
     present = {f for f in present if "/" not in f}

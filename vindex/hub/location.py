@@ -2,7 +2,9 @@
 
     hf://datasets/<org>/<name>[@<revision>][/<folder>]    a dataset repo (a vindex or a lake)
     hf://models/<org>/<name>[@<revision>][/<folder>]      a model repo
-    hf://<org>/<name>... or a bare <org>/<name>           `default_type` decides (dataset for vindexes)
+    hf://<org>/<name>... or a bare <org>/<name>           `default_type` decides (dataset for vindexes);
+                                                          `candidates` lists each type to try (LarQL:
+                                                          a model repo, then a dataset repo)
     https://huggingface.co/datasets/<org>/<name>/...      a Hub web URL
 
 Every hf:// string in vindex (publish, pull, query in place, LarQL import) goes through
@@ -57,6 +59,13 @@ class HubLocation:
         if path:
             safe_join(REMOTE_ROOT, path)  # no '..' or absolute folders
         return cls(u.id, u.type, u.revision, path)
+
+    @classmethod
+    def candidates(cls, text: str, order: tuple[str, ...] = REPO_TYPES) -> list["HubLocation"]:
+        """Where `text` may be, in the order to look: the one repo it names when it names a repo type
+        (`hf://models/...`, `hf://datasets/...`, a web URL), else one location per type of `order`
+        (LarQL sources: `("model", "dataset")`, a model repo first, as LarQL itself looks)."""
+        return list(dict.fromkeys(cls.parse(text, default_type=t) for t in order))
 
     @property
     def url_prefix(self) -> str:
