@@ -29,9 +29,14 @@ from .core import fail
 @click.option("--device", help="torch device (default: cuda when available, else cpu).")
 @click.option("--buffer-mb", type=int, default=512, show_default=True,
               help="memory for buffered hidden states; bounds the shard size.")
+@click.option("--shard-rows", type=click.IntRange(min=1),
+              help="token rows per shard (default: what --buffer-mb holds).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="where dequantized .gguf and offline models are cached (default: $VINDEX_CACHE/models, "
+                   "else ~/.cache/vindex/models).")
 @click.option("--trust-remote-code", is_flag=True, help="allow the model's own Python code (off by default).")
 @click.option("--quiet", is_flag=True, help="no progress bar or summary.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+@click.option("--ray", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="run on a Ray cluster: --ray alone uses RAY_ADDRESS or a local cluster; or give "
                    "ray://head:10001, auto, local (needs the `distributed` extra).")
 @click.option("--actors", type=int, help="with --ray: model copies in the actor pool (default: what fits).")
@@ -39,8 +44,8 @@ from .core import fail
 @click.option("--weights", is_flag=True, help="also write the weight tables (features, ov_gate, layer_stats); "
                                              "`vindex weights` has their options.")
 def build(source, out, name, prompts, prompt_set_name, layers, dtype, batch_size, max_tokens, poolings,
-          chat_template, resume, device, buffer_mb, trust_remote_code, quiet, ray_address, actors, gpus_per_actor,
-          weights):
+          chat_template, resume, device, buffer_mb, shard_rows, cache_dir, trust_remote_code, quiet, ray, actors,
+          gpus_per_actor, weights):
     """Run a model over a prompt set and write per-layer activations into a vindex.
 
     SOURCE is a Hugging Face model folder, a .gguf file, a Hub id (org/name[@revision]) or an
@@ -52,8 +57,9 @@ def build(source, out, name, prompts, prompt_set_name, layers, dtype, batch_size
         root = build_fn(source, out, name=name, prompts=prompts, prompt_set_name=prompt_set_name,
                         layers=layers, dtype=dtype, batch_size=batch_size, max_tokens=max_tokens,
                         poolings=poolings, chat_template=chat_template, resume=resume, device=device,
-                        buffer_mb=buffer_mb, trust_remote_code=trust_remote_code, progress=not quiet,
-                        ray=ray_address, actors=actors, gpus_per_actor=gpus_per_actor, weights=weights)
+                        buffer_mb=buffer_mb, shard_rows=shard_rows, cache_dir=cache_dir,
+                        trust_remote_code=trust_remote_code, progress=not quiet, ray=ray, actors=actors,
+                        gpus_per_actor=gpus_per_actor, weights=weights)
     except VindexError as e:
         fail(e)
     click.echo(str(root))

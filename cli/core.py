@@ -45,10 +45,11 @@ def info(path, as_json):
 
 @click.command()
 @click.argument("path", type=click.Path(file_okay=False))
-@click.option("--no-checksums", is_flag=True, help="Skip sha256 (sizes, schemas and rows are still checked).")
-def verify(path, no_checksums):
+@click.option("--checksums/--no-checksums", default=True, show_default=True,
+              help="Check every file's sha256; --no-checksums still checks sizes, schemas and rows.")
+def verify(path, checksums):
     """Check every file of a vindex against its manifest; exit 1 on any problem."""
-    problems = verify_fn(path, checksums=not no_checksums)
+    problems = verify_fn(path, checksums=checksums)
     for p in problems:
         click.echo(str(p), err=True)
     if problems:

@@ -68,14 +68,14 @@ def pull(source, tables, layers, models, out, workers, quiet):
 @click.command("ls")
 @click.option("--org", default=None, help="Also list this Hub org's vindex repos (tagged `vindex`).")
 @click.option("--collection", default=None, help="Also list the vindex datasets of this Hub collection (slug).")
-@click.option("--no-local", is_flag=True, help="Skip the local cache.")
+@click.option("--local/--no-local", default=True, show_default=True, help="List the local cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def ls_(org, collection, no_local, as_json):
+def ls_(org, collection, local, as_json):
     """List vindexes in the local cache and, with --org/--collection, on the Hub."""
     from vindex.hub import ls as run
     from vindex.info import human_bytes
     try:
-        rows = run(org=org, collection=collection, local=not no_local)
+        rows = run(org=org, collection=collection, local=local)
     except VindexError as e:
         fail(e)
     if as_json:

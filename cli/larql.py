@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from vindex import info
 from vindex.errors import VindexError
 from .core import fail
 
@@ -27,11 +28,9 @@ def import_larql(src, out, name, gate_vectors, revision, quiet):
         root = run(src, out, name=name, gate_vectors=gate_vectors, revision=revision, progress=not quiet)
     except VindexError as e:
         fail(e)
-    from vindex import Vindex
-    vx = Vindex.open(root)
-    rows = {t: sum(e["rows"] for e in vx.files(t)) for t in vx.tables}
-    click.echo(f"imported {src} -> {root} (vindex {vx.name!r}: "
-               + ", ".join(f"{t} {n} rows" for t, n in rows.items()) + ")")
+    d = info(root)
+    click.echo(f"imported {src} -> {root} (vindex {d['name']!r}: "
+               + ", ".join(f"{t} {d['tables'][t]['rows']} rows" for t in d["tables"]) + ")")
 
 
 COMMANDS = [import_larql]

@@ -174,28 +174,32 @@ def shell(con, max_rows: int = 40) -> None:
               help="Permutation null size (99 shows p < 0.01).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--depth", "by_depth", is_flag=True, help="Print the matched-depth diagonal and off-diagonal band instead.")
+@click.option("--band", default=0.15, show_default=True, type=float,
+              help="With --depth: |depth_a - depth_b| from which a layer pair counts as off-diagonal.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a heatmap PNG here.")
 @click.option("-f", "--format", "fmt", type=click.Choice(["grid", "table", "csv", "json"]), default="grid",
               show_default=True, help="grid: layers of A down, layers of B across; table/csv/json: one row per pair.")
 @click.option("--all", "all_pairs", is_flag=True,
               help="Every model pair of the lake at once (vindex.query.lake_cka.cka_all); see -o.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+@click.option("--ray", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Compute the Grams and pairs as Ray tasks: --ray alone uses RAY_ADDRESS or a local cluster; "
                    "or ray://head:10001, auto, local (needs the `distributed` extra).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "--output", "out", type=click.Path(dir_okay=False),
               help="With --all / --ray: write the result table here as Parquet (query it with vindex sql).")
+@click.option("--quiet", is_flag=True, help="With --all / --ray: no progress bar.")
 def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_set, permutations, seed, by_depth,
-        plot, fmt, all_pairs, ray_address, output):
+        band, plot, fmt, all_pairs, ray, out, quiet):
     """CKA between every layer of MODEL_A and every layer of MODEL_B (is it above chance? use --permutations).
 
     \b
     vindex cka -l lake gemma3-270m qwen2.5-0.5b --permutations 99 --plot cka.png
     vindex cka -l lake --all --ray -o lake-cka.parquet      # every pair of the lake, on Ray
     """
-    if all_pairs or ray_address is not None:
-        return cka_all_command(model_a, model_b, lakes, all_pairs, ray_address, output, by_depth, plot, fmt,
+    if all_pairs or ray is not None:
+        return cka_all_command(model_a, model_b, lakes, all_pairs, ray, out, by_depth, plot, fmt,
                                dict(pooling=pooling, estimator=estimator, kernel=kernel, preprocess=preprocess,
-                                    prompt_set=prompt_set, permutations=permutations, seed=seed))
+                                    prompt_set=prompt_set, permutations=permutations, seed=seed,
+                                    progress=not quiet))
     if not (model_a and model_b):
         raise click.UsageError("give MODEL_A and MODEL_B, or --all for every pair of the lake")
     from vindex.query import cka_depth, cka_matrix
@@ -208,7 +212,7 @@ def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_
             from vindex.query.plot import heatmap
             heatmap(table, plot)
         if by_depth:
-            depth = cka_depth(con, model_a, model_b, **options)
+            depth = cka_depth(con, model_a, model_b, **options, band=band)
             print_rows(con, depth, ["layer_a", "depth_a", "layer_b", "depth_b", "diagonal", "off_mean", "margin",
                                     "null_p95", "p_value"], "table" if fmt == "grid" else fmt)
         elif fmt == "grid":
@@ -221,7 +225,7 @@ def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_
         fail(e)
 
 
-def cka_all_command(model_a, model_b, lakes, all_pairs, ray_address, output, by_depth, plot, fmt, options):
+def cka_all_command(model_a, model_b, lakes, all_pairs, ray, out, by_depth, plot, fmt, options):
     """`vindex cka --all` / `--ray`: a thin shell over vindex.query.lake_cka.cka_all."""
     if by_depth or plot:
         raise click.UsageError("--depth and --plot take one pair without --all/--ray; query the -o table instead")
@@ -231,7 +235,7 @@ def cka_all_command(model_a, model_b, lakes, all_pairs, ray_address, output, by_
     models = [m for m in (model_a, model_b) if m] or None
     try:
         table = cka_all(*(lakes or (".",)), models=models if all_pairs else None,
-                        pairs=None if all_pairs else [(model_a, model_b)], ray=ray_address, out=output, **options)
+                        pairs=None if all_pairs else [(model_a, model_b)], ray=ray, out=out, **options)
         if table.num_rows == 0:
             raise VindexError("no model pair could be compared (see the warnings above)")
         if fmt != "grid":
@@ -245,7 +249,7 @@ def cka_all_command(model_a, model_b, lakes, all_pairs, ray_address, output, by_
         click.echo(_table_text(con.sql(
             "SELECT model_a, model_b, count(DISTINCT layer_a) AS layers_a, count(DISTINCT layer_b) AS layers_b, "
             "round(max(cka), 4) AS max_cka, round(avg(cka), 4) AS mean_cka FROM t GROUP BY ALL ORDER BY ALL"), 10_000))
-        click.echo(f"result: {output}" if output else "(add -o FILE.parquet to keep the full table)", err=True)
+        click.echo(f"result: {out}" if out else "(add -o FILE.parquet to keep the full table)", err=True)
     except user_errors() as e:
         fail(e)
 

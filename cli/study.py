@@ -8,7 +8,7 @@ from .core import fail
 
 
 @click.command()
-@click.argument("models", nargs=-1)
+@click.argument("models", nargs=-1, default=("smollm2-135m", "gemma3-270m"))
 @click.option("-o", "--out", default="study-report", show_default=True, type=click.Path(file_okay=False),
               help="report folder: report.md, figures/*.png, data/*.parquet.")
 @click.option("--lake", default="lake", show_default=True, type=click.Path(file_okay=False),
@@ -16,8 +16,12 @@ from .core import fail
 @click.option("--prompts", default="default", show_default=True,
               help="'default', 'heldout', or a JSONL / CSV / Parquet / .txt file of prompts.")
 @click.option("--pooling", "poolings", multiple=True, type=click.Choice(["last", "mean_nosink", "mean"]),
-              help="pooling for the matched-depth tables (repeat; first = primary). "
-                   "Default: last, mean_nosink; mean is always added for the sink confound.")
+              default=("last", "mean_nosink"), show_default=True,
+              help="pooling for the matched-depth tables (repeat; first = primary); mean is always added "
+                   "for the sink confound.")
+@click.option("--estimator", "estimators", multiple=True, type=click.Choice(["biased", "debiased"]),
+              default=("biased", "debiased"), show_default=True,
+              help="CKA estimators for the matched-depth tables (repeat).")
 @click.option("--permutations", type=int, default=99, show_default=True,
               help="shuffles for every permutation null (99 resolves p down to 0.01; 0 disables).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -35,8 +39,8 @@ from .core import fail
 @click.option("--batch-size", type=int, default=16, show_default=True, help="prompts per forward pass.")
 @click.option("--layers", help="layers to build for new vindexes, e.g. '0-8,12' (default: all).")
 @click.option("--quiet", is_flag=True, help="no progress, no summary (the report path is still printed).")
-def study(models, out, lake, prompts, poolings, permutations, seed, band, knn_k, lexicon, weights, feature_vectors,
-          dtype, batch_size, layers, quiet):
+def study(models, out, lake, prompts, poolings, estimators, permutations, seed, band, knn_k, lexicon, weights,
+          feature_vectors, dtype, batch_size, layers, quiet):
     """Reproduce the cross-model study: do models converge at matched depth, above chance?
 
     MODELS are offline names (smollm2-135m, gemma3-270m, qwen2.5-0.5b, minilm-l6), model folders,
@@ -46,11 +50,10 @@ def study(models, out, lake, prompts, poolings, permutations, seed, band, knn_k,
     and the confounds (attention sinks, last-token identity, estimator gap). A rerun reuses
     everything already computed and takes seconds.
     """
-    from vindex.study.run import DEFAULT_MODELS, POOLINGS
-    from vindex.study.run import study as study_fn
+    from vindex.study import study as study_fn
     try:
-        report = study_fn(list(models) or DEFAULT_MODELS, out, lake=lake, prompts=prompts,
-                          poolings=poolings or POOLINGS, permutations=permutations, seed=seed, band=band,
+        report = study_fn(list(models), out, lake=lake, prompts=prompts, poolings=poolings,
+                          estimators=estimators, permutations=permutations, seed=seed, band=band,
                           knn_k=knn_k, lexicon=lexicon, weights=weights, feature_vectors=feature_vectors,
                           dtype=dtype, batch_size=batch_size, layers=layers,
                           progress=not quiet)

@@ -12,7 +12,7 @@ from vindex.errors import VindexError
               help="Where to write the page (one self-contained HTML file).")
 @click.option("--model", "models", multiple=True, help="Only these models (repeat; default: all).")
 @click.option("--estimator", "estimators", multiple=True, type=click.Choice(["biased", "debiased"]),
-              help="CKA estimators to include (repeat; default: both).")
+              default=("biased", "debiased"), show_default=True, help="CKA estimators to include (repeat).")
 @click.option("--pooling", "poolings", multiple=True, help="Poolings to include (repeat; default: all common ones).")
 @click.option("--prompt-set", default=None, help="Prompt set CKA aligns on (default: the largest common one).")
 @click.option("--permutations", default=99, show_default=True, type=click.IntRange(min=0),
@@ -25,8 +25,9 @@ from vindex.errors import VindexError
 @click.option("--serve", is_flag=True, help="Also serve the page on 127.0.0.1 until Ctrl-C.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port for --serve (0: any free port).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def view(sources, out, models, estimators, poolings, prompt_set, permutations, preprocess, max_features,
-         title, serve, port):
+         title, serve, port, quiet):
     """Write one offline HTML page showing a lake: CKA between two models' layers, features, provenance.
 
     SOURCES are lake roots, vindex folders or hf:// repos. The page needs no network: open it
@@ -36,10 +37,10 @@ def view(sources, out, models, estimators, poolings, prompt_set, permutations, p
     from .core import fail
 
     try:
-        path = view_fn(*sources, out=out, models=list(models) or None, estimators=tuple(estimators) or
-                       ("biased", "debiased"), poolings=list(poolings) or None, prompt_set=prompt_set,
-                       permutations=permutations, preprocess=preprocess, max_features=max_features,
-                       title=title, serve=serve, port=port,
+        path = view_fn(*sources, out=out, models=list(models) or None, estimators=estimators,
+                       poolings=list(poolings) or None, prompt_set=prompt_set, permutations=permutations,
+                       preprocess=preprocess, max_features=max_features, title=title, serve=serve, port=port,
+                       progress=not quiet,
                        ready=lambda url: click.echo(f"serving {path_msg(out)} at {url} (Ctrl-C to stop)"))
     except (VindexError, OSError, ValueError) as e:
         fail(e)

@@ -33,12 +33,12 @@ def _feature_layers(value: str):
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="skip shards already written; --no-resume rewrites them.")
 @click.option("--quiet", is_flag=True, help="no progress bar or summary.")
-@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+@click.option("--ray", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="run on a Ray cluster, a task per layer range: --ray alone uses RAY_ADDRESS or a local "
                    "cluster; or ray://head:10001, auto, local (needs the `distributed` extra).")
 @click.option("--layers-per-task", type=int, help="with --ray: layers per task (default: spread over the CPUs).")
 def weights(source, out, name, top_k, unembedding, ov_variants, feature_layers, ov_top_k, vectors, vector_dtype,
-            tables, layers, resume, quiet, ray_address, layers_per_task):
+            tables, layers, resume, quiet, ray, layers_per_task):
     """Write a model's weight-derived tables (features/down_meta, ov_gate, layer_stats) into a vindex.
 
     SOURCE is a model folder, a .gguf file, a Hub id or an offline model name (smollm2-135m,
@@ -52,7 +52,7 @@ def weights(source, out, name, top_k, unembedding, ov_variants, feature_layers, 
                              feature_layers=_feature_layers(feature_layers), ov_top_k=ov_top_k,
                              vectors=None if vectors == "none" else vectors, vector_dtype=vector_dtype,
                              tables=[t for t in tables.split(",") if t], layers=layers, resume=resume,
-                             progress=not quiet, ray=ray_address, layers_per_task=layers_per_task)
+                             progress=not quiet, ray=ray, layers_per_task=layers_per_task)
     except VindexError as e:
         fail(e)
     click.echo(str(root))
