@@ -4,16 +4,22 @@ Shapes: X is (n, d): n rows (prompts or tokens) aligned across the two sides, d 
 Everything is float64: float16/float32 dot products lose the digits CKA differences live in.
 
 The fast path (what the SQL functions use) never forms a Gram per pair: for each side,
-`unit_gram` returns the centred Gram scaled to unit Frobenius norm, and then
+`packed_unit_gram` returns the centred Gram scaled to unit Frobenius norm (packed), and then
 
     CKA(X, Y) = <g_X, g_Y>                     (one dot product per layer pair)
 
 because CKA is the cosine of the two centred Grams (Kornblith et al. 2019, eq. 4):
 
     CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)),   HSIC(K, L) ∝ <HKH, HLH>_F
+
+The CKA contract, the same on every path (the SQL functions and macros, `lake_cka` locally or on
+Ray, the study's subset CKA): a side's rows are sorted by their keys (`sort_rows`, or an ORDER BY
+in SQL), fingerprinted by `rows_fingerprint` (SQL: `rows_key`) and turned into one
+`packed_unit_gram`; two Grams are compared only when their fingerprints agree.
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -190,7 +196,7 @@ def centred(X: np.ndarray) -> np.ndarray:
     return Xc
 
 
-def centred_gram(X, opts: Options | None = None) -> tuple[np.ndarray, float]:
+def _centred_gram(X, opts: Options | None = None) -> tuple[np.ndarray, float]:
     """The (n, n) centred Gram of X and the scale of its kernel values (for the 0/0 test).
 
     biased:   HKH                           (Kornblith et al. 2019)
@@ -232,17 +238,51 @@ def _unit(v: np.ndarray, scale: float) -> np.ndarray:
     return v
 
 
-def unit_gram(X, opts: Options | None = None) -> np.ndarray:
-    """The (n, n) centred Gram of X scaled to unit Frobenius norm, so CKA = <G_X, G_Y>_F.
-    Raises DegenerateInput for a constant layer (the Gram is 0 after centring)."""
-    G, scale = centred_gram(X, opts)
-    return _unit(G, scale)
-
-
 def packed_unit_gram(X, opts: Options | None = None) -> np.ndarray:
-    """unit_gram packed (pack_symmetric): what the SQL functions store per layer; CKA = p_X . p_Y."""
-    G, scale = centred_gram(X, opts)
+    """THE Gram of a side: its (n, n) centred Gram scaled to unit Frobenius norm, packed
+    (pack_symmetric), so CKA(X, Y) = p_X . p_Y. Raises DegenerateInput for a constant layer (the
+    Gram is 0 after centring)."""
+    # Packed, not (n, n): SQL stores one Gram per layer as DOUBLE[] and pairs them with DuckDB's
+    # list_dot_product, and n(n+1)/2 numbers are half the bytes to store, move and multiply per pair.
+    G, scale = _centred_gram(X, opts)
     return _unit(pack_symmetric(G), scale)
+
+
+# -- which rows: the fingerprint two sides must share -------------------------------------------
+def rows_fingerprint(fields) -> int:
+    """A signed 64-bit fingerprint (BLAKE2b, 8 bytes) of row keys in the given order: which rows, in
+    which order. `fields`: the key columns (e.g. [prompt_set, prompt_id]), each a 1-d array.
+    Integer keys are hashed as int64 (an int32 and an int64 prompt_id agree), strings as text."""
+    digest = hashlib.blake2b(digest_size=8)
+    for f in fields:
+        f = np.asarray(f)
+        if f.dtype.kind in "iub":
+            data = np.ascontiguousarray(f, dtype=np.int64).tobytes()
+        elif f.dtype.kind == "f":
+            data = np.ascontiguousarray(f, dtype=np.float64).tobytes()
+        else:
+            data = "\x1f".join(map(str, f)).encode()
+        digest.update(data)
+        digest.update(b"\x1e")
+    return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+def sort_rows(fields) -> tuple[np.ndarray, int, int]:
+    """For unordered rows with key columns `fields` (first field the primary key): the order that
+    sorts them, the `rows_fingerprint` of the sorted keys and how many keys are distinct."""
+    fields = [np.asarray(f) for f in fields]
+    codes = [np.unique(f, return_inverse=True)[1].ravel() for f in fields]  # strings -> sortable ints
+    order = np.lexsort(codes[::-1]) if codes else np.zeros(0, np.int64)
+    n = len(order)
+    if n:
+        same = np.ones(n - 1, bool)
+        for c in codes:
+            sc = c[order]
+            same &= sc[1:] == sc[:-1]
+        n_distinct = int(n - same.sum())
+    else:
+        n_distinct = 0
+    return order, rows_fingerprint([f[order] for f in fields]), n_distinct
 
 
 def cka(X, Y, estimator="biased", kernel="linear", preprocess="none") -> float:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from . import cka as C
 from . import cluster, knn
 from .macros import ModelInfo, macros
-from .vectors import double_lists, row_arrays, row_keys, row_labels, row_matrices, scalars
+from .vectors import double_lists, row_arrays, row_key_fields, row_keys, row_labels, row_matrices, scalars
 
 NULL_STRUCT = "STRUCT(null_mean DOUBLE, null_p95 DOUBLE, p_value DOUBLE)"
 
@@ -126,6 +126,12 @@ def _gram_or_none(make, X):
     except C.DegenerateInput as e:
         C.warn_undefined("cka_gram", e)
         return None
+
+
+def udf_rows_key(keys) -> pa.Array:
+    """rows_key(list of keys) -> BIGINT: `cka.rows_fingerprint` of the keys in list order, the
+    fingerprint the matrix macros compare (theirs is of the keys sorted)."""
+    return pa.array([None if f is None else C.rows_fingerprint(f) for f in row_key_fields(keys)], pa.int64())
 
 
 # -- per-layer Grams for the matrix macros: rows arrive unordered with their keys ----------------
@@ -306,6 +312,7 @@ UDFS = [
     ("vindex_minibatch_gram", udf_minibatch_gram, "DOUBLE[]"),
     ("vindex_minibatch_cka", udf_minibatch_cka, "DOUBLE"),
     ("vindex_cka_null", udf_cka_null, NULL_STRUCT),
+    ("rows_key", udf_rows_key, "BIGINT"),
     ("vindex_layer_gram", udf_layer_gram, LAYER_GRAM),
     ("vindex_layer_minibatch_gram", udf_layer_minibatch_gram, LAYER_GRAM),
     ("vindex_layer_knn_graph", udf_layer_knn_graph, LAYER_GRAM),

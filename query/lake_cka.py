@@ -8,9 +8,10 @@
 The computation is the SQL layer's `cka_matrix`, organised for a whole lake:
 
 1. one task per (model, layer): read that layer's `pooled` shards (local files or hf:// through
-   HfFileSystem), keep `pooling` (and `prompt_set`) rows ordered by (prompt_set, prompt_id), and
-   compute the centred, unit-norm Gram g = HKH/||HKH||_F, packed (`gram_vector`: the function
-   behind the SQL `cka_gram` UDF). Cost: models x layers x n^2 d.
+   HfFileSystem), keep `pooling` (and `prompt_set`) rows, sort them by (prompt_set, prompt_id) and
+   fingerprint them (`cka.sort_rows`, as the SQL layer does), and compute the centred, unit-norm
+   Gram g = HKH/||HKH||_F, packed (`cka.packed_unit_gram`, the SQL layer's Gram).
+   Cost: models x layers x n^2 d.
 2. one task per model: stack its layers' Grams into one matrix (per row key), once for all its pairs.
 3. one task per model pair: CKA(a, b) = <g_a, g_b> (Kornblith et al. 2019, eq. 4, as the cosine of
    centred Grams) for all layer pairs at once, G_A G_B^T, and with permutations > 0 the null of
@@ -23,7 +24,6 @@ one Parquet file.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import sys
 import time
@@ -52,10 +52,12 @@ RESULT_SCHEMA = pa.schema([
 # -- step 1: one (model, layer) -> its unit centred Gram -------------------------------------------
 def layer_gram(model: str, layer: int, n_layers: int, files: list[tuple[str, dict]], filesystem, pooling: str,
                prompt_set: str | None, opts: C.Options) -> tuple[dict, np.ndarray | None]:
-    """Read one layer's pooled shards and return (meta, g), g the packed unit Gram (`gram_vector`) or None.
+    """Read one layer's pooled shards and return (meta, g), g the packed unit Gram
+    (`cka.packed_unit_gram`) or None.
 
-    meta: model, layer, depth (layer / n_layers, as the SQL layer), n, key (digest of the ordered (prompt_set, prompt_id) rows: two
-    layers are comparable only when their keys agree) and note (why g is None, if it is).
+    meta: model, layer, depth (layer / n_layers, as the SQL layer), n, key (`cka.sort_rows`'
+    fingerprint of the sorted (prompt_set, prompt_id) rows, the SQL layer's rows_key: two layers are
+    comparable only when their keys agree) and note (why g is None, if it is).
     """
     parts = [_read_pooled(url, entry, filesystem) for url, entry in files]
     t = pa.concat_tables(parts) if parts else None
@@ -69,27 +71,21 @@ def layer_gram(model: str, layer: int, n_layers: int, files: list[tuple[str, dic
         meta["note"] = f"{model} layer {layer}: no pooled rows with pooling = {pooling!r}" + \
             (f" and prompt_set = {prompt_set!r}" if prompt_set is not None else "")
         return meta, None
-    t = t.take(pc.sort_indices(t, [("prompt_set", "ascending"), ("prompt_id", "ascending")]))
-    sets, ids = t["prompt_set"].to_pylist(), t["prompt_id"].to_numpy()
-    meta.update(n=t.num_rows, key=_rows_key(sets, ids))
-    if len(set(zip(sets, ids.tolist()))) != t.num_rows:
+    order, key, n_distinct = C.sort_rows([t["prompt_set"].to_numpy(), t["prompt_id"].to_numpy()])
+    t = t.take(order)
+    meta.update(n=t.num_rows, key=key)
+    if n_distinct != t.num_rows:
         meta["note"] = (f"{model} layer {layer}: a prompt appears twice ({t.num_rows} rows); filter by "
                         "prompt_set or pooling")
         return meta, None
     act = t["act"].combine_chunks()
     X = act.flatten().to_numpy(zero_copy_only=False).reshape(t.num_rows, -1).astype(np.float64)
     try:
-        return meta, gram_vector(X, opts)
+        return meta, C.packed_unit_gram(X, opts)
     except (C.DegenerateInput, InvalidValue) as e:   # a constant layer, or n < 2: CKA is NULL
         meta["note"] = f"{model} layer {layer}: {e}"
         meta["undefined"] = True
         return meta, None
-
-
-def gram_vector(X: np.ndarray, opts: C.Options) -> np.ndarray:
-    """The layer's Gram as the SQL layer's `cka_gram` stores it: the unit centred Gram, packed
-    (diagonal, then sqrt(2) x the upper triangle: n(n+1)/2 numbers, <pack A, pack B> = <A, B>_F)."""
-    return C.packed_unit_gram(X, opts)
 
 
 def _read_pooled(url: str, entry: dict, filesystem) -> pa.Table:
@@ -104,13 +100,6 @@ def _read_pooled(url: str, entry: dict, filesystem) -> pa.Table:
         raise NotFound(f"{url}: listed in the manifest but missing") from None
 
 
-def _rows_key(sets: list, ids: np.ndarray) -> str:
-    h = hashlib.sha256()
-    h.update("\x00".join(sets).encode())
-    h.update(np.asarray(ids, dtype=np.int64).tobytes())
-    return h.hexdigest()
-
-
 # -- step 2: one model's Grams stacked, once -------------------------------------------------------
 def model_stack(*layers) -> dict:
     """A model's (meta, g) per layer -> its Grams stacked into one matrix per row key (layers that
@@ -122,7 +111,7 @@ def model_stack(*layers) -> dict:
     """
     metas = [m for m, _ in layers]
     blocks = {}
-    for key in dict.fromkeys(m["key"] for m in metas if m["key"]):
+    for key in dict.fromkeys(m["key"] for m in metas if m["key"] is not None):
         pos = [i for i, m in enumerate(metas) if m["key"] == key]
         width = next((g.size for i in pos if (g := layers[i][1]) is not None), None)
         if width is None:

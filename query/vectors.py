@@ -7,12 +7,12 @@ slicing offsets (a bare `.values` of a sliced array does not).
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pyarrow as pa
 
 from vindex.errors import InvalidValue
+
+from .cka import sort_rows
 
 
 def _chunks(column) -> list[pa.Array]:
@@ -88,14 +88,17 @@ def row_arrays(column) -> list[np.ndarray | None]:
     return out
 
 
-def row_keys(column) -> list[tuple[np.ndarray, int, int] | None]:
-    """For each row of a list of key structs (e.g. list((prompt_set, prompt_id))): the order that
-    sorts the rows by their keys, a 64-bit fingerprint of the sorted keys, and how many are distinct."""
+def row_key_fields(column) -> list[list[np.ndarray] | None]:
+    """For each row of a list of keys (e.g. list((prompt_set, prompt_id)), structs or scalars): its
+    key columns as numpy arrays, in list order; None for a NULL row."""
     out = []
     for chunk in _chunks(column):
         if pa.types.is_null(chunk.type):
             out.extend([None] * len(chunk))
             continue
+        if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
+            raise InvalidValue(f"rows_key: expected a list of keys such as list((prompt_set, prompt_id)), "
+                               f"got {chunk.type}")
         offsets = chunk.offsets.to_numpy()
         values = chunk.values
         for i in range(len(chunk)):
@@ -105,29 +108,14 @@ def row_keys(column) -> list[tuple[np.ndarray, int, int] | None]:
             part = values.slice(offsets[i], offsets[i + 1] - offsets[i])
             fields = [part.field(j) for j in range(part.type.num_fields)] if pa.types.is_struct(part.type) \
                 else [part]
-            out.append(_sort_keys([f.to_numpy(zero_copy_only=False) for f in fields]))
+            out.append([f.to_numpy(zero_copy_only=False) for f in fields])
     return out
 
 
-def _sort_keys(fields: list[np.ndarray]) -> tuple[np.ndarray, int, int]:
-    codes = [np.unique(f, return_inverse=True)[1].ravel() for f in fields]  # strings -> sortable ints
-    order = np.lexsort(codes[::-1]) if codes else np.zeros(0, np.int64)   # first field is the primary key
-    digest = hashlib.blake2b(digest_size=8)
-    for f in fields:
-        sorted_f = f[order]
-        digest.update(("\x1f".join(map(str, sorted_f)).encode() if sorted_f.dtype == object else
-                       np.ascontiguousarray(sorted_f).tobytes()))
-        digest.update(b"\x1e")
-    n = len(order)
-    if n:
-        same = np.ones(n - 1, bool)
-        for c in codes:
-            sc = c[order]
-            same &= sc[1:] == sc[:-1]
-        n_distinct = int(n - same.sum())
-    else:
-        n_distinct = 0
-    return order, int.from_bytes(digest.digest(), "little", signed=True), n_distinct
+def row_keys(column) -> list[tuple[np.ndarray, int, int] | None]:
+    """For each row of a list of keys, unordered: `cka.sort_rows` of its key columns (the order that
+    sorts the rows, the fingerprint of the sorted keys, how many are distinct)."""
+    return [None if fields is None else sort_rows(fields) for fields in row_key_fields(column)]
 
 
 def row_labels(column, what: str = "labels") -> list[np.ndarray | None]:

@@ -141,13 +141,13 @@ SUBSET_CKA = """
 WITH sel AS (SELECT prompt_set, prompt_id, grp FROM study_subset),
      want AS (SELECT layer_a, layer_b FROM study_pairs),
 ga AS (SELECT s.grp, r.layer, any_value(r.depth)::DOUBLE AS depth, count(*) AS n,
-              hash(list((r.prompt_set, r.prompt_id) ORDER BY r.prompt_set, r.prompt_id)) AS k,
+              rows_key(list((r.prompt_set, r.prompt_id) ORDER BY r.prompt_set, r.prompt_id)) AS k,
               cka_gram(list(r.act ORDER BY r.prompt_set, r.prompt_id), estimator := $estimator) AS g
        FROM pooled AS r JOIN sel AS s ON s.prompt_set = r.prompt_set AND s.prompt_id = r.prompt_id
        WHERE r.model = $model_a AND r.pooling = $pooling AND r.layer IN (SELECT layer_a FROM want)
        GROUP BY s.grp, r.layer),
 gb AS (SELECT s.grp, r.layer, any_value(r.depth)::DOUBLE AS depth, count(*) AS n,
-              hash(list((r.prompt_set, r.prompt_id) ORDER BY r.prompt_set, r.prompt_id)) AS k,
+              rows_key(list((r.prompt_set, r.prompt_id) ORDER BY r.prompt_set, r.prompt_id)) AS k,
               cka_gram(list(r.act ORDER BY r.prompt_set, r.prompt_id), estimator := $estimator) AS g
        FROM pooled AS r JOIN sel AS s ON s.prompt_set = r.prompt_set AND s.prompt_id = r.prompt_id
        WHERE r.model = $model_b AND r.pooling = $pooling AND r.layer IN (SELECT layer_b FROM want)
@@ -167,7 +167,7 @@ def subset_cka(con, model_a: str, model_b: str, layer_pairs, subset: pa.Table, *
                estimator: str, permutations: int, seed: int) -> pa.Table:
     """CKA at the given layer pairs over groups of prompts (`subset`: prompt_set, prompt_id, grp),
     each group with its own permutation null. Groups whose rows differ between the models are left
-    out (the SQL joins on a fingerprint of the rows)."""
+    out (the SQL joins on `rows_key`, the fingerprint the CKA matrix functions compare)."""
     con.register("study_subset", subset)
     con.register("study_pairs", pa.table({"layer_a": [p[0] for p in layer_pairs],
                                           "layer_b": [p[1] for p in layer_pairs]}))

@@ -50,6 +50,13 @@ def ref_rbf(X, sigma):
     return np.exp(-d2 / (2 * sigma ** 2 * np.median(d2)))
 
 
+def ref_unit_gram(X):
+    """HKH / ||HKH||_F for the linear kernel: the centred Gram at unit Frobenius norm."""
+    X = np.asarray(X, np.float64) - np.mean(X, 0)
+    K = X @ X.T
+    return K / np.linalg.norm(K)
+
+
 def ref_cka(K, L, hsic):
     return hsic(K, L) / np.sqrt(hsic(K, K) * hsic(L, L))
 
@@ -108,14 +115,14 @@ def test_feature_space_path_for_many_rows(estimator):
     # n > 2 (dx + dy): cka() takes the n x d route, which must give the Gram route's number
     X, Y = pair(n=400, dx=12, dy=9, seed=4)
     opts = C.options(estimator)
-    gram_route = float(np.dot(C.unit_gram(X, opts).ravel(), C.unit_gram(Y, opts).ravel()))
+    gram_route = float(np.dot(C.packed_unit_gram(X, opts), C.packed_unit_gram(Y, opts)))
     assert abs(C.cka(X, Y, estimator) - gram_route) < 1e-10
     assert abs(C.cka(X, Y, estimator) - torch_cka(X, Y, unbiased=estimator == "debiased")) < TOL
 
 
 def test_packed_grams_give_the_same_dot_products():
     X, Y = pair()
-    gx, gy = C.unit_gram(X), C.unit_gram(Y)
+    gx, gy = ref_unit_gram(X), ref_unit_gram(Y)
     assert abs(np.dot(C.pack_symmetric(gx), C.pack_symmetric(gy)) - (gx * gy).sum()) < 1e-12
     assert C.packed_size(len(C.pack_symmetric(gx))) == len(gx)
     with pytest.raises(InvalidValue, match="n\\(n\\+1\\)/2"):
@@ -167,7 +174,7 @@ def test_permutation_null_is_cka_of_shuffled_rows():
     assert abs(res["null_p95"] - np.percentile(null, 95)) < TOL
     assert res["p_value"] == (1 + (null >= res["cka"]).sum()) / (1 + count)
     # the gather for the other side (inverse permutations) gives the same null
-    gx, gy = C.pack_symmetric(C.unit_gram(X)), C.pack_symmetric(C.unit_gram(Y))
+    gx, gy = C.packed_unit_gram(X), C.packed_unit_gram(Y)
     a = C.null_scores(gx[None], gy[None], C.permutation_gather(30, count, seed))[0, 0]
     b = C.null_scores(gy[None], gx[None], C.permutation_gather(30, count, seed, inverse=True))[0, 0]
     assert np.allclose(a, b, atol=1e-12) and np.allclose(a, null, atol=TOL)
@@ -219,3 +226,19 @@ def test_clear_errors():
     with pytest.raises(InvalidValue, match="batches of >= 4"):
         C.minibatch_cka(X, Y, batch_size=3)
     assert C.options("unbiased").estimator == "debiased"
+
+
+# -- which rows: the fingerprint every CKA path compares -----------------------------------------
+def test_rows_fingerprint_is_of_which_rows_in_which_order():
+    sets, ids = np.array(["b", "a", "a"], dtype=object), np.array([0, 2, 1], np.int64)
+    f = C.rows_fingerprint([sets, ids])
+    assert isinstance(f, int) and -2 ** 63 <= f < 2 ** 63
+    assert f == C.rows_fingerprint([sets.copy(), ids.astype(np.int32)])     # int32 and int64 ids agree
+    assert f != C.rows_fingerprint([sets[::-1], ids[::-1]])                 # another order
+    assert f != C.rows_fingerprint([sets, ids + 1])                         # other rows
+    assert f != C.rows_fingerprint([np.array(["b", "a", "c"], dtype=object), ids])
+    # sort_rows: the order sorting by (set, id), the fingerprint of the sorted keys, distinct keys
+    order, key, n_distinct = C.sort_rows([sets, ids])
+    assert order.tolist() == [2, 1, 0] and n_distinct == 3
+    assert key == C.rows_fingerprint([np.array(["a", "a", "b"], dtype=object), np.array([1, 2, 0])])
+    assert C.sort_rows([sets, np.array([0, 1, 1])])[2] == 2                 # ("a", 1) twice

@@ -81,6 +81,22 @@ def test_explicit_pairs_keep_their_order(lake):
     assert_same(_pair(t, "m2", "m0"), sql_matrix(connect(lake), "m2", "m0"), tol=1e-9)
 
 
+def test_one_contract_with_sql_the_same_rows_key_and_gram(lake):
+    # lake_cka's step 1 fingerprints and Grams a layer as the SQL layer does (cka.sort_rows, packed_unit_gram)
+    from vindex.query import cka as C
+    from vindex.query.lake_cka import layer_gram
+    from vindex.query.sources import resolve_sources
+    v = {x.name: x for x in resolve_sources(lake)}["m1"]
+    files = [(v.url(e["path"]), e) for e in v.entries("pooled") if e["partition"]["layer"] == 2]
+    meta, g = layer_gram("m1", 2, v.n_layers, files, v.filesystem, "mean", None, C.options())
+    sql_key, sql_g = connect(lake).sql("""
+        SELECT rows_key(list((prompt_set, prompt_id) ORDER BY prompt_set, prompt_id)),
+               cka_gram(list(act ORDER BY prompt_set, prompt_id))
+        FROM pooled WHERE model = 'm1' AND layer = 2 AND pooling = 'mean'""").fetchone()
+    assert meta["key"] == sql_key and meta["n"] == 12
+    np.testing.assert_allclose(g, sql_g, rtol=0, atol=1e-15)
+
+
 def _shifted_vindex(root, name, ids, d=8, n_layers=2):
     rng = np.random.default_rng(9)
     w = VindexWriter.create(root, name, {"id": f"test/{name}", "family": "toy", "n_layers": n_layers, "d_model": d})

@@ -125,6 +125,23 @@ def test_cka_scalar_in_any_query_matches_the_matrix(con):
     assert abs(g - matrix[(2, 4)]) < 1e-12
 
 
+def test_rows_key_in_sql_is_the_fingerprint_the_matrix_compares(lake, con):
+    # the shards hold shuffled rows: the matrix UDF sorts them; SQL's rows_key reads them in list order
+    got = con.sql("""
+        SELECT rows_key(list((prompt_set, prompt_id) ORDER BY prompt_set, prompt_id)),
+               rows_key(list((prompt_set, prompt_id) ORDER BY prompt_id DESC)),
+               vindex_layer_gram(list(act), list((prompt_set, prompt_id)), 'm-a 1', 'biased', 'linear',
+                                 'none').rows_key
+        FROM pooled WHERE model = 'm-a' AND layer = 1 AND pooling = 'mean'""").fetchone()
+    _, t = layer_matrix(lake / "m-a", 1)
+    want = C.rows_fingerprint([t.column("prompt_set").to_numpy(), t.column("prompt_id").to_numpy()])
+    assert got[0] == got[2] == want and got[1] != want
+    keys = con.sql("""
+        SELECT model, layer, rows_key(list((prompt_set, prompt_id) ORDER BY prompt_set, prompt_id)) AS k
+        FROM pooled WHERE model IN ('m-a', 'm-b') AND pooling = 'mean' GROUP BY ALL""").fetchall()
+    assert len(keys) == 4 + 6 and {r[2] for r in keys} == {want}  # every layer of both: the same prompts
+
+
 def test_permutation_null_from_stored_grams(lake, con):
     t = cka_matrix(con, "m-a", "m-b", permutations=19, seed=5).to_pylist()
     perms = C.permutations(N_PROMPTS, 19, 5)
