@@ -61,9 +61,10 @@ def test_pull_one_table_two_layers_byte_identical(hub_server, published, tmp_pat
 
 @pytest.fixture(autouse=True)
 def _no_retry_wait(monkeypatch):
-    import vindex.hub.pull
+    import importlib
 
-    monkeypatch.setattr(vindex.hub.pull, "RETRY_WAIT", 0.0)
+    # the module, not the function `vindex.hub.pull` that the package exports under the same name
+    monkeypatch.setattr(importlib.import_module("vindex.hub.pull"), "RETRY_WAIT", 0.0)
 
 
 def _resolve_gets(hub_server) -> list[dict]:
@@ -97,6 +98,18 @@ def test_interrupted_pull_resumes(hub_server, published, tmp_path):
     assert res.downloaded == [big] and len(res.reused) == len(_files(root)) - 1
     assert _files(out) == _files(root) and not (out / STAGING).exists()
     assert verify(out) == [] and not Vindex.open(out).manifest["pulled_from"]["partial"]
+
+
+def test_transient_failures_are_retried_and_resumed_in_one_pull(hub_server, published, tmp_path):
+    root, _ = published
+    big = "data/activations/layer=02/part-00000.parquet"
+    hub_server.interrupt(REPO, big, after=300, times=2)   # dropped twice: each retry continues the last
+    hub_server.fail(REPO, big, times=2)                   # then two 500 answers before the rest comes
+    res = pull(URI, tables=["activations"], layers=[2], out=tmp_path / "pulled", progress=True)
+    assert res.downloaded == [big] and not res.refetched
+    assert [r["range"] for r in _resolve_gets(hub_server)] == [None, "bytes=300-", "bytes=600-", "bytes=600-",
+                                                               "bytes=600-"]
+    assert (tmp_path / "pulled" / big).read_bytes() == (root / big).read_bytes()
 
 
 def test_damaged_local_file_is_fetched_again(hub_server, published, tmp_path):
