@@ -1,8 +1,10 @@
 """The `vindex` command line: a thin click layer over the public Python functions.
 
 Each area keeps its commands in its own module here (core.py: info, verify; ...). A command
-parses options, calls the library function of the same name, and prints. Heavy imports (torch,
-duckdb) happen inside the commands, so `vindex --help` stays fast.
+parses options, calls one public library function with the same option names and defaults
+(`--quiet` is `progress=False`), and prints. reference.py names each command's function (MIRRORS)
+and writes docs/cli.md from the real `--help`; tests/test_cli_mirror.py and test_cli_reference.py
+check both. Heavy imports (torch, duckdb) happen inside the commands, so `vindex --help` stays fast.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Every `vindex` command mirrors the public function(s) it calls (vindex.cli.reference.MIRRORS):
 each option is a keyword of a mirrored function with the same name (`--foo-bar` is `foo_bar`) and
-the same default, and each keyword of the functions is an option; `--quiet` is `progress=False`.
-The exceptions are listed below, each with its reason. An option added to one side only fails."""
+the same default, each keyword of the functions is an option, and the arguments keep the
+functions' order; `--quiet` is `progress=False`. The exceptions are listed below, each with its
+reason. An option added to one side only fails."""
 from __future__ import annotations
 
 import importlib
@@ -127,6 +128,10 @@ def mismatches(name: str, command: click.Command, funcs) -> list[str]:
                 if not ok and (name, opt) not in DEFAULT_EXCEPTIONS:
                     problems.append(f"{name}: {'/'.join(p.opts)} defaults to {got!r} but {path}'s {t} "
                                     f"to {want!r}")
+    args = [p.name for p in command.params if isinstance(p, click.Argument) and p.name not in cli_only]
+    for path, ps in sigs:
+        if set(args) <= set(ps) and [k for k in ps if k in args] != args:
+            problems.append(f"{name}: arguments {args} are not in the order of {path}'s parameters")
     for k in sorted(keywords - covered):
         if k not in lib_only:
             problems.append(f"{name}: keyword {k} of {', '.join(p for p, ps in sigs if k in ps)} has no option")
@@ -177,3 +182,11 @@ def test_an_option_on_one_side_only_fails():
                for p in command.params]
     assert mismatches("pull", click.Command("pull", params=renamed), [(path, fn)]) == \
         ["pull: option --jobs is spelled differently from keyword workers"]
+
+
+def test_arguments_keep_the_functions_order():
+    (path, fn), = functions("build")
+    command = main.commands["build"]
+    swapped = click.Command("build", params=[command.params[1], command.params[0], *command.params[2:]])
+    assert mismatches("build", swapped, [(path, fn)]) == \
+        [f"build: arguments ['out', 'source'] are not in the order of {path}'s parameters"]
