@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.filesize import decimal
+
 from .manifest import partition_values
 from .reader import Vindex
 
@@ -24,7 +26,5 @@ def info(path: str | Path) -> dict:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+    """A byte count for people, in decimal units like the Hub and the progress bars: '1.5 MB'."""
+    return decimal(int(n))
