@@ -74,7 +74,10 @@ def normal(value):
 
 def cli_defaults(name, command) -> dict:
     """The values the command's callback gets when no option is given (REQUIRED where it needs one)."""
-    ctx = command.make_context(name, [], resilient_parsing=True)
+    # under the group's context: a context without it would make click cache a help option
+    # without -h on the command, and later `--help` output would differ
+    parent = click.Context(main, info_name="vindex", **main.context_settings)
+    ctx = command.make_context(name, [], parent=parent, resilient_parsing=True)
     return {p.name: REQUIRED if p.required else ctx.params[p.name] for p in command.params}
 
 
