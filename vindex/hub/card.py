@@ -17,6 +17,7 @@ import yaml
 from ..version import __version__
 from ..info import human_bytes
 from ..manifest import partition_values
+from .location import HubLocation
 
 TAGS = ["vindex", "interpretability", "transformers", "activations", "parquet"]
 _PARTITION = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=.+$")
@@ -114,7 +115,7 @@ def _query_section(manifests: list[tuple[str, dict]], repo_id: str) -> str:
     layers = partition_values(entries)
     some = ",".join(str(x) for x in layers[:2]) or "0"
     glob = table_globs(entries, prefix)[0] if entries else f"data/{table}/*/*.parquet"
-    uri = f"hf://datasets/{repo_id}"
+    uri = HubLocation(repo_id).uri()
     return f"""## Query it
 
 With [vindex](https://pypi.org/project/vindex-lake/), in place (DuckDB reads only the files and row

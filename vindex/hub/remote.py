@@ -2,8 +2,8 @@
 
 A vindex on the Hub is a dataset repo with the same layout as the folder (vindex.json, README.md,
 data/...). A repo may also hold a lake: one vindex per top-level folder (`<name>/vindex.json`).
-Locations are written `hf://datasets/<org>/<name>[@<revision>][/<folder>]`; a bare `org/name` or
-`hf://org/name` means the dataset repo (vindexes are datasets), `hf://models/org/name` a model repo.
+Locations are written `hf://datasets/<org>/<name>[@<revision>][/<folder>]` and read by
+`HubLocation.parse` (location.py; the grammar is documented in docs/hub.md).
 
     publish("lake/smollm2", "my-org/smollm2-vindex")      # upload what changed, card included
     find_remote_vindexes("hf://datasets/my-org/smollm2-vindex")   # manifests, pinned to a commit
