@@ -56,17 +56,17 @@ def parse_layers(spec, n_layers: int | None = None) -> list[int] | None:
         for part in filter(None, (p.strip() for p in str(item).split(","))):
             m = _PART.fullmatch(part)
             if not m:
-                raise InvalidValue(f"--layers {_show(items)}: cannot read {part!r}; expected layer numbers and "
+                raise InvalidValue(f"--layers: {_show(items)}: cannot read {part!r}; expected layer numbers and "
                                    f"ranges like '0-8,12'{top}")
             a, b = int(m[1]), int(m[2] if m[2] is not None else m[1])
             if b < a:
-                raise InvalidValue(f"--layers {_show(items)}: range {part!r} runs backwards")
+                raise InvalidValue(f"--layers: {_show(items)}: range {part!r} runs backwards")
             out.update(range(a, b + 1))
     if not out:
-        raise InvalidValue(f"--layers {_show(items)}: selects no layer")
+        raise InvalidValue(f"--layers: {_show(items)}: selects no layer")
     bad = sorted(x for x in out if x < 0 or (n_layers is not None and x > n_layers))
     if bad:
-        raise InvalidValue(f"--layers {_show(items)}: layer(s) {bad} out of range{top or '; layers are >= 0'}")
+        raise InvalidValue(f"--layers: {_show(items)}: layer(s) {bad} out of range{top or '; layers are >= 0'}")
     return sorted(out)
 
 
