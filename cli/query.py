@@ -307,29 +307,18 @@ def cluster(model, lakes, layer, k, seed, max_iter, against, output):
     \b
     vindex cluster -l lake gemma3-270m --layer 9 -k 32 --against label -o clusters.parquet
     """
-    from vindex.query import kmeans
+    from vindex.query import cluster_features
     try:
         con = open_lake(lakes)
-        result = kmeans(con, model, layer=layer, k=k, seed=seed, max_iter=max_iter)
-        con.register("clusters", result)
-        if output:
-            fmt = "csv" if output.endswith(".csv") else "parquet"
-            con.execute(f"COPY clusters TO '{_quote(output)}' (FORMAT {fmt})")
-        summary = ("SELECT layer, count(DISTINCT cluster) AS clusters, count(*) AS features, "
-                   "round(any_value(inertia), 4) AS inertia FROM clusters GROUP BY layer")
-        if against:
-            cols = [r[0] for r in con.sql("DESCRIBE features").fetchall()]
-            if against not in cols:
-                raise VindexError(f"--against: features has no column {against!r} (it has: {', '.join(cols)})")
-            col, order = f'f."{against}"', "c.expert NULLS FIRST, c.feature"
-            scores = (f"SELECT c.layer, count(*) AS labelled, "
-                      f"round(nmi(list({col} ORDER BY {order}), list(c.cluster ORDER BY {order})), 4) AS nmi, "
-                      f"round(ami(list({col} ORDER BY {order}), list(c.cluster ORDER BY {order})), 4) AS ami "
-                      "FROM clusters AS c JOIN features AS f ON f.model = c.model AND f.layer = c.layer "
-                      "AND f.feature = c.feature AND f.expert IS NOT DISTINCT FROM c.expert "
-                      f"WHERE {col} IS NOT NULL GROUP BY c.layer")
-            summary = f"SELECT * FROM ({summary}) LEFT JOIN ({scores}) USING (layer)"
-        click.echo(_table_text(con.sql(summary + " ORDER BY layer"), 10_000))
+        clusters, summary = cluster_features(con, model, layer=layer, k=k, seed=seed, max_iter=max_iter,
+                                             against=against)
+        if output and output.endswith(".csv"):
+            con.from_arrow(clusters).write_csv(output, header=True)
+        elif output:
+            con.from_arrow(clusters).write_parquet(output)
+        rounded = ", ".join(f"round({c}, 4) AS {c}" if c in ("inertia", "nmi", "ami") else c
+                            for c in summary.column_names)
+        click.echo(_table_text(con.from_arrow(summary).project(rounded), 10_000))
         if output:
             click.echo(f"clusters: {output}", err=True)
     except user_errors() as e:

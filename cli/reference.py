@@ -24,7 +24,7 @@ COLUMNS = 100
 MIRRORS: dict[str, tuple[str, ...]] = {
     "build": ("vindex.ingest.build",),
     "cka": ("vindex.query.cka_matrix", "vindex.query.cka_depth", "vindex.query.lake_cka.cka_all"),
-    "cluster": ("vindex.query.kmeans",),
+    "cluster": ("vindex.query.cluster_features",),
     "import-larql": ("vindex.ingest.larql.import_larql",),
     "info": ("vindex.info",),
     "ls": ("vindex.hub.ls",),

@@ -7,15 +7,18 @@
 
 Modules: sources (finding vindexes), connect (views), functions + macros (the SQL functions),
 cka (the math), cluster (k-means, NMI, AMI), knn (mutual k-NN), analyses (Python mirrors of the
-table functions), plot (heatmaps). docs/sql.md documents every view and function.
+table functions), feature_clusters (k-means of features scored against a column, as `vindex
+cluster`), lake_cka (all-pairs CKA, optionally on Ray), plot (heatmaps). docs/sql.md documents
+every view and function.
 """
 from .analyses import cka_depth, cka_matrix, cka_token_matrix, kmeans, mutual_knn_matrix
 from .cka import minibatch_cka, permutation_test  # vindex.query.cka.cka: the module keeps its name
 from .cluster import ami, nmi
 from .connect import connect
+from .feature_clusters import FeatureClusters, cluster_features
 from .knn import mutual_knn
 from .sources import ResolvedVindex, resolve_source, resolve_sources
 
 __all__ = ["connect", "cka_matrix", "cka_depth", "cka_token_matrix", "mutual_knn_matrix", "kmeans",
-           "minibatch_cka", "permutation_test", "mutual_knn", "nmi", "ami",
+           "minibatch_cka", "permutation_test", "mutual_knn", "nmi", "ami", "cluster_features", "FeatureClusters",
            "ResolvedVindex", "resolve_source", "resolve_sources"]

@@ -64,7 +64,8 @@ class ModelInfo:
 def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table: str = "pooled",
                where: str = POOLED_WHERE, key: str = "r.prompt_set, r.prompt_id") -> str:
     """CTE body: one row per layer of `model` with its Gram (`gram` formatted with {vectors} and
-    {keys}), row count, distinct keys and a fingerprint of its sorted row keys.
+    {keys}), row count, distinct keys and the fingerprint of its sorted row keys (`cka.sort_rows`:
+    `rows_key` over the keys in sorted order gives the same number).
 
     The rows go to the UDF unordered, with their keys, and are sorted there (cheaper than
     list(... ORDER BY ...)). There is one branch per model of the lake, reading that model's own

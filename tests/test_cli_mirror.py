@@ -25,8 +25,7 @@ CLI_ONLY = {
             "max_rows": "rows printed by --format table", "interactive": "opens the shell"},
     "cka": {"by_depth": "picks cka_depth instead of cka_matrix", "plot": "draws the matrix with vindex.query.plot",
             "fmt": "how the result is printed", "all_pairs": "picks cka_all over every pair of the lake"},
-    "cluster": {"against": "scores the clusters against a features column with nmi/ami in SQL",
-                "output": "where every feature's cluster is saved"},
+    "cluster": {"output": "where every feature's cluster is saved"},
 }
 # keywords that are no option
 LIBRARY_ONLY = {

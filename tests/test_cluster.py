@@ -133,3 +133,28 @@ def test_kmeans_sql_errors(feature_lake):
         con.sql("SELECT * FROM kmeans('feat', layer := 7)").fetchall()
     with pytest.raises(duckdb.Error, match="k must be between 1 and the number of vectors"):
         con.sql("SELECT * FROM kmeans('feat', layer := 1, k := 100)").fetchall()
+
+
+def test_cluster_features_is_the_cli_summary(feature_lake):
+    from vindex.query import cluster_features
+    con = connect(feature_lake)
+    clusters, summary = cluster_features(con, "feat", k=4, seed=3, against="label")
+    assert clusters.equals(kmeans_table(con, "feat", k=4, seed=3))
+    rows = summary.to_pylist()
+    assert [r["layer"] for r in rows] == [1, 2]
+    for r in rows:
+        mine = [c for c in clusters.to_pylist() if c["layer"] == r["layer"]]
+        labels = [("even" if c["feature"] % 2 == 0 else "odd") for c in mine if c["feature"] < 30]
+        got = [c["cluster"] for c in mine if c["feature"] < 30]
+        assert (r["features"], r["labelled"], r["clusters"]) == (60, 30, len({c["cluster"] for c in mine}))
+        assert abs(r["inertia"] - mine[0]["inertia"]) < 1e-12
+        assert abs(r["nmi"] - sklearn_metrics.normalized_mutual_info_score(labels, got)) < 1e-9
+        assert abs(r["ami"] - sklearn_metrics.adjusted_mutual_info_score(labels, got)) < 1e-9
+    # without `against`: no scores; a column NULL in every row: NULL scores; the sources work too
+    assert cluster_features(feature_lake, "feat", layer=2, k=4).summary.column_names == \
+        ["layer", "clusters", "features", "inertia"]
+    empty = cluster_features(con, "feat", layer=2, k=4, against="top_token").summary.to_pylist()
+    assert [(r["labelled"], r["nmi"], r["ami"]) for r in empty] == [(None, None, None)]
+    with pytest.raises(InvalidValue, match="against: features has no column 'colour'"):
+        cluster_features(con, "feat", against="colour")
+    assert "vindex_clusters" not in str(con.sql("SHOW TABLES").fetchall())   # nothing left registered
