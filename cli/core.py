@@ -9,7 +9,7 @@ import click
 from vindex import info as info_fn
 from vindex import verify as verify_fn
 from vindex.errors import VindexError
-from vindex.info import human_bytes
+from vindex.summary import human_bytes
 
 
 def fail(e: Exception) -> None:

@@ -1,4 +1,4 @@
-"""`vindex publish`, `vindex pull`, `vindex ls`: thin shells over vindex.hub / vindex.hub.pull.
+"""`vindex publish`, `vindex pull`, `vindex ls`: thin shells over vindex.hub.publish, pull and ls.
 
 The token comes from huggingface_hub's usual places (HF_TOKEN, `hf auth login`), never from a
 command-line option (it would end up in the shell history).
@@ -33,7 +33,7 @@ def publish(path, repo, revision, private, message, quiet):
     Verifies every local file first; uploads only files whose content changed; writes the manifest
     and README.md last, so the repo never lists files it does not have yet.
     """
-    from vindex.hub.publish import publish as run
+    from vindex.hub.upload import publish as run
     try:
         res = run(path, repo, revision=revision, private=private, message=message, progress=not quiet)
     except VindexError as e:
@@ -56,7 +56,7 @@ def pull(source, tables, layers, models, out, workers, quiet):
     Every file is checked against the manifest's sha256 before it is kept; run the same command
     again to resume an interrupted pull. Prints the local folder, ready for `vindex sql`.
     """
-    from vindex.hub.pull import pull as run
+    from vindex.hub.download import pull as run
     try:
         res = run(source, tables=split_list(tables), layers=parse_layers(layers), models=split_list(models),
                   out=out, workers=workers, progress=not quiet)
@@ -73,7 +73,7 @@ def pull(source, tables, layers, models, out, workers, quiet):
 def ls_(org, collection, local, as_json):
     """List vindexes in the local cache and, with --org/--collection, on the Hub."""
     from vindex.hub import ls as run
-    from vindex.info import human_bytes
+    from vindex.summary import human_bytes
     try:
         rows = run(org=org, collection=collection, local=local)
     except VindexError as e:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vindex.errors import InvalidValue, ManifestError
 from vindex.files import safe_join
-from vindex.info import human_bytes
+from vindex.summary import human_bytes
 from vindex.layers import parse_layers
 from vindex.writer import VindexWriter
 

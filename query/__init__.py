@@ -14,7 +14,7 @@ every view and function.
 from .analyses import cka_depth, cka_matrix, cka_token_matrix, kmeans, mutual_knn_matrix
 from .cka import minibatch_cka, permutation_test  # vindex.query.cka.cka: the module keeps its name
 from .cluster import ami, nmi
-from .connect import connect
+from .views import connect
 from .feature_clusters import FeatureClusters, cluster_features
 from .knn import mutual_knn
 from .sources import ResolvedVindex, resolve_source, resolve_sources

@@ -14,7 +14,7 @@ import os
 import duckdb
 import pyarrow as pa
 
-from .connect import connect
+from .views import connect
 
 
 def connection(con_or_sources) -> duckdb.DuckDBPyConnection:

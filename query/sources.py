@@ -2,7 +2,7 @@
 
 Every source kind goes through `resolve_source`, so adding one (hf:// repos, object stores) is one
 branch here plus, where DuckDB cannot read the location natively, a filesystem to register: the
-views in connect.py are built only from `ResolvedVindex` objects and never look at the disk.
+views in views.py are built only from `ResolvedVindex` objects and never look at the disk.
 
 Only files the manifest lists exist for a query: orphans left by an interrupted write are never
 globbed, because views read explicit file lists, not folders.

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_toy_vindex
+from toy_lakes import write_toy_vindex
 from vindex import ChecksumError, ManifestError, NotFound, UnsafePath, Vindex, VindexError, verify
 from vindex.errors import UnsupportedSchemaVersion
 from vindex.errors import HubError
 from vindex.hub import ls, publish
 from vindex.hub.remote import cache_root
-from vindex.hub.pull import STAGING, pull
+from vindex.hub.download import STAGING, pull
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=:DeprecationWarning")  # inside huggingface_hub
 
@@ -61,10 +61,9 @@ def test_pull_one_table_two_layers_byte_identical(hub_server, published, tmp_pat
 
 @pytest.fixture(autouse=True)
 def _no_retry_wait(monkeypatch):
-    import importlib
+    import vindex.hub.download
 
-    # the module, not the function `vindex.hub.pull` that the package exports under the same name
-    monkeypatch.setattr(importlib.import_module("vindex.hub.pull"), "RETRY_WAIT", 0.0)
+    monkeypatch.setattr(vindex.hub.download, "RETRY_WAIT", 0.0)
 
 
 def _resolve_gets(hub_server) -> list[dict]:

@@ -133,7 +133,7 @@ def _copy_tree(tmp_path: Path) -> Path:
     ("vindex/manifest.py", "from vindex.query import connect", "vindex.manifest -> vindex.query"),
     ("ingest/plan.py", "from vindex.query.cka import cka", "vindex.ingest.plan -> vindex.query.cka"),
     ("query/cka.py", "    import torch", "vindex.query.cka -> torch"),
-    ("query/connect.py", "from ..ingest import builder", "vindex.query.connect -> vindex.ingest.builder"),
+    ("query/views.py", "from ..ingest import builder", "vindex.query.views -> vindex.ingest.builder"),
     ("vindex/writer.py", "from .hub import card", "vindex.writer -> vindex.hub.card"),   # inside core: allowed
     ("study/report.py", "from vindex.cli import main", "vindex.study.report -> vindex.cli"),
 ])
@@ -169,3 +169,18 @@ def test_every_cli_command_has_help():
     for name in main.commands:
         r = CliRunner().invoke(main, [name, "--help"])
         assert r.exit_code == 0 and "Usage:" in r.output, name
+
+
+def test_no_package_export_shadows_a_submodule():
+    """`import vindex.hub.pull as m` must give the module: a package may not export a name that is
+    also one of its submodules (vindex.hub exports the function `pull`, so the module is download.py)."""
+    import importlib
+    import pkgutil
+    for package in ("vindex", "vindex.hub", "vindex.ingest", "vindex.ingest.larql", "vindex.query", "vindex.study",
+                    "vindex.view", "vindex.cli"):
+        pkg = importlib.import_module(package)
+        for sub in pkgutil.iter_modules(pkg.__path__):
+            value = getattr(pkg, sub.name, None)
+            if value is not None:
+                assert getattr(value, "__name__", None) == f"{package}.{sub.name}", \
+                    f"{package}.{sub.name} is a module, but {package} exports {value!r} under that name"

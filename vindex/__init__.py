@@ -13,8 +13,8 @@ from .errors import (ChecksumError, CorruptShard, InvalidValue, ManifestError, N
                      SchemaMismatch, UnsafePath, UnsupportedSchemaVersion, VindexError)
 from .reader import Vindex  # noqa: E402
 from .writer import VindexWriter  # noqa: E402
-from .verify import Problem, verify  # noqa: E402
-from .info import info  # noqa: E402
+from .integrity import Problem, verify  # noqa: E402
+from .summary import info  # noqa: E402
 
 __all__ = ["Vindex", "VindexWriter", "verify", "Problem", "info", "VindexError", "ManifestError",
            "UnsupportedSchemaVersion", "UnsafePath", "ChecksumError", "CorruptShard",

@@ -6,12 +6,12 @@
     ls(org="my-org")                                            # the local cache and the org's vindexes
 
 location.py (the one hf:// grammar, at the bottom), remote.py (Hub calls, remote manifests, the
-pull cache, `ls`), publish.py, pull.py, card.py (the dataset card). Query a repo in place with
+pull cache, `ls`), upload.py (publish), download.py (pull), card.py (the dataset card). Query a repo in place with
 `vindex.query.connect("hf://datasets/...")`.
 """
 from .location import HubLocation
-from .publish import PublishResult, publish
-from .pull import PullResult, pull
+from .upload import PublishResult, publish
+from .download import PullResult, pull
 from .remote import RemoteVindex, find_remote_vindexes, ls
 
 __all__ = ["HubLocation", "publish", "PublishResult", "pull", "PullResult", "ls", "find_remote_vindexes",

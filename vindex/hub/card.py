@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 import yaml
 
 from ..version import __version__
-from ..info import human_bytes
+from ..summary import human_bytes
 from ..manifest import partition_values
 from .location import HubLocation
 

@@ -9,8 +9,8 @@ Locations are written `hf://datasets/<org>/<name>[@<revision>][/<folder>]` and r
     find_remote_vindexes("hf://datasets/my-org/smollm2-vindex")   # manifests, pinned to a commit
     ls(org="my-org")                                       # the local cache and the org's vindexes
 
-Publishing is in `vindex.hub.publish`, pulling (download with verification and resume) in
-`vindex.hub.pull`; the hf:// grammar in `vindex.hub.location`. Everything read from the Hub
+Publishing (`vindex.hub.publish`) is in upload.py, pulling (`vindex.hub.pull`: download with verification
+and resume) in download.py; the hf:// grammar in location.py. Everything read from the Hub
 is untrusted: manifests are validated (schema version, paths that stay inside the folder) before
 anything uses them, and nothing downloaded is executed or unpickled.
 

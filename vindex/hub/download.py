@@ -57,7 +57,7 @@ class PullResult:
     bytes_downloaded: int = 0
 
     def __str__(self) -> str:
-        from ..info import human_bytes
+        from ..summary import human_bytes
 
         return (f"{self.path} (commit {self.commit[:12]}): {len(self.downloaded)} file(s) downloaded "
                 f"({human_bytes(self.bytes_downloaded)}), {len(self.reused)} already present"

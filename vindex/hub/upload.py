@@ -4,7 +4,7 @@
 
 The local vindex is verified first; files whose sha256 (LFS) or git blob id the Hub already has
 are skipped; data files go in batches and the manifest and generated card (vindex.hub.card) go last,
-so the repo never lists a file it does not have yet. Also reachable as `vindex.hub.publish`.
+so the repo never lists a file it does not have yet. Public as `vindex.hub.publish`.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class PublishResult:
     bytes_uploaded: int = 0
 
     def __str__(self) -> str:
-        from ..info import human_bytes
+        from ..summary import human_bytes
 
         return (f"{self.url} @ {self.commit[:12]}: {len(self.uploaded)} file(s) uploaded "
                 f"({human_bytes(self.bytes_uploaded)}), {len(self.unchanged)} unchanged, "
@@ -78,7 +78,7 @@ def publish(path: str | Path, repo: str, revision: str | None = None, private: b
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     from .card import dataset_card
-    from ..verify import verify
+    from ..integrity import verify
 
     loc = HubLocation.parse(repo)
     if loc.repo_type != "dataset":
