@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vindex.errors import InvalidValue, NotFound, WeightsError
+from vindex.files import read_json
 
 from .families import architecture_of
 
@@ -195,7 +196,7 @@ class ModelWeights:
             cfg_path = self.folder / "config.json"
             if not cfg_path.is_file():
                 raise NotFound(f"{self.folder}: no config.json")
-            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+            config = read_json(cfg_path, WeightsError)
         self.config = config
         self.model_type = config.get("model_type")
         self.arch = architecture_of(self.model_type, str(self.folder / "config.json"))

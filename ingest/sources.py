@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from vindex.errors import ModelSourceError, NotFound
+from vindex.files import read_json
 
 from . import model_cache
 from .families import ENCODER_FAMILIES, family_of
@@ -174,10 +175,7 @@ def read_config(folder: Path) -> dict:
     if not cfg.is_file():
         raise ModelSourceError(f"{folder}: no config.json; a model folder needs config.json, "
                                "*.safetensors and the tokenizer files")
-    try:
-        return json.loads(cfg.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ModelSourceError(f"{cfg}: not valid JSON ({e})") from None
+    return read_json(cfg, ModelSourceError)
 
 
 def _from_folder(folder: Path, *, name, model_id, revision, kind, source, trust_remote_code,

@@ -6,12 +6,13 @@ must never make us read or write outside the vindex folder.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from .errors import UnsafePath
+from .errors import UnsafePath, VindexError
 
 _CHUNK = 1 << 20
 _UMASK = os.umask(0)
@@ -90,3 +91,19 @@ def atomic_path(path: str | os.PathLike):
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def parse_json(data: bytes | str, where: str, error: type[VindexError] = VindexError):
+    """Parse JSON from an untrusted file, turning every way it can be bad into `error` naming `where`:
+    not UTF-8, not JSON, or nested so deep that the parser would overflow the stack."""
+    try:
+        return json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except (UnicodeDecodeError, ValueError) as e:   # JSONDecodeError is a ValueError
+        raise error(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{where}: JSON nested too deeply to be read") from None
+
+
+def read_json(path: str | os.PathLike, error: type[VindexError] = VindexError):
+    """`parse_json` of a file's bytes (the caller checks that the file exists, with its own hint)."""
+    return parse_json(Path(path).read_bytes(), str(path), error)

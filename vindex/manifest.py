@@ -15,7 +15,7 @@ import jsonschema
 
 from .version import __version__
 from .errors import ManifestError, UnsupportedSchemaVersion
-from .files import atomic_write_bytes, safe_join
+from .files import atomic_write_bytes, read_json, safe_join
 from .schema import manifest_json_schema
 
 MANIFEST = "vindex.json"
@@ -70,11 +70,7 @@ def load_manifest(root: str | Path) -> dict:
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise ManifestError(f"{path}: no manifest; is {str(root)!r} a vindex folder?")
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: not valid JSON ({e})") from None
-    return validate_manifest(m, where=str(path), root=root)
+    return validate_manifest(read_json(path, ManifestError), where=str(path), root=root)
 
 
 def save_manifest(root: str | Path, m: dict) -> None:

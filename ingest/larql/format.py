@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vindex.errors import ChecksumError, LarqlFormatError
-from vindex.files import sha256_file
+from vindex.files import read_json, sha256_file
 
 INDEX = "index.json"
 DOWN_META_BIN = "down_meta.bin"
@@ -105,10 +105,7 @@ def read_index(folder: str | Path) -> LarqlIndex:
     path = Path(folder) / INDEX
     if not path.is_file():
         raise LarqlFormatError(f"{path}: not found; a LarQL vindex folder holds index.json")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LarqlFormatError(f"{path}: not valid JSON ({e})") from None
+    raw = read_json(path, LarqlFormatError)
     if not isinstance(raw, dict):
         raise LarqlFormatError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     version = raw.get("version", 2)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vindex.files import read_json
+
 from .format import FEATURE_CLUSTERS, FEATURE_LABELS, RELATION_CLUSTERS, LarqlFormatError
 
 KEY_LF = re.compile(r"^L(\d+)_F(\d+)$")
@@ -21,10 +23,7 @@ _KEY_COLON = re.compile(r"^(\d+):(\d+)$")
 
 
 def _load_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LarqlFormatError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path, LarqlFormatError)
 
 
 def read_feature_labels(path: str | Path) -> dict[tuple[int, int], str]:

@@ -19,7 +19,6 @@ token comes from huggingface_hub's usual places (HF_TOKEN, `hf auth login`) unle
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from ..errors import HubError, ManifestError, NotFound, VindexError
-from ..files import safe_join
+from ..files import parse_json, safe_join
 from ..manifest import MANIFEST, load_manifest, partition_values, validate_manifest
 from .location import REMOTE_ROOT, HF_PREFIX, HubLocation
 
@@ -140,11 +139,7 @@ def read_remote_bytes(loc: HubLocation, commit: str, path_in_repo: str, token=No
 
 def parse_remote_manifest(data: bytes, where: str) -> dict:
     """JSON only, validated: known schema version, every file path inside the vindex folder."""
-    try:
-        m = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ManifestError(f"{where}: not valid JSON ({e})") from None
-    return validate_manifest(m, where=where, root=REMOTE_ROOT)
+    return validate_manifest(parse_json(data, where, ManifestError), where=where, root=REMOTE_ROOT)
 
 
 def find_remote_vindexes(location: str | HubLocation, token=None, commit: str | None = None) -> list[RemoteVindex]:
