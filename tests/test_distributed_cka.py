@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from distributed_fixtures import LAKE_SHAPES as SHAPES
-from distributed_fixtures import write_toy_lake
+from toy_lakes import DISTRIBUTED, write_toy_lake
+from toy_lakes import LAKE_SHAPES as SHAPES
 from vindex import VindexWriter
 from vindex.errors import InvalidValue, NotFound
 from vindex.query import connect
@@ -20,7 +20,7 @@ FLOATS = ("depth_a", "depth_b", "cka", "null_mean", "null_p95", "p_value")
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
-    return write_toy_lake(tmp_path_factory.mktemp("lake"))
+    return write_toy_lake(tmp_path_factory.mktemp("lake"), DISTRIBUTED)
 
 
 def _arrow(rel):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from distributed_fixtures import write_toy_lake
 from docs_examples import run_doc_examples
 from ingest_fixtures import make_tiny_model
+from toy_lakes import DISTRIBUTED, write_toy_lake
 
 from vindex import verify
 
@@ -17,7 +17,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
 def test_docs_examples_run(tmp_path, monkeypatch, ray_local):
     monkeypatch.chdir(tmp_path)
     make_tiny_model(tmp_path / "tiny-model", "llama")
-    write_toy_lake(tmp_path / "lake")
+    write_toy_lake(tmp_path / "lake", DISTRIBUTED)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # tiny saw other prompts than m0..m3: those pairs are skipped
         namespace = run_doc_examples(DOC, at_least={"console": 2, "python": 1})

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from conftest import write_toy_vindex
+from toy_lakes import write_toy_vindex
 from vindex.hub.card import dataset_card, table_globs
 from vindex.hub import publish
 from vindex.manifest import load_manifest

@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_toy_vindex
+from toy_lakes import write_toy_vindex
 from vindex.cli import main
 from vindex.cli.hub import parse_layers
 from vindex.errors import InvalidValue

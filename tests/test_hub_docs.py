@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_toy_vindex
+from toy_lakes import write_toy_vindex
 from docs_examples import run_doc_examples
 from vindex import Vindex, verify
 from vindex.hub.remote import cache_root

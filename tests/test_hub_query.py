@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import write_toy_vindex
+from toy_lakes import write_toy_vindex
 from vindex import Vindex
 from vindex.hub import publish
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_toy_vindex
+from toy_lakes import write_toy_vindex
 from larql_fixtures import assert_matches_fixture, write_larql_fixture
 
 from vindex import ChecksumError, NotFound, Vindex, VindexWriter

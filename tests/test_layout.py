@@ -184,3 +184,20 @@ def test_no_package_export_shadows_a_submodule():
             if value is not None:
                 assert getattr(value, "__name__", None) == f"{package}.{sub.name}", \
                     f"{package}.{sub.name} is a module, but {package} exports {value!r} under that name"
+
+
+def test_no_test_module_imports_another():
+    """Shared test helpers live in helper modules (toy_lakes, ...) or conftest.py, never in a test
+    module that other test modules import (that ties one test file's setup to another's)."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module] if node.module else [a.name for a in node.names]   # `from . import x`
+            else:
+                continue
+            found += [f"tests/{path.name}:{node.lineno} imports {n}" for n in names
+                      if n.split(".")[0].startswith("test_")]
+    assert found == [], found

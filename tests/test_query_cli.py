@@ -5,13 +5,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from test_query_docs import build_docs_lake
+from toy_lakes import DOCS, write_toy_lake
 from vindex.cli import main
 
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
-    return build_docs_lake(tmp_path_factory.mktemp("cli") / "lake")
+    return write_toy_lake(tmp_path_factory.mktemp("cli") / "lake", DOCS)
 
 
 def run(*args, input=None, env=None):

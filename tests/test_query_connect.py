@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_toy_vindex
+from toy_lakes import write_toy_vindex
 from vindex import NotFound, Vindex, VindexError
 from vindex.query import connect
 

@@ -2,8 +2,8 @@
 
     python tests/test_query_docs.py --update     # rewrite the result tables after a deliberate change
 
-The examples run in order on one connection to a small deterministic lake (built here) with two
-models whose layers share structure at matching depth, so the numbers mean something.
+The examples run in order on one connection to a small deterministic lake (toy_lakes.DOCS) with
+two models whose layers share structure at matching depth, so the numbers mean something.
 """
 from __future__ import annotations
 
@@ -14,58 +14,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from vindex import VindexWriter
+from toy_lakes import DOCS, write_toy_lake
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "sql.md"
-N_PROMPTS = 32
-CATEGORIES = ["factual", "coding", "reasoning", "translation"]
-
-
-def build_docs_lake(root: Path) -> Path:
-    """Models toy-a (4 blocks, d 16) and toy-b (6 blocks, d 24) over 32 prompts: layer l of a model
-    carries a latent signal that rotates with normalized depth, plus noise, so CKA is highest at
-    matched depth. toy-b shares toy-a's tokenizer (same token ids), and both have FFN feature vectors."""
-    rng = np.random.default_rng(0)
-    base = rng.standard_normal((2, N_PROMPTS, 6))
-    token_ids = rng.integers(0, 100, (N_PROMPTS, 4))
-    for name, n_layers, d, seed in (("toy-a", 4, 16, 1), ("toy-b", 6, 24, 2)):
-        r = np.random.default_rng(seed)
-        w = VindexWriter.create(root / name, name, {"id": f"docs/{name}", "family": "toy", "n_layers": n_layers,
-                                                     "d_model": d}, exist_ok=True)
-        for t in ("pooled", "activations", "features"):
-            w.declare_vectors(t, d, "float32")
-        w.write_shard("prompts", {"prompt_set": ["demo"] * N_PROMPTS, "prompt_id": np.arange(N_PROMPTS),
-                                  "category": [CATEGORIES[i % 4] for i in range(N_PROMPTS)],
-                                  "text": [f"prompt number {i}" for i in range(N_PROMPTS)]},
-                      partition={"prompt_set": "demo"})
-        w.add_prompt_set("demo", "0" * 64, N_PROMPTS)
-        for layer in range(n_layers + 1):
-            angle = np.pi / 2 * layer / n_layers
-            latent = np.cos(angle) * base[0] + np.sin(angle) * base[1]
-            act = latent @ r.standard_normal((6, d)) + 0.7 * r.standard_normal((N_PROMPTS, d))
-            w.write_shard("pooled", {"prompt_set": ["demo"] * N_PROMPTS, "prompt_id": np.arange(N_PROMPTS),
-                                     "pooling": ["mean"] * N_PROMPTS, "act": act.astype(np.float32)},
-                          partition={"layer": layer})
-            pid, tix = np.repeat(np.arange(N_PROMPTS), 4), np.tile(np.arange(4), N_PROMPTS)
-            tact = np.repeat(act, 4, axis=0) + 0.5 * r.standard_normal((len(pid), d))
-            tact[tix == 0] *= 20  # a massive first (BOS) token, as real models have
-            w.write_shard("activations", {
-                "prompt_set": ["demo"] * len(pid), "prompt_id": pid, "token_index": tix,
-                "token_id": token_ids.ravel(), "token": [f"t{i}" for i in token_ids.ravel()],
-                "char_start": np.where(tix == 0, -1, tix * 3), "char_end": np.where(tix == 0, -1, tix * 3 + 2),
-                "special": tix == 0, "norm": np.linalg.norm(tact, axis=1).astype(np.float32),
-                "act": tact.astype(np.float32)}, partition={"layer": layer})
-        for layer in (1, 2):
-            centres = r.standard_normal((3, d)) * 3
-            which = np.arange(30) % 3
-            w.write_shard("features", {
-                "feature": np.arange(30), "vector": (centres[which] + r.standard_normal((30, d))).astype(np.float32),
-                "top_token": [f"tok{i}" for i in range(30)], "c_score": r.random(30).astype(np.float32) * 10,
-                "label": [["number", "name", "verb"][c] for c in which]}, partition={"layer": layer})
-    return root
 
 
 # -- reading and rendering the doc ---------------------------------------------------------------
@@ -151,7 +104,7 @@ def run_one(con, lake, kind, code, expected, span, update, mismatches, edits):
 
 @pytest.fixture(scope="module")
 def docs_lake(tmp_path_factory):
-    return build_docs_lake(tmp_path_factory.mktemp("docs") / "lake")
+    return write_toy_lake(tmp_path_factory.mktemp("docs") / "lake", DOCS)
 
 
 def test_every_example_in_docs_sql_runs_and_shows_its_result(docs_lake, tmp_path, monkeypatch):
@@ -178,7 +131,7 @@ def test_every_sql_function_and_view_is_documented():
 if __name__ == "__main__":
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        lake = build_docs_lake(Path(tmp) / "lake")
+        lake = write_toy_lake(Path(tmp) / "lake", DOCS)
         os.chdir(tmp)
         bad = run_doc(lake, update="--update" in sys.argv)
         for c, e, g in bad:

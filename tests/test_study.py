@@ -19,7 +19,7 @@ from vindex.study import analyses as A
 from vindex.study.report import DATA_TABLES
 from vindex.study.run import study
 
-from study_fixtures import write_study_lake
+from toy_lakes import STUDY, write_toy_lake
 
 SECTIONS = ["## Summary", "## Models", "## CKA across layers", "## Matched depth", "## Depth correspondence",
             "## Mutual k-NN alignment", "## Per-category CKA", "## Concept clustering", "## Confounds",
@@ -28,7 +28,8 @@ SECTIONS = ["## Summary", "## Models", "## CKA across layers", "## Matched depth
 
 @pytest.fixture(scope="module")
 def toy_lake(tmp_path_factory):
-    return write_study_lake(tmp_path_factory.mktemp("study-lake"))
+    root = write_toy_lake(tmp_path_factory.mktemp("study-lake"), STUDY)
+    return [root / m.name for m in STUDY.models]
 
 
 @pytest.fixture(scope="module")

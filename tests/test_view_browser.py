@@ -16,7 +16,7 @@ import pytest
 from vindex.query import connect
 from vindex.view import view
 
-from view_lake import write_view_lake
+from toy_lakes import VIEW, write_toy_lake
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -34,7 +34,7 @@ if CHROMIUM is None:
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
-    return write_view_lake(tmp_path_factory.mktemp("browser-lake"))
+    return write_toy_lake(tmp_path_factory.mktemp("browser-lake"), VIEW)
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ def test_provenance_names_models_revisions_prompt_set_and_estimator(page):
 
 def test_a_lake_without_activations_still_browses_features(browser, tmp_path):
     """Weights only (features, ov_gate, layer_stats; no pooled): one column of layers, no CKA controls."""
-    lake = write_view_lake(tmp_path / "lake", models=(("alpha", 4, 16),), pooled=False)
+    lake = write_toy_lake(tmp_path / "lake", VIEW, models=VIEW.models[:1], poolings=())
     path = view(lake, out=tmp_path / "v.html", progress=False)
     for pg in open_offline(browser, path):
         assert pg.locator("#estimator").is_hidden() and pg.locator("#threshold").is_hidden()

@@ -4,14 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from docs_examples import run_doc_examples
-from view_lake import write_view_lake
+from toy_lakes import VIEW, write_toy_lake
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "view.md"
 
 
 def test_docs_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    write_view_lake(tmp_path / "lake")
+    write_toy_lake(tmp_path / "lake", VIEW)
     namespace = run_doc_examples(DOC, at_least={"python": 3, "console": 1})
     assert namespace["path"] == Path("view.html") and namespace["path"].stat().st_size < 500_000
     assert "alpha beta mean 5 x 7" in capsys.readouterr().out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,12 +14,12 @@ from vindex.cli import main
 from vindex.query import connect
 from vindex.view import build_payload, render_page
 
-from view_lake import write_view_lake
+from toy_lakes import VIEW, ToyModel, write_toy_lake
 
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
-    return write_view_lake(tmp_path_factory.mktemp("view-lake"))
+    return write_toy_lake(tmp_path_factory.mktemp("view-lake"), VIEW)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,8 @@ def test_unknown_model_is_a_clear_error(lake):
 def test_page_size_does_not_grow_with_width_or_prompts(tmp_path):
     """No raw activations: a lake of wide models with many prompts gives (almost) the same page."""
     def page_bytes(root, d, n_prompts):
-        write_view_lake(root, n_prompts=n_prompts, models=(("alpha", 4, d), ("beta", 6, d + 8)), n_features=600)
+        models = (ToyModel("alpha", 4, d, seed=1), ToyModel("beta", 6, d + 8, seed=2))
+        write_toy_lake(root, VIEW, n_prompts=n_prompts, models=models, features=replace(VIEW.features, n=600))
         con = connect(root, functions=False)
         html = render_page(build_payload(con, estimators=(), max_features=256, progress=False))
         con.close()
