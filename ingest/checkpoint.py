@@ -1,9 +1,9 @@
 """Lazy, per-layer access to a model's safetensors weights, by architecture-neutral role.
 
 Why not load the model with transformers: the weight jobs need one layer at a time, and a
-loaded model holds all of them. Here each tensor is memory-mapped only while it is copied
-out (np.memmap over its byte range, then unmapped), so resident memory stays at what the
-caller keeps: about one layer plus the embedding, whatever the checkpoint's size.
+loaded model holds all of them. Here the safetensors library (`safe_open`, `get_slice`) maps a
+file only while one block of rows is copied out as float32, so resident memory stays at what
+the caller keeps: about one layer plus the embedding, whatever the checkpoint's size.
 
 Every matrix comes back as float32 in the `nn.Linear` orientation, (out_features, in_features):
 
@@ -17,55 +17,50 @@ gate_vectors.bin) and `up` is None.
 """
 from __future__ import annotations
 
-import json
-import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from vindex.errors import InvalidValue, NotFound, WeightsError
 from vindex.files import read_json
 
 from .families import architecture_of
 
+# -- safetensors access (the safetensors library; each read maps the file only while it copies) ----------
 
-# -- tensor-name maps --------------------------------------------------------------------------
-
-# -- raw safetensors access ------------------------------------------------------------------------
-
-_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+# stored dtypes the weight jobs read (bytes per element): torch's copy widens each to float32 (exactly,
+# but for F64, which rounds to nearest)
+_FLOAT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
 _BLOCK_BYTES = 64 << 20
+# the library's reasons for a file whose size disagrees with its header (cut short, or bytes appended)
+_SIZE_REASONS = ("incomplete metadata", "invalid header length")
 
 
 @dataclass(frozen=True)
 class TensorInfo:
     file: Path
-    dtype: str
+    dtype: str               # the safetensors dtype name: F32, F16, BF16, ...
     shape: tuple[int, ...]
-    offset: int        # absolute byte offset of the data in the file
 
 
-def read_header(path: Path) -> dict[str, TensorInfo]:
-    """Parse a .safetensors header: 8-byte little-endian length, then JSON {name: dtype, shape, offsets}."""
+@contextmanager
+def _opened(path: Path, tensor: str | None = None):
+    """`safe_open(path)` (torch tensors, memory-mapped), its errors raised as WeightsError naming the file."""
+    where = f"{path}: tensor {tensor!r}" if tensor else str(path)
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            size = path.stat().st_size
-            if n > size - 8:
-                raise WeightsError(f"{path}: header length {n} runs past the end of the file ({size} bytes)")
-            header = json.loads(f.read(n))
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path}: not a safetensors file ({e})") from None
-    out = {}
-    for name, h in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = h["data_offsets"]
-        if 8 + n + end > size:
-            raise WeightsError(f"{path}: tensor {name!r} ends past the end of the file (truncated?)")
-        out[name] = TensorInfo(path, h["dtype"], tuple(h["shape"]), 8 + n + start)
-    return out
+        with safe_open(path, framework="pt") as f:
+            yield f
+    except SafetensorError as e:
+        reason = str(e)
+        if any(r in reason for r in _SIZE_REASONS):
+            raise WeightsError(f"{where}: the file's size does not match its safetensors header "
+                               f"(truncated? safetensors says: {reason})") from None
+        raise WeightsError(f"{where}: not a safetensors file, or a corrupt one (safetensors says: {reason})") from None
+    except OSError as e:
+        raise WeightsError(f"{where}: cannot read the file ({e.strerror or e})") from None
 
 
 class SafetensorsFolder:
@@ -77,8 +72,11 @@ class SafetensorsFolder:
         if not files:
             raise NotFound(f"{self.folder}: no *.safetensors files")
         self.tensors: dict[str, TensorInfo] = {}
-        for f in files:
-            self.tensors.update(read_header(f))
+        for path in files:               # opening validates each header against the file's size
+            with _opened(path) as f:
+                for name in f.keys():
+                    s = f.get_slice(name)
+                    self.tensors[name] = TensorInfo(path, s.get_dtype(), tuple(s.get_shape()))
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
@@ -92,44 +90,32 @@ class SafetensorsFolder:
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Tensor `name` (optionally rows[a:b] of its first axis) as a fresh float32 array.
 
-        The file is mapped one block of rows at a time (at most _BLOCK_BYTES) and unmapped after
-        the copy, so a big tensor never sits in memory twice (mapped pages + the float32 copy).
+        Rows are copied one block (at most _BLOCK_BYTES of the stored tensor) at a time, each block
+        through its own `safe_open`, so the file's pages are mapped only while that block is copied:
+        a big tensor never sits in memory twice (mapped pages + the float32 copy).
         """
+        import torch
+
         t = self.info(name)
-        if t.dtype not in _DTYPES:
+        if t.dtype not in _FLOAT_DTYPES:
             raise WeightsError(f"{t.file}: tensor {name!r} has dtype {t.dtype}; the weights job reads "
-                               f"{', '.join(_DTYPES)} (dequantize first)")
-        np_dtype = np.dtype(_DTYPES[t.dtype])
+                               f"{', '.join(_FLOAT_DTYPES)} (dequantize first)")
         if not t.shape:
             out = np.empty((), np.float32)
-            self._copy(out, t, np_dtype, t.offset)
+            with _opened(t.file, name) as f:
+                torch.from_numpy(out).copy_(f.get_tensor(name))
             return out
         a, b, _ = (rows or slice(None)).indices(t.shape[0])
         b = max(a, b)
         inner = t.shape[1:]
-        row_bytes = int(np.prod(inner, dtype=np.int64)) * np_dtype.itemsize
+        row_bytes = int(np.prod(inner, dtype=np.int64)) * _FLOAT_DTYPES[t.dtype]
         out = np.empty((b - a, *inner), np.float32)
         step = max(1, _BLOCK_BYTES // max(row_bytes, 1))
         for s in range(a, b, step):
             e = min(b, s + step)
-            self._copy(out[s - a:e - a], t, np_dtype, t.offset + s * row_bytes)
+            with _opened(t.file, name) as f:
+                torch.from_numpy(out[s - a:e - a]).copy_(f.get_slice(name)[s:e])
         return out
-
-    @staticmethod
-    def _copy(dst: np.ndarray, t: TensorInfo, np_dtype, offset: int) -> None:
-        """Fill `dst` (float32) from the file at `offset`, mapping only that range."""
-        if dst.size == 0:
-            return
-        mm = np.memmap(t.file, dtype=np_dtype, mode="r", offset=offset, shape=dst.shape or (1,))
-        try:
-            src = mm.reshape(dst.shape)
-            if t.dtype == "BF16":   # bfloat16 is the top half of a float32
-                dst.view(np.uint32)[...] = src.astype(np.uint32) << 16
-            else:
-                dst[...] = src
-        finally:
-            mm._mmap.close()
-            del mm
 
 
 # -- a model's weights by role -----------------------------------------------------------------------
