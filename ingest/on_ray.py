@@ -17,7 +17,8 @@ actors  `map_batches` on an actor pool, one model loaded per actor (`gpus_per_ac
         Parquet shards straight into the vindex folder under their deterministic names but
         keeps the manifest entries to itself, and returns them.
 driver  checks that every expected shard is there with its recorded size, then records all the
-        entries and commits the manifest ONCE, atomically.
+        entries and commits the manifest ONCE, atomically, under the vindex's write lock and
+        merged with what other writers committed meanwhile (`commit_staged`).
 
 Failure model: a lost actor (crash, preemption, node loss) is restarted by Ray Data and its group
 rerun; the rerun writes the same file names (atomic temp + rename), so nothing is duplicated.
@@ -59,8 +60,8 @@ class StagingWriter(VindexWriter):
     the manifest is never written. `staged()` returns what the worker would have committed
     (entries per table, declared vectors, extraction params), for the driver's single commit."""
 
-    def __init__(self, root, manifest):
-        super().__init__(root, manifest)
+    def __init__(self, root, manifest, **kwargs):
+        super().__init__(root, manifest, **kwargs)
         self._staged: dict[str, dict[str, dict]] = {}
 
     def commit(self) -> None:  # the driver commits, once, for everyone
@@ -80,9 +81,13 @@ class StagingWriter(VindexWriter):
         return {"tables": tables, "extraction": self.manifest.get("extraction", {})}
 
 
-def commit_staged(writer: VindexWriter, results: list[dict], expected: dict[str, set[str]] | None = None) -> dict:
-    """Record the entries of many `StagingWriter.staged()` results in `writer` (not committed).
+def commit_staged(writer: VindexWriter, results: list[dict], expected: dict[str, set[str]] | None = None,
+                  finish=None) -> dict:
+    """Record the entries of many `StagingWriter.staged()` results in `writer` and commit them once.
 
+    The commit is the driver's single one, in `writer.transaction()`: under the vindex's write
+    lock, merged with whatever other writers committed meanwhile (another build's prompt set,
+    the weight tables), with `finish()` (the caller's last manifest edits) run inside it.
     A shard reported twice (a retried task) counts once. Every entry's file must be on disk with
     its recorded size (a cheap check that no later attempt rewrote it differently), and
     `expected` ({table: {paths}}) must all be present. Returns {table: number of shards}.
@@ -90,8 +95,6 @@ def commit_staged(writer: VindexWriter, results: list[dict], expected: dict[str,
     merged: dict[str, dict[str, dict]] = {}
     for res in results:
         for table, info in res["tables"].items():
-            if info.get("vector_width"):
-                writer.declare_vectors(table, int(info["vector_width"]), info["vector_dtype"])
             for e in info["entries"]:
                 merged.setdefault(table, {})[e["path"]] = e
     for table, entries in merged.items():
@@ -106,8 +109,15 @@ def commit_staged(writer: VindexWriter, results: list[dict], expected: dict[str,
         if missing:
             raise CorruptShard(f"{writer.root}: {len(missing)} {table} shard(s) were not reported by any worker "
                                f"(first: {missing[0]}); nothing was committed, rerun the job")
-    for table, entries in merged.items():
-        writer.add_files(table, sorted(entries.values(), key=lambda e: e["path"]), commit=False)
+    with writer.transaction():
+        for res in results:
+            for table, info in res["tables"].items():
+                if info.get("vector_width"):
+                    writer.declare_vectors(table, int(info["vector_width"]), info["vector_dtype"])
+        for table, entries in merged.items():
+            writer.add_files(table, sorted(entries.values(), key=lambda e: e["path"]), commit=False)
+        if finish is not None:
+            finish()
     return {t: len(v) for t, v in merged.items()}
 
 
@@ -216,11 +226,15 @@ def build_on_ray(source, out=None, *, address=None, actors: int | None = None,
         results = _run_groups(ray, rows, str(root.resolve()), src, config, pool, progress=progress,
                               total=len(ps), done=n_done, desc=f"{name}/{ps.name} on ray")
         expected = {t: {_shard(t, l, base + k) for k in todo for l in layers} for t in ("activations", "pooled")}
-        commit_staged(w, results, expected)
-        extraction["hidden_states"] = results[0]["convention"]
-        w.update(extraction={"activations": extraction}, commit=False)
-    w.manifest["prompt_sets"][ps.name]["complete"] = True
-    w.commit()                                          # the one commit of every shard computed now
+
+        def finish():
+            extraction["hidden_states"] = results[0]["convention"]
+            w.update(extraction={"activations": extraction}, commit=False)
+            w.manifest["prompt_sets"][ps.name]["complete"] = True
+        commit_staged(w, results, expected, finish=finish)   # the one commit of every shard computed now
+    else:
+        w.manifest["prompt_sets"][ps.name]["complete"] = True
+        w.commit()
     if progress:
         print_summary(w, ps, base, len(groups), time.perf_counter() - t0, len(ps) - n_done)
     return root
@@ -347,9 +361,8 @@ def build_weights_on_ray(source, out=None, *, address=None, layers_per_task: int
                 raise_vindex_cause(e)
                 raise
             bar.update(sizes[ready[0]])
-    counts = commit_staged(writer, results)
-    writer.update(extraction={"weights": results[0]["extraction"]["weights"]}, commit=False)
-    writer.commit()
+    counts = commit_staged(writer, results, finish=lambda: writer.update(
+        extraction={"weights": results[0]["extraction"]["weights"]}, commit=False))
     if progress:
         print(f"vindex: weights of {name} -> {out} on ray ({len(chunks)} tasks, shards: {counts}; "
               f"{time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)

@@ -84,32 +84,74 @@ def prepare_vindex(job: Job, groups, shard_rows: int, *, chat_template: bool, re
               "max_tokens": job.max_tokens, "poolings": list(job.poolings), "chat_template": chat_template,
               "shard_rows": shard_rows}
     w = _open_vindex(job.root, job.name, mm)
-    base, skip_done = _reserve_parts(w, ps, params, len(groups), resume)
-    for table in ("activations", "pooled"):   # a vector type declared by a build that wrote nothing binds nobody
-        t = w.manifest["tables"].get(table)
-        if t is not None and not t["files"]:
-            t["vector_width"] = t["vector_dtype"] = None
     dtype = job.dtype
-    if dtype == "auto":
-        dtype = w.manifest["tables"].get("activations", {}).get("vector_dtype") or probe_dtype()
-    w.declare_vectors("activations", job.d, dtype)
-    w.declare_vectors("pooled", job.d, dtype)
-    if not w.has_shard("prompts", {"prompt_set": ps.name}, 0):
-        w.add_files("prompts", [w.write_shard("prompts", ps.rows(), {"prompt_set": ps.name}, 0, commit=False)],
-                    commit=False)
-    extraction = dict(w.manifest["extraction"].get("activations") or {})
-    extraction.update({
-        "layers": job.layers, "dtype": dtype, "dtype_requested": job.dtype, "compute_dtype": "float32",
-        "max_tokens": job.max_tokens, "batch_size": job.batch_size, "padding": "right; padding never stored",
-        "chat_template": chat_template,
-        "poolings": {p: POOLINGS[p] for p in job.poolings}, "special_tokens": SPECIAL_RULE,
-        "norm": "L2 norm of the float32 hidden state of the token", "prompt_set": ps.name,
-        "prompt_set_sha256": ps.sha256})
-    w.update(extraction={"activations": extraction})
+    if dtype == "auto":   # decided before taking the lock: a probe is a forward pass
+        _rebuilds(w, ps, params, resume)              # a refused resume is refused before the probe
+        dtype = _fixed_dtype(w.manifest, _dropped(w.manifest, ps, params, resume)) or probe_dtype()
+    # under the write lock, on the manifest as other writers left it: concurrent builds of other
+    # prompt sets get disjoint part ranges, and this build's records merge with theirs
+    with w.transaction():
+        base, skip_done = _reserve_parts(w, ps, params, len(groups), resume)
+        for table in ("activations", "pooled"):   # a vector type declared by a build that wrote nothing binds nobody
+            t = w.manifest["tables"].get(table)
+            if t is not None and not t["files"]:
+                t["vector_width"] = t["vector_dtype"] = None
+        if job.dtype == "auto":
+            dtype = _fixed_dtype(w.manifest) or dtype
+        w.declare_vectors("activations", job.d, dtype)
+        w.declare_vectors("pooled", job.d, dtype)
+        if not w.has_shard("prompts", {"prompt_set": ps.name}, 0):
+            w.add_files("prompts", [w.write_shard("prompts", ps.rows(), {"prompt_set": ps.name}, 0, commit=False)],
+                        commit=False)
+        extraction = dict(w.manifest["extraction"].get("activations") or {})
+        extraction.update({
+            "layers": job.layers, "dtype": dtype, "dtype_requested": job.dtype, "compute_dtype": "float32",
+            "max_tokens": job.max_tokens, "batch_size": job.batch_size, "padding": "right; padding never stored",
+            "chat_template": chat_template,
+            "poolings": {p: POOLINGS[p] for p in job.poolings}, "special_tokens": SPECIAL_RULE,
+            "norm": "L2 norm of the float32 hidden state of the token", "prompt_set": ps.name,
+            "prompt_set_sha256": ps.sha256})
+        w.update(extraction={"activations": extraction}, commit=False)
     return w, base, skip_done, dtype, extraction
 
 
 # -- manifest bookkeeping -------------------------------------------------------------------------
+
+def _fixed_dtype(m: dict, dropped: frozenset = frozenset()) -> str | None:
+    """The vector dtype earlier builds fixed for activations: None while the table holds no file
+    (other than `dropped` part files, which this build is about to delete)."""
+    t = m["tables"].get("activations") or {}
+    kept = [e for e in t.get("files") or [] if e["path"].rsplit("/", 1)[-1] not in dropped]
+    return t.get("vector_dtype") if kept else None
+
+
+def _part_names(base: int, n: int) -> frozenset:
+    return frozenset(f"part-{p:05d}.parquet" for p in range(base, base + n))
+
+
+def _rebuilds(w: VindexWriter, ps: PromptSet, params: dict, resume: bool) -> bool:
+    """Whether this build replaces an earlier build of its prompt set (refused when it would resume
+    one made with other arguments)."""
+    prev = w.manifest["prompt_sets"].get(ps.name)
+    if prev is None or (prev.get("build") == params and resume):
+        return False
+    if resume and prev.get("build") is not None:
+        old = prev["build"]
+        diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
+        raise InvalidValue(
+            f"{w.root}: prompt set {ps.name!r} was built with other arguments "
+            f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); pass resume=False "
+            "(--no-resume) to rebuild it, or another out folder / prompt set name")
+    return True
+
+
+def _dropped(m: dict, ps: PromptSet, params: dict, resume: bool) -> frozenset:
+    """File names of the parts a rebuild of this prompt set deletes first."""
+    prev = m["prompt_sets"].get(ps.name)
+    if prev is None or (prev.get("build") == params and resume):
+        return frozenset()
+    return _part_names(prev.get("part_base", 0), prev.get("n_parts", 0))
+
 
 def _open_vindex(root: Path, name: str, mm: dict) -> VindexWriter:
     w = VindexWriter.create(root, name, model={k: v for k, v in mm.items() if v is not None}, exist_ok=True)
@@ -124,22 +166,16 @@ def _reserve_parts(w: VindexWriter, ps: PromptSet, params: dict, n_parts: int, r
     """Part numbers of this prompt set's shards: [base, base + n_parts). Returns (base, may_skip).
 
     Prompt sets share the activations/pooled folders (partitioned by layer only), so each set
-    owns a contiguous range of part numbers, recorded in the manifest.
+    owns a contiguous range of part numbers, recorded in the manifest. Call it inside
+    `w.transaction()`, so that a concurrent build of another prompt set sees this reservation.
     """
     sets = w.manifest["prompt_sets"]
     prev = sets.get(ps.name)
     others_end = max((s.get("part_base", 0) + s.get("n_parts", 0) for n, s in sets.items() if n != ps.name),
                      default=0)
-    if prev is not None and prev.get("build") == params and resume:
+    if prev is not None and not _rebuilds(w, ps, params, resume):
         base, may_skip = prev["part_base"], True
     else:
-        if prev is not None and resume and prev.get("build") is not None:
-            old = prev["build"]
-            diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
-            raise InvalidValue(
-                f"{w.root}: prompt set {ps.name!r} was built with other arguments "
-                f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())}); pass resume=False "
-                "(--no-resume) to rebuild it, or another out folder / prompt set name")
         if prev is not None:
             _drop_parts(w, prev.get("part_base", 0), prev.get("n_parts", 0))
             base = prev.get("part_base", 0) if n_parts <= prev.get("n_parts", 0) else others_end
@@ -152,20 +188,19 @@ def _reserve_parts(w: VindexWriter, ps: PromptSet, params: dict, n_parts: int, r
 
 
 def _drop_parts(w: VindexWriter, base: int, n: int) -> None:
-    """Forget (and delete) a prompt set's old activation/pooled shards before a rebuild."""
-    wanted = {f"part-{p:05d}.parquet" for p in range(base, base + n)}
+    """Forget, then delete, a prompt set's old activation/pooled shards before a rebuild (in that
+    order: a manifest never lists a deleted file)."""
+    wanted = _part_names(base, n)
+    doomed = []
     for table in ("activations", "pooled"):
         t = w.manifest["tables"].get(table)
         if not t:
             continue
-        keep = []
-        for e in t["files"]:
-            if e["path"].rsplit("/", 1)[-1] in wanted:
-                safe_join(w.root, e["path"]).unlink(missing_ok=True)
-            else:
-                keep.append(e)
-        t["files"] = keep
+        doomed += [e["path"] for e in t["files"] if e["path"].rsplit("/", 1)[-1] in wanted]
+        t["files"] = [e for e in t["files"] if e["path"].rsplit("/", 1)[-1] not in wanted]
     w.commit()
+    for rel in doomed:
+        safe_join(w.root, rel).unlink(missing_ok=True)
 
 
 def group_done(w: VindexWriter, layers, part: int) -> bool:

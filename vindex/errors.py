@@ -14,15 +14,19 @@ can find the problem without reading a pyarrow traceback. Catch `VindexError` to
         UnsupportedArchitecture    a model type vindex cannot ingest
         UnsupportedWeights         a checkpoint layout with no tensor-name map
         DegenerateInput            input a measure is undefined on (e.g. a constant layer)
+      IncompleteData           an analysis would use part of the data (an interrupted build);
+                               allow_partial accepts it
       NotFound                 a model, table, layer or file that is not there
       ModelSourceError         a model source cannot be resolved or loaded
       WeightsError             a checkpoint is unreadable or lacks a tensor
       LarqlFormatError         a LarQL file is malformed or inconsistent
       HubError                 the Hub (or the network) refused or failed a request
       RayUnavailable           Ray is missing or the cluster is unreachable
+      VindexBusy               another writer holds the vindex's write lock (the message names it)
     VindexWarning (UserWarning)
       CKAWarning               a CKA value is undefined and was returned as NULL
       CKAPairSkipped           a model pair of a lake could not be compared; the run went on
+      PartialData              a result was computed over part of the data (allow_partial)
 """
 
 
@@ -74,6 +78,11 @@ class DegenerateInput(InvalidValue):
     """The input is one a measure is undefined on (e.g. a constant layer, fewer than 2 rows)."""
 
 
+class IncompleteData(VindexError):
+    """An analysis would run on part of its data: a prompt set whose build was cut off, or prompts only
+    one model holds. Pass allow_partial (SQL `allow_partial := true`, CLI `--allow-partial`) to accept."""
+
+
 class ModelSourceError(VindexError):
     """A model source cannot be resolved or loaded (missing file, offline Hub, bad checksum)."""
 
@@ -94,6 +103,10 @@ class RayUnavailable(VindexError):
     """Ray (the `distributed` extra) is not installed, or the cluster cannot be reached."""
 
 
+class VindexBusy(VindexError):
+    """Another writer held the vindex's write lock past the wait allowed; the message names it (pid, host, command)."""
+
+
 class VindexWarning(UserWarning):
     """Base class of vindex's warnings: a result was computed without some of its input."""
 
@@ -104,3 +117,7 @@ class CKAWarning(VindexWarning):
 
 class CKAPairSkipped(VindexWarning):
     """A model pair (or a model) of the lake could not be compared; the run goes on without it."""
+
+
+class PartialData(VindexWarning):
+    """A result was computed over part of the data (allow_partial): the message says how many rows."""

@@ -14,8 +14,8 @@ from pathlib import Path
 import jsonschema
 
 from .version import __version__
-from .errors import ManifestError, UnsupportedSchemaVersion
-from .files import atomic_write_bytes, read_json, safe_join
+from .errors import ManifestError, SchemaMismatch, UnsupportedSchemaVersion
+from .files import atomic_write_bytes, parse_json, read_json, safe_join
 from .schema import manifest_json_schema
 
 MANIFEST = "vindex.json"
@@ -73,10 +73,99 @@ def load_manifest(root: str | Path) -> dict:
     return validate_manifest(read_json(path, ManifestError), where=str(path), root=root)
 
 
-def save_manifest(root: str | Path, m: dict) -> None:
+def parse_manifest(data: bytes, root: str | Path) -> dict:
+    """A validated manifest from the bytes of `root`'s vindex.json (as `load_manifest` reads it)."""
+    path = Path(root) / MANIFEST
+    return validate_manifest(parse_json(data, str(path), ManifestError), where=str(path), root=root)
+
+
+def save_manifest(root: str | Path, m: dict) -> bytes:
+    """Validate `m` and replace `root`'s vindex.json with it atomically; returns the bytes written.
+
+    Writers go through `VindexWriter.commit`, which holds the vindex's write lock and merges
+    with what other writers committed meanwhile; this is the bare replace."""
     m["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     validate_manifest(m, where=f"{Path(root) / MANIFEST} (about to be written)", root=root)
-    atomic_write_bytes(Path(root) / MANIFEST, (json.dumps(m, indent=2, sort_keys=False) + "\n").encode())
+    data = (json.dumps(m, indent=2, sort_keys=False) + "\n").encode()
+    atomic_write_bytes(Path(root) / MANIFEST, data)
+    return data
+
+
+# -- merging concurrent writers ---------------------------------------------------------------------
+# A writer holds the manifest it last read or wrote (`base`) and its own edited copy (`mine`). At
+# commit, under the write lock, it re-reads the manifest on disk and applies only what it changed
+# since `base`: file entries added, replaced or removed per table, prompt-set records, extraction /
+# model / top-level keys, and vector declarations. Everything else on disk, i.e. what other writers
+# committed meanwhile, is kept. On the same key the later commit wins, except vector declarations,
+# where two different ones for a table that holds files is an error rather than a mixed table.
+
+_SECTIONS = ("model", "extraction", "prompt_sets")
+
+
+def merge_manifest(disk: dict, base: dict | None, mine: dict, where: str = MANIFEST) -> dict:
+    """`disk` (modified and returned) with the changes `mine` made to `base` applied; see above."""
+    base = base or {}
+    for key in set(mine) | set(base):
+        if key in ("tables", "updated_at", *_SECTIONS):
+            continue
+        _apply_key(disk, key, base, mine)
+    for section in _SECTIONS:
+        b, m = base.get(section) or {}, mine.get(section) or {}
+        d = disk.setdefault(section, {})
+        for key in set(m) | set(b):
+            _apply_key(d, key, b, m)
+    tables = disk.setdefault("tables", {})
+    base_tables = base.get("tables") or {}
+    for table, mt in (mine.get("tables") or {}).items():
+        _merge_table(tables, table, base_tables.get(table) or {}, mt, where)
+    return disk
+
+
+def _apply_key(target: dict, key, base: dict, mine: dict) -> None:
+    if key in mine:
+        if key not in base or base[key] != mine[key]:
+            target[key] = mine[key]
+    elif key in base:            # removed by this writer
+        target.pop(key, None)
+
+
+_VECTOR_KEYS = ("vector_width", "vector_dtype")
+
+
+def _merge_table(tables: dict, table: str, bt: dict, mt: dict, where: str) -> None:
+    dt = tables.get(table)
+    if dt is None:
+        dt = tables[table] = {"files": []}
+    base_files = {e["path"]: e for e in bt.get("files") or []}
+    my_files = {e["path"]: e for e in mt.get("files") or []}
+    added = {p: e for p, e in my_files.items() if base_files.get(p) != e}
+    removed = base_files.keys() - my_files.keys()
+    others = {e["path"]: e for e in dt.get("files") or [] if e["path"] not in removed}
+    mine_decl, base_decl = tuple(mt.get(k) for k in _VECTOR_KEYS), tuple(bt.get(k) for k in _VECTOR_KEYS)
+    disk_decl = tuple(dt.get(k) for k in _VECTOR_KEYS)
+    decl = disk_decl
+    if mine_decl != base_decl:
+        if mine_decl[0] is None:                    # a reset binds nobody once others stored vectors
+            decl = disk_decl if others else mine_decl
+        elif others and disk_decl[0] is not None and disk_decl != mine_decl:
+            raise SchemaMismatch(f"{where}: table {table!r} meanwhile holds another writer's {disk_decl[1]} vectors "
+                                 f"of width {disk_decl[0]}; this writer declared {mine_decl[1]} of width "
+                                 f"{mine_decl[0]}. Nothing was committed; rerun it to add to the table as it is now")
+        else:
+            decl = mine_decl
+    if added and mine_decl[0] is not None and decl != mine_decl:
+        raise SchemaMismatch(f"{where}: table {table!r} was declared {decl[1]} vectors of width {decl[0]} by another "
+                             f"writer meanwhile; this writer's shards hold {mine_decl[1]} of width {mine_decl[0]}. "
+                             "Nothing was committed; rerun it to add to the table as it is now")
+    for key in set(mt) | set(bt):
+        if key not in ("files", *_VECTOR_KEYS):
+            _apply_key(dt, key, bt, mt)
+    for k, v in zip(_VECTOR_KEYS, decl):
+        if v is None and k not in dt and k not in mt:
+            continue
+        dt[k] = v
+    others.update(added)
+    dt["files"] = sorted(others.values(), key=lambda e: e["path"])
 
 
 def partition_values(entries, key: str = "layer") -> list:

@@ -1,15 +1,23 @@
 """The write side: add Parquet shards to a vindex atomically.
 
-Protocol (one writer process per vindex; distributed writers hand their entries to one committer):
+Protocol:
   1. write the shard to a hidden temp name in its partition folder, fsync, rename into place;
   2. record path, rows, bytes and sha256 in the manifest, and replace vindex.json atomically.
 A crash between 1 and 2 leaves an orphan shard that readers ignore (it is not in the manifest)
 and a rerun overwrites, because shard names are deterministic: data/<table>/<key>=<value>/part-NNNNN.parquet.
+
+Several writers (processes, or writer objects) may add to one vindex at once, e.g. `vindex build`
+and `vindex weights`, or two builds of different prompt sets. Each commit takes the vindex's write
+lock (`vindex.lock`), re-reads vindex.json and merges this writer's changes into it
+(`manifest.merge_manifest`), so no writer's tables or prompt sets are lost. `transaction()` holds
+the lock across a read-decide-write step (reserving part numbers). Readers never lock.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +26,8 @@ import pyarrow.parquet as pq
 
 from .errors import InvalidValue, ManifestError, SchemaMismatch
 from .files import atomic_path, safe_join, sha256_file
-from .manifest import MANIFEST, load_manifest, new_manifest, save_manifest
+from .lock import WriteLock, WriterSession, stale_temp_files
+from .manifest import MANIFEST, merge_manifest, new_manifest, parse_manifest, save_manifest
 from .schema import arrow_schema, check_schema, partition_columns, vector_columns
 
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -113,33 +122,66 @@ def _nullable_vectors(values, width, dtype, column):
 
 
 class VindexWriter:
-    """Appends shards to one vindex folder and keeps its manifest current."""
+    """Appends shards to one vindex folder and keeps its manifest current.
 
-    def __init__(self, root: str | Path, manifest: dict):
+    lock_timeout: seconds a commit waits for another writer's commit (0 = fail at once with
+    VindexBusy naming the holder, math.inf = wait forever; default: $VINDEX_LOCK_TIMEOUT or
+    vindex.lock.DEFAULT_TIMEOUT_S). A commit holds the lock for well under a second.
+    """
+
+    def __init__(self, root: str | Path, manifest: dict, *, lock_timeout: float | None = None,
+                 _disk: bytes | None = None, _session: WriterSession | None = None,
+                 _lock: WriteLock | None = None):
         self.root = Path(root)
         self.manifest = manifest
+        self.lock = _lock or WriteLock(self.root, lock_timeout)
+        self._disk = _disk            # vindex.json as this writer last read or wrote it: the merge base
+        self._session = _session      # this writer's membership of the live writers (see vindex.lock)
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
     def create(cls, root: str | Path, name: str, model: dict, extraction: dict | None = None,
-               exist_ok: bool = False) -> "VindexWriter":
+               exist_ok: bool = False, lock_timeout: float | None = None) -> "VindexWriter":
         """Start a new vindex; with exist_ok, reopen an existing one of the same name (resume)."""
         root = Path(root)
-        if (root / MANIFEST).exists():
-            if not exist_ok:
-                raise ManifestError(f"{root / MANIFEST}: a vindex already exists here (pass exist_ok to add to it)")
-            w = cls.open(root)
-            if w.manifest["name"] != name:
-                raise ManifestError(f"{root / MANIFEST}: holds vindex {w.manifest['name']!r}, not {name!r}")
-            return w
         root.mkdir(parents=True, exist_ok=True)
-        w = cls(root, new_manifest(name, model, extraction))
-        w.commit()
+        lock = WriteLock(root, lock_timeout)
+        with lock:                   # of two creators of one folder, the second finds the manifest
+            if not (root / MANIFEST).exists():
+                m = new_manifest(name, model, extraction)
+                w = cls(root, m, lock_timeout=lock_timeout, _lock=lock, _session=_join_writers(root, m, lock_timeout))
+                w.commit()
+                return w
+        if not exist_ok:
+            raise ManifestError(f"{root / MANIFEST}: a vindex already exists here (pass exist_ok to add to it)")
+        w = cls.open(root, lock_timeout=lock_timeout)
+        if w.manifest["name"] != name:
+            raise ManifestError(f"{root / MANIFEST}: holds vindex {w.manifest['name']!r}, not {name!r}")
         return w
 
     @classmethod
-    def open(cls, root: str | Path) -> "VindexWriter":
-        return cls(root, load_manifest(root))
+    def open(cls, root: str | Path, lock_timeout: float | None = None) -> "VindexWriter":
+        """Open an existing vindex for writing. The first writer of a folder with no other live
+        writer removes the hidden temp files that killed writers left behind."""
+        root = Path(root)
+        data = _read_manifest_bytes(root)
+        if data is None:
+            raise ManifestError(f"{root / MANIFEST}: no manifest; is {str(root)!r} a vindex folder?")
+        manifest = parse_manifest(data, root)
+        return cls(root, manifest, lock_timeout=lock_timeout, _disk=data,
+                   _session=_join_writers(root, manifest, lock_timeout))
+
+    def close(self) -> None:
+        """Leave the live writers (also done when the writer is garbage collected or the process ends)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> "VindexWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- manifest -------------------------------------------------------------------------
     @property
@@ -147,7 +189,37 @@ class VindexWriter:
         return self.manifest["name"]
 
     def commit(self) -> None:
-        save_manifest(self.root, self.manifest)
+        """Merge this writer's changes into vindex.json as it is on disk now, under the write lock."""
+        with self.lock:
+            self._refresh()
+            self._disk = save_manifest(self.root, self.manifest)
+
+    @contextmanager
+    def transaction(self):
+        """Hold the write lock across a read-decide-write step: on entry the manifest is refreshed
+        with what other writers committed (this writer's changes kept), on a clean exit it is
+        committed. Commits inside it do not wait.
+
+            with w.transaction():
+                base = next_free_part(w.manifest)   # sees every other writer's reservations
+                w.add_prompt_set(..., commit=False)
+        """
+        with self.lock:
+            self._refresh()
+            yield self
+            self.commit()
+
+    def _refresh(self) -> None:
+        """Bring in other writers' commits: manifest = (disk now) + (my changes since my last read)."""
+        data = _read_manifest_bytes(self.root)
+        if data is None or data == self._disk:
+            return
+        disk = parse_manifest(data, self.root)
+        base = json.loads(self._disk) if self._disk is not None else None
+        merged = merge_manifest(disk, base, self.manifest, where=str(self.root / MANIFEST))
+        self.manifest.clear()            # in place: callers may hold the manifest dict itself
+        self.manifest.update(merged)
+        self._disk = data
 
     def update(self, *, model: dict | None = None, extraction: dict | None = None, commit=True) -> None:
         if model:
@@ -267,6 +339,23 @@ class VindexWriter:
                 raise SchemaMismatch(f"{where}: column {k!r} disagrees with the shard's partition {k}={v}")
         check_schema(data.schema, schema, where)
         return data
+
+
+def _join_writers(root: Path, manifest: dict, lock_timeout) -> WriterSession:
+    """Join the live writers of `root`; when none is alive, first delete the hidden temp files
+    (`.<name>.<random>.tmp`) that killed writers left: unlisted, and older than this moment."""
+    def cleanup(since: float) -> None:
+        listed = {e["path"] for t in manifest["tables"].values() for e in t.get("files", [])}
+        for p in stale_temp_files(root, since, listed):
+            p.unlink(missing_ok=True)
+    return WriterSession(root, lock_timeout, cleanup=cleanup)
+
+
+def _read_manifest_bytes(root: Path) -> bytes | None:
+    try:
+        return (root / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _row_count(columns: dict, where: str) -> int:
