@@ -10,10 +10,11 @@ globbed, because views read explicit file lists, not folders.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vindex.errors import ManifestError, NotFound, VindexError
+from vindex.errors import ManifestError, NotFound, UnsafePath, VindexError
 from vindex.files import safe_join
 from vindex.hub.location import is_hub_uri
 from vindex.manifest import MANIFEST, ManifestView, load_manifest
@@ -73,11 +74,11 @@ def _resolve_local(path: Path) -> list[ResolvedVindex]:
         raise NotFound(f"{path}: no such folder (expected a vindex folder or a lake root)")
     if not path.is_dir():
         raise NotFound(f"{path}: not a folder (expected a vindex folder or a lake root)")
-    if (path / MANIFEST).is_file():
+    if _has_manifest(path):
         return [ResolvedVindex(load_manifest(path), str(path.resolve()), str(path))]
     found = []
     for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if (child / MANIFEST).is_file():
+        if _has_manifest(child, lake=path):
             try:
                 found.append(ResolvedVindex(load_manifest(child), str(child.resolve()), str(child)))
             except ManifestError as e:
@@ -86,6 +87,40 @@ def _resolve_local(path: Path) -> list[ResolvedVindex]:
         raise NotFound(f"{path}: neither a vindex (no {MANIFEST}) nor a lake root (no sub-folder holds a "
                        f"{MANIFEST})")
     return found
+
+
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def _has_manifest(folder: Path, lake: Path | None = None) -> bool:
+    """Whether `folder` holds a vindex.json. One that is there but is not a regular file inside the
+    folder (a directory, a FIFO, a dangling symlink or one leading out of the folder) is an error
+    naming it, never a folder silently left out of the lake (nor a FIFO read that never returns)."""
+    p = folder / MANIFEST
+    where = f"lake {lake}: {p}" if lake is not None else str(p)
+    try:
+        st = p.lstat()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise ManifestError(f"{where}: cannot be read ({e.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            safe_join(folder, MANIFEST)
+        except UnsafePath:
+            raise UnsafePath(f"{where}: a symlink to {os.readlink(p)!r}, outside the vindex folder; a manifest "
+                             "must lie in its vindex (copy it in, or remove the link)") from None
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise ManifestError(f"{where}: a symlink to {os.readlink(p)!r}, which cannot be read "
+                                f"({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise ManifestError(f"{where}: is {kind}, not a regular file; a vindex's manifest is a JSON file "
+                            "(remove or rename it, or the folder is no vindex)")
+    return True
 
 
 def _resolve_hub(location: str) -> list[ResolvedVindex]:
