@@ -34,9 +34,14 @@ Not implemented: Xet (the fixture sets HF_HUB_DISABLE_XET so uploads use LFS; do
 see an X-Xet-Hash header), multipart LFS, pagination (every listing is one page), gated repos.
 Auth: writes need `Authorization: Bearer <token>`; reads of a private repo too.
 
-Test hooks: every request is logged (`server.log`: method, path, range, bytes sent); faults can be
-injected per file (`tamper`: serve other bytes; `interrupt`: drop the connection after n bytes;
-`fail`: answer 500). Files can be put directly (`put_files`) without going through the client.
+Test hooks: every request is logged (`server.log`: method, path, range, bytes sent, whether it
+carried a token); faults can be injected per file (`tamper`: serve other bytes, e.g. of the same
+size, shorter or longer; `interrupt`: drop the connection after n bytes; `stall`: send the headers
+and n bytes, then nothing more; `redirect`: answer 302 to another URL, e.g. another server; `fail`:
+answer 500) and per route, on any request whose path matches a regex (`hang`: read the request,
+never answer; `answer`: a canned status and body, e.g. 500s, non-JSON, or a listing with traversal
+names). Hung requests wait until `release()` (or `clear_faults`, `reset`). Files can be put
+directly (`put_files`) without going through the client.
 
 Use it through the pytest fixture `hub_server` (registered in tests/conftest.py):
 
@@ -115,10 +120,17 @@ class Repo:
 
 @dataclass
 class Fault:
-    kind: str            # tamper | interrupt | fail
+    kind: str            # tamper | interrupt | stall | redirect | fail (per file); hang | answer (per route)
     times: int | None    # None: forever
     data: bytes | None = None
     after: int = 0
+    location: str = ""           # redirect: the Location
+    match: str = ""              # per route: a regex searched in the request path ('' matches all)
+    status: int = 200            # answer
+    content_type: str = "application/json"
+
+
+HANG_MAX = 120.0      # seconds a hung request waits for release() at most (a test that forgot to release)
 
 
 class HubState:
@@ -133,6 +145,8 @@ class HubState:
             self.repos: dict[tuple[str, str], Repo] = {}
             self.blobs: dict[str, bytes] = {}
             self.faults: dict[tuple[str, str, str], list[Fault]] = {}   # applied in order
+            self.route_faults: list[Fault] = []                          # first match applies
+            self.release_hangs()
             self.collections: dict[str, list[tuple[str, str]]] = {}      # slug -> [(type, repo id)]
             self.log: list[dict] = []
 
@@ -190,6 +204,27 @@ class HubState:
                 return hits[0]
         return None
 
+    def release_hangs(self) -> None:
+        """Let every hung request go (it closes its connection without an answer)."""
+        with self.lock:
+            old = getattr(self, "released", None)
+            self.released = threading.Event()
+        if old is not None:
+            old.set()
+
+    def route_fault(self, path: str) -> Fault | None:
+        """The first per-route fault whose `match` (a regex) is found in `path` (used up after its
+        `times`), or None."""
+        with self.lock:
+            for f in self.route_faults:
+                if re.search(f.match, path):
+                    if f.times is not None:
+                        f.times -= 1
+                        if f.times <= 0:
+                            self.route_faults.remove(f)
+                    return f
+            return None
+
     def add_fault(self, repo_type: str, repo_id: str, path: str, fault: Fault) -> None:
         with self.lock:
             self.faults.setdefault((repo_type, repo_id, path), []).append(fault)
@@ -213,9 +248,9 @@ class HubServer:
 
     Attributes: `endpoint` (http://127.0.0.1:PORT), `token`, `orgs` (namespaces the test user
     may create repos in; add to it), `log` (list of request dicts:
-    method, path, query, range, status, sent). Helpers: create_repo, put_files, put_folder, files,
-    read_file, head, tamper, interrupt, fail, clear_faults, add_collection, requests_for,
-    bytes_sent, clear_log, reset.
+    method, path, query, range, status, sent, auth). Helpers: create_repo, put_files, put_folder,
+    files, read_file, head, tamper, interrupt, stall, redirect, fail, hang, answer, release,
+    clear_faults, add_collection, requests_for, bytes_sent, clear_log, reset.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str = TOKEN):
@@ -307,12 +342,46 @@ class HubServer:
         """Answer 500 to GETs of `path`, `times` times."""
         self.state.add_fault(repo_type, repo_id, path, Fault("fail", times))
 
+    def stall(self, repo_id: str, path: str, after: int = 0, repo_type: str = "dataset",
+              times: int | None = None) -> None:
+        """Send the headers (full Content-Length) and `after` body bytes of a GET of `path`, then
+        nothing more until `release()`: a server that stops answering mid-body."""
+        self.state.add_fault(repo_type, repo_id, path, Fault("stall", times, after=after))
+
+    def redirect(self, repo_id: str, path: str, location: str, repo_type: str = "dataset",
+                 times: int | None = None) -> None:
+        """Answer GETs of `path` with `302 Location: location` (another host, a loop, another scheme)."""
+        self.state.add_fault(repo_type, repo_id, path, Fault("redirect", times, location=location))
+
+    def hang(self, match: str = "", times: int | None = None) -> None:
+        """Requests whose path matches `match` (a regex, searched; every request by default) are read
+        and never answered, until `release()`: a server that accepts connections and stops answering."""
+        with self.state.lock:
+            self.state.route_faults.append(Fault("hang", times, match=match))
+
+    def answer(self, match: str, body: bytes | str = b"", status: int = 200, times: int | None = None,
+               content_type: str = "application/json") -> None:
+        """Answer requests whose path matches `match` (a regex, searched) with `status` and `body`
+        instead of the real route: 500s, a body that is not JSON, a listing with traversal names."""
+        data = body.encode() if isinstance(body, str) else bytes(body)
+        with self.state.lock:
+            self.state.route_faults.append(Fault("answer", times, data=data, match=match, status=status,
+                                                 content_type=content_type))
+
+    def release(self) -> None:
+        """Let every hung or stalled request go (its connection closes without the rest of an answer)."""
+        self.state.release_hangs()
+
     def add_collection(self, slug: str, items: list[tuple[str, str]]) -> None:
         """A collection `slug` (e.g. 'vindex-org/lake-0123') of [(repo_type, repo_id)] items."""
         self.state.collections[slug] = list(items)
 
     def clear_faults(self) -> None:
-        self.state.faults.clear()
+        """Remove every fault and let hung requests go: the server has recovered."""
+        with self.state.lock:
+            self.state.faults.clear()
+            self.state.route_faults.clear()
+        self.state.release_hangs()
 
     def requests_for(self, path_suffix: str = "", method: str | None = None) -> list[dict]:
         return [r for r in self.log if r["path"].endswith(path_suffix) and (method is None or r["method"] == method)]
@@ -349,7 +418,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._query = parse_qs(url.query)
         self._raw_path = url.path
         try:
+            fault = self.hub.state.route_fault(unquote(url.path))
+            if fault is not None and fault.kind == "hang":
+                self._hang()
+                return
             body = self._read_body() if method in ("POST", "PUT") else b""
+            if fault is not None and fault.kind == "answer":
+                self._send(fault.status, fault.data, content_type=fault.content_type)
+                return
             self._route(method, url.path, body)
         except _HubError as e:
             self._json({"error": e.message}, e.status, code=e.code)
@@ -359,7 +435,12 @@ class _Handler(BaseHTTPRequestHandler):
             with self.hub.state.lock:
                 self.hub.state.log.append({"method": method, "path": unquote(url.path), "query": url.query,
                                            "range": self.headers.get("Range"), "status": self._status,
-                                           "sent": self._sent})
+                                           "sent": self._sent, "auth": "Authorization" in self.headers})
+
+    def _hang(self) -> None:
+        """Say nothing more until the test releases hung requests, then close the connection."""
+        self.hub.state.released.wait(HANG_MAX)
+        self.close_connection = True
 
     def do_GET(self):
         self._dispatch("GET")
@@ -736,6 +817,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.hub.state.fault_for(repo, path) if method == "GET" else None
         if fault is not None and fault.kind == "fail":
             raise _HubError(500, f"injected failure for {path}")
+        if fault is not None and fault.kind == "redirect":
+            return self._send(302, b"", {"Location": fault.location})
         if fault is not None and fault.kind == "tamper":
             data = fault.data
         headers = {"ETag": f'"{etag}"', "X-Repo-Commit": c.oid, "Accept-Ranges": "bytes"}
@@ -762,7 +845,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
         body = data[start:end]
-        if fault is not None and fault.kind == "interrupt" and method == "GET":
+        if fault is not None and fault.kind in ("interrupt", "stall") and method == "GET":
             self._status = status
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
@@ -774,6 +857,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(part)
             self._sent += len(part)
             self.wfile.flush()
+            if fault.kind == "stall":
+                self._hang()
             self.close_connection = True
             return
         self._send(status, body, headers, content_type="application/octet-stream", head_only=method == "HEAD")

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vindex.errors import InvalidValue, NotFound, VindexError
+from vindex.errors import HubError, InvalidValue, NotFound
 from vindex.hub.location import HubLocation, is_hub_uri
 
 from . import format as lf
@@ -54,10 +54,16 @@ def resolve_source(src, *, revision: str | None = None, gate_vectors: bool = Fal
 
 def fetch_from_hub(uri: str, *, revision: str | None = None, gate_vectors: bool = False,
                    progress: bool = True) -> LarqlSource:
-    """Download the files an import needs from a Hub repo (never the inference weights)."""
-    from huggingface_hub import HfApi, snapshot_download
+    """Download the files an import needs from a Hub repo (never the inference weights).
+
+    Every request is bounded by `vindex.hub.remote.hub_timeout()` (VINDEX_HUB_TIMEOUT); the repo
+    lookup is retried like every Hub call (`with_retries`), the file downloads by huggingface_hub
+    (HF_HUB_DOWNLOAD_TIMEOUT bounds each read); what still fails is a HubError."""
+    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    from vindex.hub.remote import endpoint, failure_message, hub_api, hub_timeout, with_retries
 
     tried = []
     for loc in HubLocation.candidates(uri, order=LARQL_REPO_TYPES):
@@ -65,14 +71,17 @@ def fetch_from_hub(uri: str, *, revision: str | None = None, gate_vectors: bool 
             raise InvalidValue(f"{uri}: names revision {loc.revision!r} but revision={revision!r} was also given")
         rev = revision or loc.revision
         try:
-            info = HfApi().repo_info(loc.repo_id, repo_type=loc.repo_type, revision=rev)
+            info = with_retries(uri, hub_api().repo_info, loc.repo_id, repo_type=loc.repo_type, revision=rev,
+                                timeout=hub_timeout())
             break
         except RepositoryNotFoundError:
             tried.append(f"{loc.repo_type} repo {loc.repo_id!r}")
         except RevisionNotFoundError:
             raise NotFound(f"{uri}: {loc.repo_type} repo {loc.repo_id!r} has no revision {rev!r}") from None
+        except HubError:
+            raise
         except Exception as e:  # network failures come in many types (httpx, OSError, HfHubHTTPError)
-            raise VindexError(f"{uri}: cannot reach the Hub ({type(e).__name__}: {e})") from None
+            raise HubError(failure_message(uri, e, 1, 0.0)) from None
     else:
         raise NotFound(f"{uri}: no {' and no '.join(tried)} on the Hub (or it is private: log in)")
     repo_type, repo_id, sub = loc.repo_type, loc.repo_id, loc.path
@@ -91,10 +100,12 @@ def fetch_from_hub(uri: str, *, revision: str | None = None, gate_vectors: bool 
     if not progress:
         disable_progress_bars()
     try:
-        root = snapshot_download(repo_id, repo_type=repo_type, revision=info.sha,
-                                 allow_patterns=[prefix + f for f in chosen])
-    except Exception as e:
-        raise VindexError(f"{uri}: download failed ({type(e).__name__}: {e})") from None
+        root = snapshot_download(repo_id, repo_type=repo_type, revision=info.sha, endpoint=endpoint(),
+                                 allow_patterns=[prefix + f for f in chosen], etag_timeout=hub_timeout())
+    except Exception as e:  # noqa: BLE001 - timeouts arrive as LocalEntryNotFoundError, httpx or OSError
+        raise HubError(f"{uri}: download failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                       f"each request may take {hub_timeout():g} s (VINDEX_HUB_TIMEOUT) and each read "
+                       "HF_HUB_DOWNLOAD_TIMEOUT s") from None
     finally:
         if not progress and not was_disabled:
             enable_progress_bars()

@@ -34,15 +34,17 @@ from tqdm.auto import tqdm
 
 from ..errors import ChecksumError, HubError, NotFound, VindexError
 from ..files import fsync_dir, safe_join, sha256_file
-from .remote import (HubLocation, RemoteVindex, cache_dir_for, endpoint, find_remote_vindexes,
-                  resolve_commit)
+from .remote import (HubLocation, RemoteVindex, cache_dir_for, endpoint, failure_message, find_remote_vindexes,
+                     hub_session, hub_timeout, is_transient, resolve_commit)
 from ..manifest import MANIFEST, load_manifest, save_manifest, validate_manifest
 
 log = logging.getLogger(__name__)
 
 STAGING = ".vindex-pull"     # hidden: globs, `vindex verify` and DuckDB scans never look inside
-RETRIES = 4                  # transient network failures per file (each retry resumes)
+RETRIES = 4                  # transient network failures per file: timeouts, drops (each retry resumes)
 RETRY_WAIT = 0.5             # seconds before the first retry; doubles each time
+# every request waits at most remote.hub_timeout() (VINDEX_HUB_TIMEOUT, 30 s) to connect and for each
+# piece of the body: a server that stops answering costs (RETRIES + 1) timeouts per file, then a HubError
 
 
 @dataclass
@@ -274,6 +276,7 @@ def _run_jobs(jobs: list[_Job], token, workers: int, progress: bool,
     if not jobs:
         return [], []
     headers = build_hf_headers(token=token)
+    hub_session()
     stop = threading.Event()
     fetched, failures = [], []
     total = sum(j.entry["bytes"] for j in jobs)
@@ -347,6 +350,7 @@ def _download(url: str, headers: dict, job: _Job, shown: "_Shown", stop: threadi
     from huggingface_hub.utils import hf_raise_for_status, http_stream_backoff
 
     size = job.entry["bytes"]
+    start = time.monotonic()
     for drop in range(RETRIES + 1):
         have = job.part.stat().st_size if job.part.exists() else 0
         if have > size:          # cannot be a prefix of the file: start over
@@ -357,7 +361,8 @@ def _download(url: str, headers: dict, job: _Job, shown: "_Shown", stop: threadi
         req = {**headers, "Range": f"bytes={have}-"} if have else headers
         try:
             with http_stream_backoff("GET", url, headers=req, max_retries=RETRIES, base_wait_time=RETRY_WAIT,
-                                     max_wait_time=8 * RETRY_WAIT, retry_on_exceptions=()) as r:
+                                     max_wait_time=8 * RETRY_WAIT, retry_on_exceptions=(),
+                                     timeout=hub_timeout()) as r:
                 hf_raise_for_status(r)
                 if r.status_code != 206:         # the whole file (the server ignored the Range)
                     have = 0
@@ -376,7 +381,7 @@ def _download(url: str, headers: dict, job: _Job, shown: "_Shown", stop: threadi
             raise
         except Exception as e:  # noqa: BLE001 - a dropped connection is resumed; an answer was retried already
             if not _dropped(e) or drop == RETRIES:
-                raise _as_vindex_error(e, job.uri) from None
+                raise _as_vindex_error(e, job.uri, drop + 1, time.monotonic() - start) from None
             log.info("%s: %s; resuming at byte %d (retry %d/%d)", job.uri, e, have, drop + 1, RETRIES)
             time.sleep(RETRY_WAIT * 2 ** drop)
 
@@ -397,18 +402,17 @@ class _Shown:
 
 
 def _dropped(e: Exception) -> bool:
-    """A connection that failed, broke off or timed out (not an HTTP answer)."""
-    if getattr(e, "response", None) is not None:
-        return False
-    return type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2") or isinstance(e, OSError)
+    """A connection that failed, broke off or timed out (not an HTTP answer: those were retried)."""
+    return getattr(e, "response", None) is None and is_transient(e)
 
 
-def _as_vindex_error(e: Exception, what: str) -> VindexError:
+def _as_vindex_error(e: Exception, what: str, attempts: int, elapsed: float) -> VindexError:
     status = getattr(getattr(e, "response", None), "status_code", None)
     if status == 404:
         return NotFound(f"{what}: listed in the manifest but missing from the repo")
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return HubError(f"{what}: download failed ({first})")
+    if isinstance(e, OSError) and not is_transient(e):   # ours, not the network's (e.g. a full disk)
+        return VindexError(f"{what}: cannot write the download to disk ({e})")
+    return HubError(f"download failed: {failure_message(what, e, attempts, elapsed)}")
 
 
 def _raise_failures(failures: list[tuple[_Job, Exception]], n_jobs: int) -> None:
@@ -420,6 +424,9 @@ def _raise_failures(failures: list[tuple[_Job, Exception]], n_jobs: int) -> None
                             f"verified and kept:\n  {lines}{more}")
     if len(failures) == 1 and isinstance(failures[0][1], NotFound):
         raise failures[0][1]
+    if len(failures) == 1:       # one line, for the CLI
+        raise HubError(f"pull incomplete: {lines}; what arrived is verified and kept, so running the same "
+                       "pull again resumes it")
     raise HubError(f"pull incomplete: {len(failures)} of {n_jobs} file(s) failed; what arrived is verified "
                    f"and kept, so running the same pull again resumes it:\n  {lines}{more}")
 

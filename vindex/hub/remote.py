@@ -16,16 +16,26 @@ anything uses them, and nothing downloaded is executed or unpickled.
 
 The endpoint is `HF_ENDPOINT` read at call time (so tests can point it at a local server) and the
 token comes from huggingface_hub's usual places (HF_TOKEN, `hf auth login`) unless passed.
+
+No Hub call waits forever: `hub_timeout()` (VINDEX_HUB_TIMEOUT, default 30 s) bounds connecting and
+each wait for data, on vindex's own requests and, through `hub_session()`, on every request of
+huggingface_hub's shared client that carries no timeout of its own. `hub_call` retries a call that
+timed out, dropped or got 408/429/5xx (RETRIES times, backoff from RETRY_WAIT), then raises a
+HubError that says what timed out, against which host, after how long.
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
+import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from ..errors import HubError, ManifestError, NotFound, VindexError
+from ..errors import HubError, InvalidValue, ManifestError, NotFound, UnsafePath, VindexError
 from ..files import parse_json, safe_join
 from ..manifest import MANIFEST, load_manifest, partition_values, validate_manifest
 from .location import REMOTE_ROOT, HF_PREFIX, HubLocation
@@ -33,6 +43,13 @@ from .location import REMOTE_ROOT, HF_PREFIX, HubLocation
 VINDEX_TAG = "vindex"
 CARD = "README.md"
 MAX_MANIFEST_BYTES = 64 << 20      # a manifest is JSON metadata; anything larger is refused unread
+TIMEOUT_ENV = "VINDEX_HUB_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0             # seconds to connect, and to wait for each piece of an answer
+RETRIES = 2                        # further attempts of a call that timed out, dropped, or got 408/429/5xx
+RETRY_WAIT = 0.5                   # seconds before the first retry; doubles each time
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+
+log = logging.getLogger(__name__)
 
 
 def endpoint() -> str:
@@ -42,26 +59,140 @@ def endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
+def hub_timeout() -> float:
+    """Seconds a Hub request may take to connect, and to wait for each piece of its answer:
+    VINDEX_HUB_TIMEOUT at call time, else DEFAULT_TIMEOUT (30)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        t = float(raw)
+    except ValueError:
+        t = math.nan
+    if not (math.isfinite(t) and t > 0):
+        raise InvalidValue(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0 (default {DEFAULT_TIMEOUT:g})")
+    return t
+
+
+def _fill_timeout(request) -> None:
+    """httpx request hook: a request sent with no timeout at all gets hub_timeout() (huggingface_hub's
+    listings pass timeout=None explicitly, which overrides any client default)."""
+    t = request.extensions.get("timeout") or {}
+    if all(t.get(k) is None for k in ("connect", "read", "write", "pool")):
+        s = hub_timeout()
+        request.extensions["timeout"] = {"connect": s, "read": s, "write": s, "pool": s}
+
+
+def hub_session():
+    """huggingface_hub's shared HTTP client (HfApi, HfFileSystem and our own requests all use it),
+    with `_fill_timeout` among its request hooks: no request through it can wait forever."""
+    from huggingface_hub.utils import get_session
+
+    hub_timeout()   # a bad VINDEX_HUB_TIMEOUT is reported here, not from inside a request
+    s = get_session()
+    hooks = s.event_hooks
+    if _fill_timeout not in hooks.get("request", []):
+        s.event_hooks = {**hooks, "request": [*hooks.get("request", []), _fill_timeout]}
+    return s
+
+
 def hub_api(token: str | bool | None = None):
     from huggingface_hub import HfApi
 
+    hub_session()
     return HfApi(endpoint=endpoint(), token=token)
 
 
 def hub_filesystem(token: str | bool | None = None):
-    """An HfFileSystem on the current endpoint (fsspec caches instances with equal arguments)."""
+    """An HfFileSystem on the current endpoint (fsspec caches instances with equal arguments).
+    Its listings go through `hub_session()`; its file reads carry huggingface_hub's own
+    HF_HUB_DOWNLOAD_TIMEOUT (and are retried by its http_backoff)."""
     from huggingface_hub import HfFileSystem
 
+    hub_session()
     return HfFileSystem(endpoint=endpoint(), token=token)
 
 
-def hub_call(what: str, fn, *args, **kwargs):
-    """Run a huggingface_hub call, turning its errors into NotFound / HubError that name `what`
-    (so the CLI prints one clear line instead of an HTTP traceback)."""
+def _http_module(e: Exception):
+    """The HTTP library huggingface_hub's client is built on (httpx2 now, httpx before) when `e`
+    comes from it, else None."""
+    name = type(e).__module__.split(".")[0]
+    return sys.modules.get(name) if name in ("httpx", "httpx2") else None
+
+
+def is_transient(e: BaseException) -> bool:
+    """Worth another attempt: a timeout, a connection refused or dropped, or a 408/429/5xx answer."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status is not None:
+        return status in RETRY_STATUS
+    hx = _http_module(e)
+    if hx is not None:
+        return isinstance(e, (hx.TimeoutException, hx.NetworkError, hx.RemoteProtocolError))
+    return isinstance(e, (ConnectionError, TimeoutError))
+
+
+_PHASE = {"ConnectTimeout": "connecting", "ReadTimeout": "waiting for data", "WriteTimeout": "sending",
+          "PoolTimeout": "waiting for a free connection"}
+
+
+def failure_message(what: str, e: BaseException, attempts: int, elapsed: float,
+                    timeout: float | None = None) -> str:
+    """One line: what failed, against which host, how (timed out while ..., refused, answered 500),
+    after how many attempts and how long."""
+    host = endpoint()
+    try:
+        url = e.request.url            # httpx errors know the request (maybe a redirect's target)
+        host = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+    except Exception:  # noqa: BLE001 - not an httpx error, or one raised before a request existed
+        pass
+    tries = f"{attempts} attempt(s) in {elapsed:.1f} s"
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    detail = (str(e).splitlines() or [""])[0] or type(e).__name__
+    hx = _http_module(e)
+    if hx is not None and isinstance(e, hx.TimeoutException) or isinstance(e, TimeoutError):
+        phase = _PHASE.get(type(e).__name__, "waiting")
+        return (f"{what}: {host} did not answer: timed out {phase} after {timeout or hub_timeout():g} s ({tries}); "
+                f"set {TIMEOUT_ENV} (seconds) to wait longer")
+    if status is not None:
+        said = (getattr(e, "server_message", None) or "").strip().splitlines()
+        reason = getattr(e.response, "reason_phrase", "") or ""
+        return f"{what}: {host} answered {status} {reason}{': ' + said[0] if said else ''} ({tries})"
+    return f"{what}: cannot reach {host} ({type(e).__name__}: {detail}; {tries})"
+
+
+def with_retries(what: str, fn, *args, retries: int | None = None, **kwargs):
+    """`fn(*args, **kwargs)`, tried again (RETRIES times by default, waiting RETRY_WAIT, doubling) while
+    it fails in a way `is_transient`; the last such failure becomes a HubError (`failure_message`).
+    Any other error goes through unchanged. retries=0 for a call that must not run twice (a commit)
+    or that huggingface_hub already retries (paginated listings)."""
+    retries = RETRIES if retries is None else retries
+    start = time.monotonic()
+    for attempt in range(retries + 1):
+        try:
+            return fn(*args, **kwargs)
+        except VindexError:
+            raise
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            if attempt == retries:
+                raise HubError(failure_message(what, e, attempt + 1, time.monotonic() - start)) from None
+            wait = RETRY_WAIT * 2 ** attempt
+            log.info("%s: %s; retry %d/%d in %.1f s", what, type(e).__name__, attempt + 1, retries, wait)
+            time.sleep(wait)
+
+
+def hub_call(what: str, fn, *args, retries: int | None = None, **kwargs):
+    """Run a huggingface_hub call with a timeout and bounded retries (`with_retries`), turning its
+    errors into NotFound / HubError that name `what` (so the CLI prints one clear line instead of an
+    HTTP traceback)."""
     from huggingface_hub import errors as hf_errors
 
+    hub_session()
     try:
-        return fn(*args, **kwargs)
+        return with_retries(what, fn, *args, retries=retries, **kwargs)
+    except VindexError:
+        raise
     except hf_errors.RepositoryNotFoundError:
         raise NotFound(f"{what}: no such repo on {endpoint()} (or it is private and no valid token "
                        "was given: set HF_TOKEN or run `hf auth login`)") from None
@@ -71,13 +202,15 @@ def hub_call(what: str, fn, *args, **kwargs):
         raise NotFound(f"{what}: no such file in the repo") from None
     except hf_errors.HfHubHTTPError as e:
         raise HubError(f"{what}: the Hub answered {e}".splitlines()[0]) from None
-    except ValueError as e:  # huggingface_hub's own checks, e.g. README metadata the Hub refuses
-        raise HubError(f"{what}: {e}") from None
-    except OSError as e:  # connection refused, DNS, timeouts (httpx errors are OSError subclasses or not)
-        raise HubError(f"{what}: cannot reach {endpoint()} ({e})") from None
-    except Exception as e:  # httpx transport errors do not subclass OSError
-        if type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2"):
-            raise HubError(f"{what}: cannot reach {endpoint()} ({type(e).__name__}: {e})") from None
+    except ValueError as e:  # huggingface_hub's own checks (README metadata the Hub refuses), or an
+        # answer that is not JSON (json.JSONDecodeError is a ValueError)
+        raise HubError(f"{what}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    except (KeyError, TypeError, AttributeError) as e:  # JSON of the wrong shape from a hostile server
+        raise HubError(f"{what}: {endpoint()} sent an answer huggingface_hub cannot read "
+                       f"({type(e).__name__}: {e})".splitlines()[0]) from None
+    except Exception as e:  # connection errors that are not transient (a bad URL scheme, too many redirects)
+        if _http_module(e) is not None or isinstance(e, OSError):
+            raise HubError(failure_message(what, e, 1, 0.0)) from None
         raise
 
 
@@ -109,25 +242,34 @@ class RemoteVindex:
 def resolve_commit(loc: HubLocation, token=None) -> str:
     """The commit sha `loc.revision` (default branch when None) points at now."""
     info = hub_call(loc.uri(), hub_api(token).repo_info, loc.repo_id, repo_type=loc.repo_type,
-                     revision=loc.revision)
+                    revision=loc.revision, timeout=hub_timeout())   # timeout=None would mean none
     if not info.sha:
         raise HubError(f"{loc.uri()}: the Hub did not say which commit the revision points at")
     return info.sha
 
 
 def read_remote_bytes(loc: HubLocation, commit: str, path_in_repo: str, token=None,
-                      limit: int = MAX_MANIFEST_BYTES) -> bytes:
-    """Download one small file into memory, refusing more than `limit` bytes."""
-    from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+                      limit: int | None = None) -> bytes:
+    """Download one small file into memory, refusing more than `limit` bytes (MAX_MANIFEST_BYTES).
 
+    Redirects are followed as the Hub's own are (to a CDN for LFS files; the token is not sent to
+    another host), at most the client's 20, each request bounded by `hub_timeout()`."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
+
+    limit = MAX_MANIFEST_BYTES if limit is None else limit
     url = hf_hub_url(loc.repo_id, path_in_repo, repo_type=loc.repo_type, revision=commit, endpoint=endpoint())
     what = loc.uri(revision=commit, path=path_in_repo)
 
     def get():
         out = bytearray()
-        with get_session().stream("GET", url, headers=build_hf_headers(token=token), follow_redirects=True) as r:
+        with hub_session().stream("GET", url, headers=build_hf_headers(token=token), follow_redirects=True,
+                                  timeout=hub_timeout()) as r:
             hf_raise_for_status(r)
+            announced = r.headers.get("Content-Length", "")
+            if announced.isdigit() and int(announced) > limit:
+                raise ManifestError(f"{what}: {announced} bytes, larger than {limit}; refused unread "
+                                    "(a manifest is small JSON)")
             for chunk in r.iter_bytes():
                 out += chunk
                 if len(out) > limit:
@@ -152,8 +294,9 @@ def find_remote_vindexes(location: str | HubLocation, token=None, commit: str | 
     commit = commit or resolve_commit(loc, token)
     api = hub_api(token)
     manifest_path = f"{loc.path}/{MANIFEST}" if loc.path else MANIFEST
-    entries = hub_call(loc.uri(), lambda: list(api.list_repo_tree(
-        loc.repo_id, path_in_repo=loc.path or None, repo_type=loc.repo_type, revision=commit)))
+    entries = hub_call(loc.uri(), lambda: list(api.list_repo_tree(   # huggingface_hub retries listings
+        loc.repo_id, path_in_repo=loc.path or None, repo_type=loc.repo_type, revision=commit)), retries=0)
+    _check_listed(loc, [e.path for e in entries])
     names = {PurePosixPath(e.path).name: e for e in entries}
     if MANIFEST in names and not hasattr(names[MANIFEST], "tree_id"):
         candidates = [(loc, manifest_path)]
@@ -161,6 +304,11 @@ def find_remote_vindexes(location: str | HubLocation, token=None, commit: str | 
         folders = [e.path for e in entries if hasattr(e, "tree_id") and not PurePosixPath(e.path).name.startswith(".")]
         found = hub_call(loc.uri(), api.get_paths_info, loc.repo_id, [f"{f}/{MANIFEST}" for f in folders],
                           repo_type=loc.repo_type, revision=commit) if folders else []
+        asked = {f"{f}/{MANIFEST}" for f in folders}
+        stray = sorted(f.path for f in found if f.path not in asked)
+        if stray:
+            raise UnsafePath(f"{loc.uri()}: the Hub's paths-info answer names {stray[:3]}, which were not "
+                             "asked for; refused")
         candidates = [(loc.with_path(str(PurePosixPath(p).parent)), p)
                       for p in sorted(f.path for f in found if not hasattr(f, "tree_id"))]
     if not candidates:
@@ -172,6 +320,17 @@ def find_remote_vindexes(location: str | HubLocation, token=None, commit: str | 
         m = parse_remote_manifest(read_remote_bytes(loc, commit, path, token), where)
         out.append(RemoteVindex(sub, commit, m))
     return out
+
+
+def _check_listed(loc: HubLocation, paths: list[str]) -> None:
+    """A listing of `loc.path` may only name its own children: `<folder>/<name>`, with no '..', '.',
+    empty or absolute parts. Anything else (a hostile server) is refused before it is used as a path."""
+    prefix = f"{loc.path}/" if loc.path else ""
+    for p in paths:
+        name = p[len(prefix):] if isinstance(p, str) and p.startswith(prefix) else None
+        if not name or "/" in name or "\\" in name or name in (".", "..") or p.startswith("/"):
+            raise UnsafePath(f"{loc.uri()}: the Hub's listing names {p!r}, which is not an entry of "
+                             f"{loc.path or 'the repo root'}; refused")
 
 
 # --- listing ----------------------------------------------------------------------------------------
@@ -194,13 +353,16 @@ def ls(org: str | None = None, collection: str | None = None, local: bool = True
 
     Each row: where (local | hub), name, model, location (folder or hf:// URI), and what is known
     without downloading: layers, tables, bytes, pulled_from / last_modified. A Hub that cannot be
-    reached gives a warning, not an error: the local listing still comes back.
+    reached (or does not answer in time) gives a warning, not an error: the local listing still
+    comes back. With local=False there is nothing else to show, so it is a HubError.
     """
     rows = _ls_local() if local else []
     if org or collection:
         try:
             rows += _ls_remote(org, collection, token)
         except (HubError, NotFound) as e:
+            if not local:
+                raise
             warnings.warn(f"remote listing skipped: {e}", stacklevel=2)
     return rows
 
@@ -229,12 +391,12 @@ def _ls_local() -> list[dict]:
 
 def _probe(timeout: float = 5.0) -> None:
     """Fail fast when the Hub is unreachable (huggingface_hub's listing retries for ~25 s)."""
-    from huggingface_hub.utils import get_session
-
+    timeout = min(timeout, hub_timeout())
+    start = time.monotonic()
     try:
-        get_session().head(endpoint(), timeout=timeout)
+        hub_session().head(endpoint(), timeout=timeout)
     except Exception as e:  # noqa: BLE001 - any answer at all means reachable; no answer is the error
-        raise HubError(f"cannot reach {endpoint()} ({type(e).__name__}: {e})") from None
+        raise HubError(failure_message(f"listing {endpoint()}", e, 1, time.monotonic() - start, timeout)) from None
 
 
 def _ls_remote(org: str | None, collection: str | None, token) -> list[dict]:
@@ -243,8 +405,8 @@ def _ls_remote(org: str | None, collection: str | None, token) -> list[dict]:
     repos = []
     if org:
         # the card of every published vindex carries the `vindex` tag: one listing request per org
-        repos += hub_call(f"{endpoint()} datasets of {org}",
-                           lambda: [d.id for d in api.list_datasets(author=org, filter=VINDEX_TAG)])
+        repos += hub_call(f"{endpoint()} datasets of {org}",   # huggingface_hub retries listings
+                          lambda: [d.id for d in api.list_datasets(author=org, filter=VINDEX_TAG)], retries=0)
     if collection:
         coll = hub_call(f"collection {collection}", api.get_collection, collection)
         repos += [i.item_id for i in coll.items if i.item_type == "dataset"]

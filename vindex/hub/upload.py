@@ -16,9 +16,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..errors import ChecksumError, NotFound, VindexError
+from ..errors import ChecksumError, HubError, NotFound, VindexError
 from ..files import safe_join, sha256_file
-from .remote import CARD, HubLocation, hub_call, endpoint, hub_api
+from .remote import CARD, HubLocation, hub_call, endpoint, hub_api, hub_timeout
 from ..manifest import MANIFEST, load_manifest
 
 COMMIT_BATCH = 1000                # files per commit: the Hub rejects very large commits
@@ -114,9 +114,10 @@ def publish(path: str | Path, repo: str, revision: str | None = None, private: b
     hub_call(where, api.create_repo, loc.repo_id, repo_type="dataset", private=private, exist_ok=True)
     if revision != "main":
         hub_call(where, api.create_branch, loc.repo_id, branch=revision, repo_type="dataset", exist_ok=True)
-    remote = hub_call(where, lambda: {f.path: f for f in api.list_repo_tree(
-        loc.repo_id, repo_type="dataset", revision=revision, recursive=True) if not hasattr(f, "tree_id")})
-    info = hub_call(where, api.repo_info, loc.repo_id, repo_type="dataset", revision=revision)
+    remote = hub_call(where, lambda: {f.path: f for f in api.list_repo_tree(   # huggingface_hub retries listings
+        loc.repo_id, repo_type="dataset", revision=revision, recursive=True) if not hasattr(f, "tree_id")}, retries=0)
+    info = hub_call(where, api.repo_info, loc.repo_id, repo_type="dataset", revision=revision,
+                    timeout=hub_timeout())   # timeout=None would mean none
     if private and not info.private:
         warnings.warn(f"{where}: the repo already exists and is public; --private only applies to new repos",
                       stacklevel=2)
@@ -165,21 +166,31 @@ def publish(path: str | Path, repo: str, revision: str | None = None, private: b
 
 def _commit_all(api, loc: HubLocation, revision: str, where: str, data_ops: list, final_ops: list,
                 commit: str, progress: bool, msg: str) -> str:
-    """Data files in batches of COMMIT_BATCH, then the final commit (manifests, card, deletions)."""
+    """Data files in batches of COMMIT_BATCH, then the final commit (manifests, card, deletions).
+
+    A commit is sent once (retries=0): one that timed out may have landed, and sending it again could
+    commit twice. Publishing again is the retry: it compares with the repo and sends what is missing."""
     batches = [data_ops[i:i + COMMIT_BATCH] for i in range(0, len(data_ops), COMMIT_BATCH)]
     bar = tqdm(total=len(batches) + bool(final_ops), desc="commits", unit="commit",
                disable=not progress or len(batches) + bool(final_ops) <= 1)
     for i, ops in enumerate(batches):
         part = f" (data {i + 1}/{len(batches)})" if len(batches) > 1 else " (data)"
-        commit = hub_call(where, api.create_commit, loc.repo_id, operations=ops, commit_message=msg + part,
-                           repo_type="dataset", revision=revision).oid
+        commit = _commit(where, api, loc, ops, msg + part, revision)
         bar.update()
     if final_ops:
-        commit = hub_call(where, api.create_commit, loc.repo_id, operations=final_ops, commit_message=msg,
-                           repo_type="dataset", revision=revision).oid
+        commit = _commit(where, api, loc, final_ops, msg, revision)
         bar.update()
     bar.close()
     return commit
+
+
+def _commit(where: str, api, loc: HubLocation, ops: list, msg: str, revision: str) -> str:
+    try:
+        return hub_call(where, api.create_commit, loc.repo_id, operations=ops, commit_message=msg,
+                        repo_type="dataset", revision=revision, retries=0).oid
+    except HubError as e:
+        raise HubError(f"{e}; the commit may or may not have landed: run the same publish again (it "
+                       "uploads only what the repo does not have)") from None
 
 
 @contextmanager
