@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import click
 
-from vindex.errors import VindexError
-from .core import fail
-
 
 @click.command()
 @click.argument("source")
@@ -53,15 +50,12 @@ def build(source, out, name, prompts, prompt_set_name, layers, dtype, batch_size
     lake/<name>. Rerunning the same command after an interruption continues where it stopped.
     """
     from vindex.ingest import build as build_fn
-    try:
-        root = build_fn(source, out, name=name, prompts=prompts, prompt_set_name=prompt_set_name,
-                        layers=layers, dtype=dtype, batch_size=batch_size, max_tokens=max_tokens,
-                        poolings=poolings, chat_template=chat_template, resume=resume, device=device,
-                        buffer_mb=buffer_mb, shard_rows=shard_rows, cache_dir=cache_dir,
-                        trust_remote_code=trust_remote_code, progress=not quiet, ray=ray, actors=actors,
-                        gpus_per_actor=gpus_per_actor, weights=weights)
-    except VindexError as e:
-        fail(e)
+    root = build_fn(source, out, name=name, prompts=prompts, prompt_set_name=prompt_set_name,
+                    layers=layers, dtype=dtype, batch_size=batch_size, max_tokens=max_tokens,
+                    poolings=poolings, chat_template=chat_template, resume=resume, device=device,
+                    buffer_mb=buffer_mb, shard_rows=shard_rows, cache_dir=cache_dir,
+                    trust_remote_code=trust_remote_code, progress=not quiet, ray=ray, actors=actors,
+                    gpus_per_actor=gpus_per_actor, weights=weights)
     click.echo(str(root))
 
 

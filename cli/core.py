@@ -1,7 +1,10 @@
 """`vindex info` and `vindex verify`."""
 from __future__ import annotations
 
+import errno
+import functools
 import json
+import os
 import sys
 
 import click
@@ -11,11 +14,66 @@ from vindex import verify as verify_fn
 from vindex.errors import VindexError
 from vindex.summary import human_bytes
 
+# commands that continue where an interrupted run stopped when they are run again
+RESUMES = {"build", "weights", "study", "pull", "publish"}
+# parameters naming where a command writes, in the order they are looked for
+_TARGETS = ("out", "output", "lake", "path")
+# errno -> what to do about it
+_OS_ADVICE = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space or raise the quota",
+    errno.EFBIG: "write to a file system that allows larger files",
+    errno.EROFS: "write to a writable folder",
+    errno.EACCES: "check the permissions or write elsewhere",
+    errno.EPERM: "check the permissions or write elsewhere",
+    errno.EIO: "check the disk",
+}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}   # only a write raises these
 
-def fail(e: Exception) -> None:
-    """Print a VindexError as one clear line and exit 1 (no traceback for user errors)."""
+
+def fail(e: Exception | str) -> None:
+    """Print an error as one clear line and exit 1 (no traceback for user errors)."""
     click.echo(f"error: {e}", err=True)
     sys.exit(1)
+
+
+def os_error_line(e: OSError, command: str, params: dict) -> str:
+    """One line for an OSError (disk full, read-only, permissions): what was being written, the
+    errno's text, and what to do. pyarrow's and numpy's write errors carry no file name, so the
+    command's output parameter names the place when the error does not."""
+    if e.errno is None:                     # raised with a message of our own (e.g. a port in use)
+        return str(e)
+    where = e.filename or next((str(params[k]) for k in _TARGETS if params.get(k)), None)
+    code = errno.errorcode.get(e.errno, str(e.errno))
+    todo = _OS_ADVICE.get(e.errno, "fix the cause")
+    then = (f"What was committed is intact: {todo}, then rerun the same command; it continues where it "
+            "stopped" if command in RESUMES else f"{todo[0].upper()}{todo[1:]}, then rerun the command")
+    return (f"{command}: {os.strerror(e.errno)} [{code}]"
+            + (f" {'while writing' if e.errno in _WRITE_ERRNOS else 'at'} {where}" if where else "")
+            + f". {then}.")
+
+
+def guard(command: click.Command) -> click.Command:
+    """Make `command` end every VindexError and OSError as one line on stderr and exit status 1,
+    never a traceback. cli/__init__.py guards every command it registers."""
+    callback = command.callback
+    if getattr(callback, "vindex_guarded", False):
+        return command
+
+    @functools.wraps(callback)
+    def guarded(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except VindexError as e:
+            fail(e)
+        except OSError as e:
+            if e.errno == errno.EPIPE:      # `vindex sql ... | head`: click closes stdout quietly
+                raise
+            fail(os_error_line(e, command.name, kwargs))
+
+    guarded.vindex_guarded = True
+    command.callback = guarded
+    return command
 
 
 @click.command()
@@ -23,10 +81,7 @@ def fail(e: Exception) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(path, as_json):
     """Show a vindex's model, layers, tables, sizes and prompt sets."""
-    try:
-        d = info_fn(path)
-    except VindexError as e:
-        fail(e)
+    d = info_fn(path)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -35,7 +90,9 @@ def info(path, as_json):
     click.echo(f"model   {m.get('id')}  family={m.get('family')}  layers={m.get('n_layers')}  "
                f"d_model={m.get('d_model')}  d_ffn={m.get('d_ffn')}  vocab={m.get('vocab_size')}")
     for name, ps in d["prompt_sets"].items():
-        click.echo(f"prompts {name}: {ps['n_prompts']} prompts, sha256 {ps['sha256'][:12]}")
+        state = f"{ps['n_prompts']} prompts" if ps["complete"] else \
+            f"{ps['status']} (an interrupted build: rerun it to resume)"
+        click.echo(f"prompts {name}: {state}, sha256 {ps['sha256'][:12]}")
     click.echo(f"{'table':<12} {'files':>6} {'rows':>10} {'size':>10}  layers  vector")
     for name, t in sorted(d["tables"].items()):
         layers = f"{t['layers'][0]}-{t['layers'][-1]}" if t["layers"] else "-"

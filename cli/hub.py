@@ -9,9 +9,7 @@ import json
 
 import click
 
-from vindex.errors import VindexError
 from vindex.layers import parse_layers
-from .core import fail
 
 
 def split_list(values) -> list[str] | None:
@@ -34,10 +32,7 @@ def publish(path, repo, revision, private, message, quiet):
     and README.md last, so the repo never lists files it does not have yet.
     """
     from vindex.hub.upload import publish as run
-    try:
-        res = run(path, repo, revision=revision, private=private, message=message, progress=not quiet)
-    except VindexError as e:
-        fail(e)
+    res = run(path, repo, revision=revision, private=private, message=message, progress=not quiet)
     click.echo(f"published {path} -> {res}")
 
 
@@ -57,11 +52,8 @@ def pull(source, tables, layers, models, out, workers, quiet):
     again to resume an interrupted pull. Prints the local folder, ready for `vindex sql`.
     """
     from vindex.hub.download import pull as run
-    try:
-        res = run(source, tables=split_list(tables), layers=parse_layers(layers), models=split_list(models),
-                  out=out, workers=workers, progress=not quiet)
-    except VindexError as e:
-        fail(e)
+    res = run(source, tables=split_list(tables), layers=parse_layers(layers), models=split_list(models),
+              out=out, workers=workers, progress=not quiet)
     click.echo(f"pulled {source} -> {res}")
 
 
@@ -74,10 +66,7 @@ def ls_(org, collection, local, as_json):
     """List vindexes in the local cache and, with --org/--collection, on the Hub."""
     from vindex.hub import ls as run
     from vindex.summary import human_bytes
-    try:
-        rows = run(org=org, collection=collection, local=local)
-    except VindexError as e:
-        fail(e)
+    rows = run(org=org, collection=collection, local=local)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return

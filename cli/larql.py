@@ -4,8 +4,6 @@ from __future__ import annotations
 import click
 
 from vindex import info
-from vindex.errors import VindexError
-from .core import fail
 
 
 @click.command("import-larql")
@@ -24,10 +22,7 @@ def import_larql(src, out, name, gate_vectors, revision, quiet):
     --gate-vectors, gate_vectors.bin); never the inference weights.
     """
     from vindex.ingest.larql import import_larql as run
-    try:
-        root = run(src, out, name=name, gate_vectors=gate_vectors, revision=revision, progress=not quiet)
-    except VindexError as e:
-        fail(e)
+    root = run(src, out, name=name, gate_vectors=gate_vectors, revision=revision, progress=not quiet)
     d = info(root)
     click.echo(f"imported {src} -> {root} (vindex {d['name']!r}: "
                + ", ".join(f"{t} {d['tables'][t]['rows']} rows" for t in d["tables"]) + ")")

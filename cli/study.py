@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import click
 
-from vindex.errors import VindexError
-from .core import fail
-
 
 @click.command()
 @click.argument("models", nargs=-1, default=("smollm2-135m", "gemma3-270m"))
@@ -51,14 +48,11 @@ def study(models, out, lake, prompts, poolings, estimators, permutations, seed, 
     everything already computed and takes seconds.
     """
     from vindex.study import study as study_fn
-    try:
-        report = study_fn(list(models), out, lake=lake, prompts=prompts, poolings=poolings,
-                          estimators=estimators, permutations=permutations, seed=seed, band=band,
-                          knn_k=knn_k, lexicon=lexicon, weights=weights, feature_vectors=feature_vectors,
-                          dtype=dtype, batch_size=batch_size, layers=layers,
-                          progress=not quiet)
-    except VindexError as e:
-        fail(e)
+    report = study_fn(list(models), out, lake=lake, prompts=prompts, poolings=poolings,
+                      estimators=estimators, permutations=permutations, seed=seed, band=band,
+                      knn_k=knn_k, lexicon=lexicon, weights=weights, feature_vectors=feature_vectors,
+                      dtype=dtype, batch_size=batch_size, layers=layers,
+                      progress=not quiet)
     if quiet:
         click.echo(str(report))
 

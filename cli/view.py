@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import click
 
-from vindex.errors import VindexError
-
 
 @click.command()
 @click.argument("sources", nargs=-1, required=True)
@@ -42,7 +40,7 @@ def view(sources, out, models, estimators, poolings, prompt_set, permutations, p
                        preprocess=preprocess, max_features=max_features, title=title, serve=serve, port=port,
                        progress=not quiet,
                        ready=lambda url: click.echo(f"serving {path_msg(out)} at {url} (Ctrl-C to stop)"))
-    except (VindexError, OSError, ValueError) as e:
+    except ValueError as e:   # VindexError and OSError: core.guard
         fail(e)
     if not serve:
         size = path.stat().st_size

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import click
 
-from vindex.errors import VindexError
-from .core import fail
-
 
 def _feature_layers(value: str):
     return int(value) if value.isdigit() else value
@@ -46,15 +43,12 @@ def weights(source, out, name, top_k, unembedding, ov_variants, feature_layers, 
     same model is added to. Rerunning after an interruption continues where it stopped.
     """
     from vindex.ingest import build_weights
-    try:
-        root = build_weights(source, out, name=name, top_k=top_k, unembedding=unembedding,
-                             ov_variants=[v for v in ov_variants.split(",") if v],
-                             feature_layers=_feature_layers(feature_layers), ov_top_k=ov_top_k,
-                             vectors=None if vectors == "none" else vectors, vector_dtype=vector_dtype,
-                             tables=[t for t in tables.split(",") if t], layers=layers, resume=resume,
-                             progress=not quiet, ray=ray, layers_per_task=layers_per_task)
-    except VindexError as e:
-        fail(e)
+    root = build_weights(source, out, name=name, top_k=top_k, unembedding=unembedding,
+                         ov_variants=[v for v in ov_variants.split(",") if v],
+                         feature_layers=_feature_layers(feature_layers), ov_top_k=ov_top_k,
+                         vectors=None if vectors == "none" else vectors, vector_dtype=vector_dtype,
+                         tables=[t for t in tables.split(",") if t], layers=layers, resume=resume,
+                         progress=not quiet, ray=ray, layers_per_task=layers_per_task)
     click.echo(str(root))
 
 
