@@ -11,6 +11,7 @@ they came in, and two vindexes can be checked to have seen the same prompts.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from vindex.errors import InvalidValue, NotFound
+from vindex.files import parse_json
 
 SHIPPED = ("default", "heldout")
 _TEXT_COLUMNS = ("text", "prompt")
@@ -80,14 +82,13 @@ def load_prompts(spec: str | Path | PromptSet, name: str | None = None) -> Promp
                        f"or a shipped set: {', '.join(SHIPPED)})")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
-        rows = _jsonl_rows(path.read_text(encoding="utf-8"), str(path))
+        rows = _jsonl_rows(_read_text(path), str(path))
     elif suffix in (".csv", ".tsv"):
         rows = _csv_rows(path, delimiter="\t" if suffix == ".tsv" else ",")
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-        rows = pq.read_table(path).to_pylist()
+        rows = _parquet_rows(path)
     elif suffix in (".txt", ".text", ""):
-        rows = [{"text": line} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [{"text": line} for line in _read_text(path).splitlines() if line.strip()]
     else:
         raise InvalidValue(f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .csv, .tsv, .parquet or .txt")
     return _build(rows, name or _NAME.sub("-", path.stem).strip("-.") or "prompts", str(path))
@@ -99,23 +100,42 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _read_text(path: Path) -> str:
+    """A prompt file's text; InvalidValue naming the line and byte offset where it is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InvalidValue(f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start} "
+                           f"(line {line}) ({e.reason}); save the file as UTF-8") from None
+
+
 def _jsonl_rows(text: str, where: str) -> list[dict]:
     rows = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InvalidValue(f"{where}: line {i} is not valid JSON ({e})") from None
+        row = parse_json(line, f"{where}: line {i}", InvalidValue)
         rows.append(row if isinstance(row, dict) else {"text": row})
     return rows
 
 
 def _csv_rows(path: Path, delimiter: str) -> list[dict]:
     import csv
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter=delimiter))
+    try:
+        return list(csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter))
+    except csv.Error as e:
+        raise InvalidValue(f"{path}: not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file ({e})") from None
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:   # not Parquet, truncated, or strings that are not UTF-8
+        raise InvalidValue(f"{path}: not a readable Parquet file of prompts ({e})") from None
 
 
 def _build(rows: list[dict], name: str, source: str) -> PromptSet:

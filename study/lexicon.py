@@ -10,13 +10,13 @@ label depend on the order categories are read, so `load_lexicon` refuses lexicon
 """
 from __future__ import annotations
 
-import json
 import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from vindex.errors import InvalidValue, NotFound
+from vindex.files import read_json
 
 
 def normalize_word(word: str) -> str:
@@ -67,6 +67,13 @@ class Lexicon:
         return {c: list(ws) for c, ws in self.categories.items()}
 
 
+def _utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidValue(f"{path}: not UTF-8 text at byte offset {e.start} ({e.reason})") from None
+
+
 def _read_txt(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
@@ -83,13 +90,10 @@ def load_lexicon(path: str | Path | None = None) -> Lexicon:
         files = sorted(p.glob("*.txt"))
         if not files:
             raise NotFound(f"{p}: a lexicon folder needs <category>.txt files (one word a line)")
-        return Lexicon.from_dict({f.stem: _read_txt(f.read_text(encoding="utf-8")) for f in files}, str(p))
+        return Lexicon.from_dict({f.stem: _read_txt(_utf8(f)) for f in files}, str(p))
     if not p.is_file():
         raise NotFound(f"{p}: no such lexicon (give a folder of .txt files or a .json file)")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InvalidValue(f"{p}: not valid JSON ({e})") from None
+    data = read_json(p, InvalidValue)   # not UTF-8, not JSON, nested too deep: InvalidValue naming the file
     if not isinstance(data, dict):
         raise InvalidValue(f"{p}: a JSON lexicon is an object {{category: [words]}}")
     return Lexicon.from_dict(data, str(p))

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from vindex import Vindex
 from vindex.errors import InvalidValue
+from vindex.files import read_json
 
 from . import analyses as A
 from .lexicon import load_lexicon
@@ -256,9 +257,11 @@ class StageCache:
         self.manifests = manifests
         self.progress = progress
         self.index_path = self.dir / "stages.json"
-        try:
-            self.index = json.loads(self.index_path.read_text())
-        except (OSError, ValueError):
+        try:   # a cache: unreadable, not JSON or nested too deep means compute again
+            self.index = read_json(self.index_path, InvalidValue)
+        except (OSError, InvalidValue):
+            self.index = {}
+        if not isinstance(self.index, dict):
             self.index = {}
 
     def key(self, options: dict, tables) -> str:
@@ -272,9 +275,13 @@ class StageCache:
         path = self.dir / f"{name}.parquet"
         t0 = time.perf_counter()
         if self.index.get(name) == key and path.is_file():
-            t = pq.read_table(path)
-            self._say(f"{what}: reused ({t.num_rows} rows)")
-            return t
+            try:
+                t = pq.read_table(path)
+            except (pa.ArrowException, OSError):   # a damaged cache file: compute it again
+                t = None
+            if t is not None:
+                self._say(f"{what}: reused ({t.num_rows} rows)")
+                return t
         self._say(f"{what} ...")
         t = compute()
         write_tables(self.dir, {name: t})

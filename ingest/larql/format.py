@@ -9,14 +9,13 @@ one layer at a time; nothing here reads a whole gate_vectors.bin into memory.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from vindex.errors import ChecksumError, LarqlFormatError
-from vindex.files import read_json, sha256_file
+from vindex.files import parse_json, read_json, sha256_file
 
 INDEX = "index.json"
 DOWN_META_BIN = "down_meta.bin"
@@ -293,15 +292,15 @@ def read_down_meta_jsonl(path: str | Path, num_features: dict[int, int] | None =
     path = Path(path)
     rows: dict[int, dict[int, dict]] = {}
     k = 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
+            obj = parse_json(line, f"{path}: line {lineno}", LarqlFormatError)   # not UTF-8, not JSON, too deep
             try:
-                obj = json.loads(line)
                 layer, feat = int(obj["l"]), int(obj["f"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError) as e:
                 raise LarqlFormatError(f"{path}: line {lineno}: expected a JSON object with integer 'l' and 'f' "
                                        f"({type(e).__name__}: {e})") from None
             if layer < 0 or feat < 0:

@@ -7,14 +7,13 @@ LarQL's: 0-based blocks, flat feature indices (experts contiguous).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from vindex.files import read_json
+from vindex.files import parse_json, read_json
 
 from .format import FEATURE_CLUSTERS, FEATURE_LABELS, RELATION_CLUSTERS, LarqlFormatError
 
@@ -66,14 +65,14 @@ def read_feature_clusters(path: str | Path) -> dict[tuple[int, int], int]:
     """feature_clusters.jsonl -> {(layer, flat feature): cluster index}."""
     path = Path(path)
     out = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            obj = parse_json(line, f"{path}: line {lineno}", LarqlFormatError)   # not UTF-8, not JSON, too deep
             try:
-                obj = json.loads(line)
                 out[(int(obj["l"]), int(obj["f"]))] = int(obj["c"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError) as e:
                 raise LarqlFormatError(f"{path}: line {lineno}: expected {{\"l\", \"f\", \"c\"}} integers "
                                        f"({type(e).__name__}: {e})") from None
     return out
