@@ -1,28 +1,36 @@
 """`vindex verify`: check every file of a vindex against its manifest.
 
-Checks, per file: it is inside the vindex, present, of the recorded size and sha256, readable
-Parquet, of the table's schema (vector width included), with the recorded row count and the
-partition values its path claims. Problems are collected, not raised, so one run reports them all.
+Checks, per file: it is inside the vindex, listed once (in one table), present, of the recorded
+size and sha256, readable Parquet, of its table's schema (vector width included; a shard of another
+table is named as such), with the recorded row count and the partition values its path claims, and
+no layer above the model's n_layers; with checksums, also that its vector columns hold no NaN or
+Inf (read a batch at a time, so memory stays bounded whatever the shard's size). Problems are
+collected, not raised, so one run reports them all.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import SchemaMismatch, VindexError
 from .files import safe_join, sha256_file
-from .manifest import MANIFEST, load_manifest
-from .schema import arrow_schema, check_schema
+from .manifest import MANIFEST, load_manifest, partition_values
+from .schema import TABLES, arrow_schema, check_schema, table_spec, vector_columns
+
+_LAYER_COLUMNS = ("layer", "feature_layer")   # columns holding a vindex layer (0 .. n_layers)
+SCAN_ROWS = 16_384                            # rows per batch of the NaN/Inf scan (bounds its memory)
 
 
 @dataclass(frozen=True)
 class Problem:
     path: str      # the file (or vindex.json) the problem is about
-    kind: str      # manifest | unsafe-path | missing | size | checksum | corrupt | schema | rows | partition | orphan
+    kind: str      # manifest | unsafe-path | duplicate | missing | size | checksum | corrupt | schema |
+    #                other-table | rows | partition | layers | nonfinite | orphan
     message: str
 
     def __str__(self) -> str:
@@ -39,12 +47,22 @@ def verify(path: str | Path, checksums: bool = True) -> list[Problem]:
         return [Problem(str(root / MANIFEST), kind, str(e))]
     problems: list[Problem] = []
     listed = set()
+    seen: dict[str, str] = {}      # the listed file (resolved) -> the table listing it first
+    n_layers = m["model"].get("n_layers")
+    n_layers = n_layers if isinstance(n_layers, int) else None
     for table, t in m["tables"].items():
         schema = arrow_schema(table, t.get("vector_width"), t.get("vector_dtype") or "float16") \
             if t.get("vector_width") else arrow_schema(table)
+        problems += _layer_range(root, table, t.get("files", []), n_layers)
         for e in t.get("files", []):
             listed.add(e["path"])
-            problems += _verify_file(root, table, e, schema, checksums)
+            key = _listed_key(root, e["path"])
+            if key in seen:
+                problems.append(Problem(key, "duplicate", f"listed twice in the manifest (table {seen[key]!r}, "
+                                        f"then table {table!r}); a query would count its rows twice"))
+                continue
+            seen[key] = table
+            problems += _verify_file(root, table, e, schema, checksums, n_layers)
     data = root / "data"
     if data.is_dir():
         for f in sorted(data.rglob("*.parquet")):
@@ -55,7 +73,59 @@ def verify(path: str | Path, checksums: bool = True) -> list[Problem]:
     return problems
 
 
-def _verify_file(root: Path, table: str, e: dict, schema: pa.Schema, checksums: bool) -> list[Problem]:
+def _listed_key(root: Path, relpath: str) -> str:
+    """What a manifest path names, so that two spellings of one file (a/./b, a symlink) are one."""
+    try:
+        return str(safe_join(root, relpath))
+    except VindexError:
+        return relpath
+
+
+def _layer_range(root: Path, table: str, entries: list[dict], n_layers: int | None) -> list[Problem]:
+    """The manifest's layer partitions of `table` must lie in 0 .. model.n_layers."""
+    layers = partition_values(entries)
+    if n_layers is None or not layers or max(layers) <= n_layers:
+        return []
+    return [Problem(str(root / MANIFEST), "layers", f"table {table!r} stores layer {max(layers)}, but model.n_layers "
+                    f"is {n_layers} (layers run 0 .. n_layers); n_layers is wrong or the shard is another model's")]
+
+
+def _other_table(actual: pa.Schema, table: str) -> str | None:
+    """The table whose columns `actual` has, when it is not `table` (a shard listed under the wrong table)."""
+    names = set(actual.names)
+    for other in TABLES:
+        spec = table_spec(other)
+        full = {f["name"] for f in spec["fields"]}
+        if other != table and names in (full, full - set(spec["vector_columns"])):
+            return other
+    return None
+
+
+def _nonfinite(pf: pq.ParquetFile, table: str) -> list[tuple[str, int, int]]:
+    """(column, rows holding NaN/Inf, first such row) per vector column, a batch of rows at a time."""
+    out = []
+    for col in vector_columns(table):
+        if col not in pf.schema_arrow.names:
+            continue
+        bad, first, start = 0, None, 0
+        for batch in pf.iter_batches(batch_size=SCAN_ROWS, columns=[col]):
+            arr = batch.column(0)
+            width = arr.type.list_size
+            values = arr.values.slice(arr.offset * width, len(arr) * width).to_numpy(zero_copy_only=False)
+            rows = ~np.isfinite(values.reshape(len(arr), width)).all(axis=1)
+            if arr.null_count:
+                rows &= arr.is_valid().to_numpy(zero_copy_only=False)
+            if rows.any():
+                bad += int(rows.sum())
+                first = start + int(np.argmax(rows)) if first is None else first
+            start += len(arr)
+        if bad:
+            out.append((col, bad, first))
+    return out
+
+
+def _verify_file(root: Path, table: str, e: dict, schema: pa.Schema, checksums: bool,
+                 n_layers: int | None = None) -> list[Problem]:
     try:
         f = safe_join(root, e["path"])
     except VindexError as err:
@@ -77,6 +147,10 @@ def _verify_file(root: Path, table: str, e: dict, schema: pa.Schema, checksums: 
     try:
         check_schema(actual, schema, where=f"table {table!r}")
     except SchemaMismatch as err:
+        other = _other_table(actual, table)
+        if other:
+            return [Problem(str(f), "other-table", f"holds the columns of table {other!r} but is listed under "
+                            f"table {table!r}; readers would take its rows for {table!r} rows")]
         return [Problem(str(f), "schema", str(err))]
     out = []
     rows = pf.metadata.num_rows
@@ -89,4 +163,23 @@ def _verify_file(root: Path, table: str, e: dict, schema: pa.Schema, checksums: 
             return out + [Problem(str(f), "corrupt", f"cannot read column {k!r}: {err}")]
         if len(col) and not pc.all(pc.equal(col, pa.scalar(v, col.type))).as_py():
             out.append(Problem(str(f), "partition", f"column {k!r} holds values other than {v!r} (the path's partition)"))
+    partitioned = set(e.get("partition") or {})
+    for k in _LAYER_COLUMNS:   # layer columns the manifest does not hold as partitions (its own: _layer_range)
+        if n_layers is None or k in partitioned or k not in actual.names:
+            continue
+        try:
+            top = pc.max(pf.read(columns=[k]).column(k)).as_py()
+        except (pa.ArrowException, OSError) as err:
+            return out + [Problem(str(f), "corrupt", f"cannot read column {k!r}: {err}")]
+        if top is not None and top > n_layers:
+            out.append(Problem(str(f), "layers", f"column {k!r} holds layer {top}, but model.n_layers is {n_layers} "
+                               "(layers run 0 .. n_layers)"))
+    if checksums:
+        try:
+            bad = _nonfinite(pf, table)
+        except (pa.ArrowException, OSError) as err:
+            return out + [Problem(str(f), "corrupt", f"cannot read the vector columns: {err}")]
+        out += [Problem(str(f), "nonfinite", f"column {c!r}: {n} row(s) hold NaN or Inf (first: row {r}); "
+                        "the writer never stores them, so the file was altered or written by another tool")
+                for c, n, r in bad]
     return out

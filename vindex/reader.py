@@ -1,7 +1,8 @@
 """The read side: open a vindex folder, see its tables and partitions, read shards.
 
 Only files the manifest lists exist for a reader; orphans from an interrupted write are ignored.
-Reads check each file's size against the manifest (cheap); `vindex.verify` also checks sha256.
+Reads check each file against its manifest entry first (size, sha256 and partition columns, hashed
+once per file version: `vindex.verified`) and its schema against its table's (the footer).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pyarrow.parquet as pq
 from .errors import CorruptShard, NotFound
 from .files import safe_join
 from .manifest import ManifestView, load_manifest
-from .schema import arrow_schema
+from .schema import arrow_schema, check_schema
+from .verified import verify_shard
 
 
 class Vindex(ManifestView):
@@ -64,21 +66,23 @@ class Vindex(ManifestView):
                 raise NotFound(f"{self.root}: table {table!r} has no layer(s) {missing} (has {sorted(have)})")
             entries = [e for e in entries if e.get("partition", {}).get("layer") in set(layers)]
         schema = self.schema(table)
-        parts = [read_shard(self.path(e), e, schema, columns) for e in entries]
+        parts = [read_shard(self.path(e), e, schema, columns, table=table) for e in entries]
         if not parts:
             return schema.empty_table() if columns is None else schema.empty_table().select(columns)
         return pa.concat_tables(parts)
 
 
-def read_shard(path: Path, entry: dict, schema: pa.Schema | None = None, columns=None) -> pa.Table:
-    """Read one shard, turning pyarrow's errors into ones that name the file."""
+def read_shard(path: Path, entry: dict, schema: pa.Schema | None = None, columns=None,
+               table: str | None = None) -> pa.Table:
+    """Read one shard, turning pyarrow's errors into ones that name the file. With `schema`, the
+    file's own schema must be it (SchemaMismatch otherwise, e.g. a shard of another table): a
+    missing column is never filled with nulls."""
     if not path.is_file():
         raise NotFound(f"{path}: listed in the manifest but missing on disk")
-    size = path.stat().st_size
-    if size != entry["bytes"]:
-        raise CorruptShard(f"{path}: {size} bytes on disk, the manifest records {entry['bytes']} "
-                           "(truncated or overwritten); run `vindex verify`")
+    verify_shard(path, entry)   # size, sha256 (once per file version), partition columns
     try:
+        if schema is not None:
+            check_schema(pq.read_schema(path), schema, where=f"{path}" + (f" (table {table!r})" if table else ""))
         return pq.read_table(path, columns=columns, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:
         raise CorruptShard(f"{path}: not a readable Parquet file ({e})") from None
