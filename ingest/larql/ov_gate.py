@@ -7,7 +7,7 @@ rounded to 3 decimals; total_coupling = sum over all features, rounded to 1.
 """
 from __future__ import annotations
 
-import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from vindex.writer import VindexWriter
-
+from vindex.files import parse_json
 from vindex.layers import BLOCK_TO_LAYER, layer_of_block
+from vindex.writer import VindexWriter
 
 from .format import LarqlFormatError, LarqlIndex
 from .labels import KEY_LF
 
 OV_GATE_TYPE = "ov_gate_coupling"
 _HEAD = re.compile(r"^L(\d+)_H(\d+)$")
+_OV_CLAIM = re.compile(r"ov[_-]?gate", re.IGNORECASE)   # a file named so must be a readable ov-gate file
+_MAX_HEADER = 1 << 20                                     # bytes of line 1 read to sniff a header
 
 
 def ov_gate_header(path: str | Path) -> dict | None:
@@ -31,14 +33,32 @@ def ov_gate_header(path: str | Path) -> dict | None:
 
     LarQL's `circuit discover` writes edge files (ov_gate_edges.jsonl) with the same header type
     but no per-layer `layers` or `num_q_heads` and no total coupling; those are not imported.
+    A file that claims to be an ov-gate file (its name says ov_gate / ov-gate, or its first line
+    names the ov_gate_coupling type) but whose header cannot be read raises LarqlFormatError
+    naming it: a corrupt file is never skipped as if it were some other file.
     """
+    path = Path(path)
+    claimed = bool(_OV_CLAIM.search(path.name))
     try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-        header = json.loads(first)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        with open(path, "rb") as f:
+            first = f.readline(_MAX_HEADER)
+    except OSError as e:
+        if claimed:
+            raise LarqlFormatError(f"{path}: cannot read this ov-gate file ({e.strerror or e})") from None
+        return None
+    claimed = claimed or OV_GATE_TYPE.encode() in first
+    try:
+        header = parse_json(first, f"{path}: line 1", LarqlFormatError) if first.strip() else None
+    except LarqlFormatError as e:
+        if claimed:
+            raise LarqlFormatError(f"{e}; an ov-gate NDJSON file starts with a "
+                                   f'{{"_header": true, "type": "{OV_GATE_TYPE}", ...}} line') from None
         return None
     if not (isinstance(header, dict) and header.get("_header") and header.get("type") == OV_GATE_TYPE):
+        if claimed:
+            raise LarqlFormatError(f"{path}: looks like an ov-gate NDJSON file (by its name or line 1), but "
+                                   f'line 1 is not a {{"_header": true, "type": "{OV_GATE_TYPE}", ...}} header; '
+                                   "fix the file, or move it out of the LarQL folder")
         return None
     if "num_q_heads" not in header and "layers" not in header:
         return None
@@ -65,13 +85,13 @@ def read_ov_gate(path: str | Path) -> OvGateRows:
     if header is None:
         raise LarqlFormatError(f"{path}: the first line is not an ov_gate_coupling header")
     cols = {k: [] for k in ("layer", "head", "feature_layer", "feature", "coupling", "total_coupling")}
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         next(f)
         for lineno, line in enumerate(f, 2):
             if not line.strip():
                 continue
+            obj = parse_json(line, f"{path}: line {lineno}", LarqlFormatError)   # not UTF-8, not JSON, too deep
             try:
-                obj = json.loads(line)
                 layer = int(obj["layer"])
                 head = int(obj["head_idx"]) if "head_idx" in obj else int(_HEAD.match(obj["head"]).group(2))
                 if "feature_idx" in obj:
@@ -80,11 +100,14 @@ def read_ov_gate(path: str | Path) -> OvGateRows:
                     feature = int(KEY_LF.match(obj["feature"]).group(2))
                 row = (layer, head, int(obj.get("feature_layer", layer)), feature,
                        float(obj["coupling"]), float(obj["total_coupling"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise LarqlFormatError(f"{path}: line {lineno}: not an ov-gate row with layer, head_idx, feature_idx, "
                                        f"coupling and total_coupling ({type(e).__name__}: {e})") from None
             if min(row[:4]) < 0:
                 raise LarqlFormatError(f"{path}: line {lineno}: negative index in {row[:4]}")
+            if not (math.isfinite(row[4]) and math.isfinite(row[5])):
+                raise LarqlFormatError(f"{path}: line {lineno}: coupling {row[4]} / total_coupling {row[5]} "
+                                       "is not a finite number")
             for key, v in zip(cols, row):
                 cols[key].append(v)
     return OvGateRows(path, header, **{k: np.asarray(v, dtype=np.float32 if "coupling" in k else np.int64)
