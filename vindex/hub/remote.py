@@ -131,18 +131,20 @@ def is_transient(e: BaseException) -> bool:
     return isinstance(e, (ConnectionError, TimeoutError))
 
 
-_PHASE = {"ConnectTimeout": "connecting", "ReadTimeout": "waiting for data", "WriteTimeout": "sending",
-          "PoolTimeout": "waiting for a free connection"}
+_PHASE = {"ConnectTimeout": ("connecting", "connect"), "ReadTimeout": ("waiting for data", "read"),
+          "WriteTimeout": ("sending", "write"), "PoolTimeout": ("waiting for a free connection", "pool")}
 
 
 def failure_message(what: str, e: BaseException, attempts: int, elapsed: float,
                     timeout: float | None = None) -> str:
     """One line: what failed, against which host, how (timed out while ..., refused, answered 500),
     after how many attempts and how long."""
-    host = endpoint()
+    host, limit = endpoint(), None
+    phase, key = _PHASE.get(type(e).__name__, ("waiting", "read"))
     try:
-        url = e.request.url            # httpx errors know the request (maybe a redirect's target)
-        host = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+        request = e.request            # httpx errors know the request (maybe a redirect's target)
+        host = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
+        limit = (request.extensions.get("timeout") or {}).get(key)   # the limit it really had
     except Exception:  # noqa: BLE001 - not an httpx error, or one raised before a request existed
         pass
     tries = f"{attempts} attempt(s) in {elapsed:.1f} s"
@@ -150,9 +152,10 @@ def failure_message(what: str, e: BaseException, attempts: int, elapsed: float,
     detail = (str(e).splitlines() or [""])[0] or type(e).__name__
     hx = _http_module(e)
     if hx is not None and isinstance(e, hx.TimeoutException) or isinstance(e, TimeoutError):
-        phase = _PHASE.get(type(e).__name__, "waiting")
-        return (f"{what}: {host} did not answer: timed out {phase} after {timeout or hub_timeout():g} s ({tries}); "
-                f"set {TIMEOUT_ENV} (seconds) to wait longer")
+        limit = limit or timeout or hub_timeout()
+        hint = (f"set {TIMEOUT_ENV} (seconds) to wait longer" if limit == (timeout or hub_timeout()) else
+                "this limit is huggingface_hub's own: HF_HUB_DOWNLOAD_TIMEOUT (file reads) or HF_HUB_ETAG_TIMEOUT")
+        return f"{what}: {host} did not answer: timed out {phase} after {limit:g} s ({tries}); {hint}"
     if status is not None:
         said = (getattr(e, "server_message", None) or "").strip().splitlines()
         reason = getattr(e.response, "reason_phrase", "") or ""
