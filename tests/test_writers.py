@@ -388,3 +388,22 @@ def test_temp_files_of_killed_writers_are_removed_by_the_next_lone_writer(tmp_pa
         w.write_shard("layer_stats", stats_rows(2), {}, 2)
     assert (root / LOCK_FILE).is_file() and (root / WRITERS_FILE).is_file()
     assert verify(root) == []
+
+
+def test_a_filesystem_without_flock_is_a_named_error_not_an_unlocked_write(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from vindex.errors import ManifestError
+    root = small_vindex(tmp_path / "v")
+    before = (root / MANIFEST).read_bytes()
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.raises(ManifestError, match=r"\.vindex\.writers: cannot lock \(No locks available\).*flock"):
+        VindexWriter.open(root)
+    w = VindexWriter(root, load_manifest(root))
+    with pytest.raises(ManifestError, match=r"\.vindex\.lock: cannot lock .*NFSv4"):
+        w.write_shard("layer_stats", stats_rows(1), {}, 1)
+    assert (root / MANIFEST).read_bytes() == before

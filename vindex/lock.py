@@ -13,7 +13,8 @@ Two files in the vindex folder, both hidden (readers, globs and DuckDB scans nev
 Readers never take either lock: they read vindex.json, which is only ever replaced atomically.
 flock locks belong to the open file, so the kernel releases them when a process exits, even by
 kill -9; a lock is never left behind. They need a filesystem with working flock (local disks,
-NFSv4); on one without it taking the lock fails with the OS error rather than locking nothing.
+NFSv4); on one without it, taking the lock raises ManifestError quoting the OS error rather than
+locking nothing.
 
 The timeout: `lock_timeout` seconds (0 = fail at once, math.inf = wait forever); by default
 DEFAULT_TIMEOUT_S, or VINDEX_LOCK_TIMEOUT from the environment (a number of seconds or "inf").
@@ -33,8 +34,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import InvalidValue, VindexBusy
+from .errors import InvalidValue, ManifestError, VindexBusy
 
+# fcntl.flock by hand, not the filelock package (here only through huggingface-hub and torch):
+# filelock 4.3 falls back to a soft lock file where flock fails with ENOSYS, which a kill -9'd
+# holder never releases, and has no shared mode for the writers' session lock below.
 LOCK_FILE = ".vindex.lock"
 WRITERS_FILE = ".vindex.writers"
 DEFAULT_TIMEOUT_S = 120.0   # a commit holds the lock for well under a second; 2 minutes means a stuck holder
@@ -64,24 +68,29 @@ def lock_timeout(value: float | None = None) -> float:
 def _open_lock_file(path: Path) -> int:
     # 0o666 less the umask, as for any file of a lake meant to be shared; never truncated on open,
     # so a waiter can still read who holds it
-    return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot open the vindex's lock file ({e.strerror or e}); "
+                            "writing needs a writable vindex folder") from None
 
 
-def _try_flock(fd: int, mode: int) -> bool:
+def _try_flock(fd: int, mode: int, path: Path) -> bool:
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
         return True
     except OSError as e:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
-        raise
+        raise ManifestError(f"{path}: cannot lock ({e.strerror or e}); writing needs a filesystem where "
+                            "flock works (a local disk, NFSv4), so that no two writers commit at once") from None
 
 
-def _wait_flock(fd: int, mode: int, timeout: float, on_timeout, describe) -> None:
+def _wait_flock(fd: int, mode: int, path: Path, timeout: float, on_timeout, describe) -> None:
     """flock(fd, mode), polling until `timeout` seconds have passed (then on_timeout() raises)."""
     start = time.monotonic()
     sleep, said = _POLL_S[0], False
-    while not _try_flock(fd, mode):
+    while not _try_flock(fd, mode, path):
         waited = time.monotonic() - start
         if waited >= timeout:
             on_timeout(waited)
@@ -162,7 +171,7 @@ class WriteLock:
         try:
             fd = _open_lock_file(self.path)
             try:
-                _wait_flock(fd, fcntl.LOCK_EX, self.timeout, self._busy,
+                _wait_flock(fd, fcntl.LOCK_EX, self.path, self.timeout, self._busy,
                             lambda: f"the write lock of {self.root}, held by {describe_holder(read_holder(self.root))}")
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, (json.dumps(holder_info()) + "\n").encode(), 0)
@@ -216,13 +225,13 @@ class WriterSession:
         self.path = self.root / WRITERS_FILE
         self._fd: int | None = _open_lock_file(self.path)
         try:
-            if cleanup is not None and _try_flock(self._fd, fcntl.LOCK_EX):
+            if cleanup is not None and _try_flock(self._fd, fcntl.LOCK_EX, self.path):
                 try:
                     cleanup(time.time())
                 finally:
                     fcntl.flock(self._fd, fcntl.LOCK_SH)   # a conversion; nobody wrote in between
             else:   # waits only while a lone writer cleans up, so the default timeout is ample
-                _wait_flock(self._fd, fcntl.LOCK_SH, lock_timeout(timeout), self._busy,
+                _wait_flock(self._fd, fcntl.LOCK_SH, self.path, lock_timeout(timeout), self._busy,
                             lambda: f"a writer of {self.root} to finish cleaning up")
         except BaseException:
             self.close()
