@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from hub_server import HubServer
 from toy_lakes import write_toy_vindex
-from vindex import Vindex, verify
+from vindex import verify
 from vindex.errors import (ChecksumError, HubError, InvalidValue, ManifestError, UnsafePath,
                            VindexError)
 from vindex.hub import ls, publish
@@ -84,7 +84,7 @@ def _logged(server, keep, n: int) -> list[dict]:
     release it first)."""
     server.release()
     deadline = time.monotonic() + 5
-    while len(got := [r for r in server.log if keep(r)]) < n and time.monotonic() < deadline:
+    while len([r for r in server.log if keep(r)]) < n and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.1)                                      # and no more arrive
     return [r for r in server.log if keep(r)]

@@ -145,7 +145,7 @@ def failure_message(what: str, e: BaseException, attempts: int, elapsed: float,
         request = e.request            # httpx errors know the request (maybe a redirect's target)
         host = f"{request.url.scheme}://{request.url.netloc.decode('ascii', 'replace')}"
         limit = (request.extensions.get("timeout") or {}).get(key)   # the limit it really had
-    except Exception:  # noqa: BLE001 - not an httpx error, or one raised before a request existed
+    except Exception:  # noqa: BLE001, S110 - not an httpx error, or one raised before a request existed
         pass
     tries = f"{attempts} attempt(s) in {elapsed:.1f} s"
     status = getattr(getattr(e, "response", None), "status_code", None)
