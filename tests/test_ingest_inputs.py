@@ -158,7 +158,7 @@ def test_cli_default_out_is_lake_name(gpt2_folder, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--layers", "abc"], "--layers 'abc'"),
+    (["--layers", "abc"], "--layers: 'abc'"),
     (["--prompts", "nope.jsonl"], "nope.jsonl"),
     (["--poolings", "median"], "median"),
 ])
