@@ -6,15 +6,24 @@ views in views.py are built only from `ResolvedVindex` objects and never look at
 
 Only files the manifest lists exist for a query: orphans left by an interrupted write are never
 globbed, because views read explicit file lists, not folders.
+
+Only verified bytes enter a query: local shards are checked against their manifest entries when
+the views are made (`vindex.verified`, remembered per file so a warm connect only stats), and the
+shards of a Hub vindex queried in place are read through `HubShards`, which fetches each one whole
+into the verified cache and hands DuckDB that copy, so a row never comes from an unchecked byte.
 """
 from __future__ import annotations
 
 import os
 import stat
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
-from vindex.errors import ManifestError, NotFound, UnsafePath, VindexError
+from fsspec.implementations.local import LocalFileOpener, LocalFileSystem
+from fsspec.spec import AbstractFileSystem
+
+from vindex.errors import ChecksumError, ManifestError, NotFound, UnsafePath, VindexError
 from vindex.files import safe_join
 from vindex.hub.location import is_hub_uri
 from vindex.manifest import MANIFEST, ManifestView, load_manifest
@@ -24,9 +33,10 @@ from vindex.manifest import MANIFEST, ManifestView, load_manifest
 class ResolvedVindex(ManifestView):
     """One vindex found in a source: its manifest (accessors: `ManifestView`) and where its files live.
 
-    `base` is a location string DuckDB can read files under (an absolute local path today,
-    `hf://datasets/<repo>` once the Hub source lands); `filesystem` is an fsspec filesystem
-    that `connect` registers with DuckDB when `base` is not a native location (None locally).
+    `base` is a location string DuckDB can read files under (an absolute local path, or
+    `hf://datasets/<repo>@<commit>[/<folder>]`); `filesystem` is the fsspec filesystem that
+    `connect` registers with DuckDB when `base` is not a native location (None locally; a
+    `HubShards` for a Hub vindex).
     """
     manifest: dict
     base: str
@@ -126,11 +136,127 @@ def _has_manifest(folder: Path, lake: Path | None = None) -> bool:
 def _resolve_hub(location: str) -> list[ResolvedVindex]:
     """hf://datasets/<owner>/<repo>[@<rev>][/<folder>]: the repo's vindex, or each vindex of a lake repo.
 
-    The manifests come through vindex.hub (validated like a pulled one) and the files stay on the
-    Hub: DuckDB reads them through HfFileSystem, only the row groups a query needs, at the commit
-    the manifests were read at.
+    The manifests come through vindex.hub (validated like a pulled one); the shards are read through
+    `HubShards` at the commit the manifests were read at: each shard a query needs is fetched whole
+    and checked against its manifest entry (size, sha256, partition columns) before DuckDB opens it.
     """
-    from vindex.hub.remote import find_remote_vindexes, hub_filesystem
+    from vindex.hub.remote import endpoint, find_remote_vindexes
 
-    fs = hub_filesystem()
-    return [ResolvedVindex(rv.manifest, rv.fs_url(), location, fs) for rv in find_remote_vindexes(location)]
+    out = []
+    for rv in find_remote_vindexes(location):
+        base = rv.fs_url()
+        files = {HubShards._strip_protocol(f"{base}/{e['path']}"): e
+                 for t in (rv.manifest.get("tables") or {}).values() for e in (t or {}).get("files", [])}
+        out.append(ResolvedVindex(rv.manifest, base, location, HubShards(files=files, endpoint=endpoint())))
+    return out
+
+
+class HubShards(AbstractFileSystem):
+    """The hf:// filesystem of a query over Hub vindexes (DuckDB's and `lake_cka`'s way to their shards).
+
+    A path a manifest lists is served from its verified local copy (`vindex.verified.cached_copy`:
+    fetched whole once, kept only when size, sha256 and partition columns match, re-checked by a
+    stat at every open); its size and time come from the manifest, never from the server, and it
+    is never globbed. Any other hf:// path (a query's own `FROM 'hf://...'`) goes to HfFileSystem
+    unchanged. One instance may serve several vindexes (`merged`), since DuckDB takes one
+    filesystem per protocol.
+    """
+    protocol = "hf"
+    cachable = False
+    _FIXED_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)   # a listed shard's content is its sha256
+
+    def __init__(self, files: dict | None = None, endpoint: str | None = None, token=None, **kwargs):
+        super().__init__(**kwargs)
+        self.files = dict(files or {})          # path without hf:// -> manifest entry
+        self.endpoint, self.token = endpoint, token
+        self._hf = None
+
+    @classmethod
+    def merged(cls, filesystems) -> "HubShards":
+        fss = list(filesystems)
+        files = {k: e for fs in fss for k, e in fs.files.items()}
+        return cls(files=files, endpoint=fss[0].endpoint, token=fss[0].token)
+
+    @classmethod
+    def _strip_protocol(cls, path) -> str:
+        path = str(path)
+        return path[len("hf://"):] if path.startswith("hf://") else path
+
+    @property
+    def hf(self):
+        """The HfFileSystem the bytes come from (made on first use, also after unpickling on a worker)."""
+        if self._hf is None:
+            from huggingface_hub import HfFileSystem
+
+            from vindex.hub.remote import hub_session
+
+            hub_session()
+            self._hf = HfFileSystem(endpoint=self.endpoint, token=self.token)
+        return self._hf
+
+    def shard(self, path) -> Path:
+        """The verified local copy of a listed shard (fetched on first use)."""
+        from vindex.verified import cached_copy
+
+        key = self._strip_protocol(path)
+        entry = self.files[key]
+        return cached_copy(entry, lambda f, limit: self._fetch(key, f, limit), where=f"hf://{key}")
+
+    def _fetch(self, key: str, f, limit: int) -> None:
+        from vindex.hub.remote import hub_call
+
+        url = f"hf://{key}"
+
+        def get():
+            f.seek(0)
+            f.truncate()
+            got = 0
+            with self.hf.open(url, "rb", block_size=0) as r:
+                while chunk := r.read(1 << 20):
+                    got += len(chunk)
+                    if got > limit:
+                        raise ChecksumError(f"{url}: more than the {limit} bytes its manifest records arrived "
+                                            "(the server sent another file; nothing was kept)")
+                    f.write(chunk)
+
+        hub_call(url, get)
+
+    def _listed(self, path) -> str | None:
+        key = self._strip_protocol(path)
+        return key if key in self.files else None
+
+    def glob(self, path, **kwargs):
+        key = self._listed(path)
+        return [key] if key else self.hf.glob(path, **kwargs)
+
+    def info(self, path, **kwargs):
+        key = self._listed(path)
+        if key is None:
+            return self.hf.info(path, **kwargs)
+        return {"name": key, "size": self.files[key]["bytes"], "type": "file"}
+
+    def size(self, path):
+        return self.info(path)["size"]
+
+    def isfile(self, path):
+        return self._listed(path) is not None or self.hf.isfile(path)
+
+    def isdir(self, path):
+        return self._listed(path) is None and self.hf.isdir(path)
+
+    def exists(self, path, **kwargs):
+        return self._listed(path) is not None or self.hf.exists(path, **kwargs)
+
+    def modified(self, path):
+        return self._FIXED_TIME if self._listed(path) else self.hf.modified(path)
+
+    def ls(self, path, detail=True, **kwargs):
+        return self.hf.ls(path, detail=detail, **kwargs)
+
+    def _open(self, path, mode="rb", **kwargs):
+        key = self._listed(path)
+        if key is None:
+            return self.hf.open(f"hf://{self._strip_protocol(path)}", mode, **kwargs)
+        if mode != "rb":
+            raise VindexError(f"hf://{key}: a shard of a remote vindex is read-only")
+        return LocalFileOpener(str(self.shard(key)), "rb", fs=LocalFileSystem())

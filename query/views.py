@@ -15,18 +15,29 @@ How the views stay fast: each (vindex, table) branch reads the explicit file lis
 with hive partitioning typed from the folder names (`layer=NN` -> INTEGER), so a filter on `layer`
 prunes files before any is opened, and the model column is a constant per branch, so a filter on
 `model` removes whole branches at plan time. `EXPLAIN ANALYZE` shows "Total Files Read".
+
+How they stay right: before a view is made, every local shard it lists is checked against its
+manifest entry (size, sha256, and partition columns that agree with the folder names DuckDB takes
+them from; `vindex.verified`, remembered per file so that a warm connect only stats the files);
+Hub shards are checked as they are fetched (`sources.HubShards`). DuckDB globs every path of a file
+list, so local paths go in with their glob characters escaped (`glob_literal`): a folder `exp[1]`
+is never read from its neighbour `exp1`. The local check runs when the views are made (connect,
+create_views): a shard replaced while a connection stays open is checked by the next connect.
 """
 from __future__ import annotations
 
 import json
+import re
 import warnings
+from pathlib import Path
 
 import duckdb
 
 from vindex.errors import VindexError
 from vindex.schema import TABLES, partition_columns, table_spec, vector_columns
+from vindex.verified import verify_shards
 
-from .sources import ResolvedVindex, resolve_sources
+from .sources import HubShards, ResolvedVindex, resolve_sources
 from .sqltext import duckdb_type, ident, literal
 
 # DuckDB catalog names a model-name schema must not shadow
@@ -43,8 +54,9 @@ def connect(*sources, database: str = ":memory:", functions: bool = True) -> duc
     """
     vindexes = resolve_sources(*sources)
     con = duckdb.connect(database)
-    for fs in {id(v.filesystem): v.filesystem for v in vindexes if v.filesystem is not None}.values():
-        con.register_filesystem(fs)  # a fresh connection: each filesystem once (hf:// sources)
+    remote = [v.filesystem for v in vindexes if v.filesystem is not None]
+    if remote:  # DuckDB takes one filesystem per protocol: one HubShards serves every hf:// vindex
+        con.register_filesystem(HubShards.merged(remote))
     create_views(con, vindexes)
     if functions:
         from .functions import register_functions
@@ -53,7 +65,9 @@ def connect(*sources, database: str = ":memory:", functions: bool = True) -> duc
 
 
 def create_views(con: duckdb.DuckDBPyConnection, vindexes: list[ResolvedVindex]) -> None:
-    """(Re)create the catalog views and one view per table over `vindexes`."""
+    """(Re)create the catalog views and one view per table over `vindexes` (their local shards
+    verified first: `verify_local_shards`)."""
+    verify_local_shards(vindexes)
     con.execute(f"CREATE OR REPLACE VIEW models AS {models_sql(vindexes)}")
     con.execute(f"CREATE OR REPLACE VIEW prompt_sets AS {prompt_sets_sql(vindexes)}")
     con.execute(f"CREATE OR REPLACE VIEW files AS {files_sql(vindexes)}")
@@ -71,12 +85,42 @@ def create_views(con: duckdb.DuckDBPyConnection, vindexes: list[ResolvedVindex])
 
 
 # -- the data views -----------------------------------------------------------------------------
+def verify_local_shards(vindexes: list[ResolvedVindex]) -> None:
+    """Every shard of the local vindexes' tables must match its manifest entry before a view lists
+    it (ChecksumError / CorruptShard / NotFound naming the file otherwise). The partition columns
+    are checked against the folder names of the path DuckDB will read (symlinks resolved)."""
+    verify_shards((url, e, Path(url).relative_to(v.base).as_posix() if Path(url).is_relative_to(v.base) else None)
+                  for v in vindexes if v.filesystem is None
+                  for table in TABLES for e in v.entries(table) for url in [v.url(e["path"])])
+
+
+_GLOB_CHARS = re.compile(r"[\[\]*?]")
+
+
+def glob_literal(path: str) -> str:
+    """`path` written so that DuckDB's glob matches only itself. DuckDB globs each path of a file
+    list (`*`, `?`, `[...]`), so each of those characters becomes a one-character class: `exp[1]`
+    -> `exp[[]1[]]`, `run*` -> `run[*]`."""
+    return _GLOB_CHARS.sub(lambda m: f"[{m.group(0)}]", path)
+
+
+def shard_location(v: ResolvedVindex, relpath: str) -> str:
+    """Where DuckDB reads the manifest path `relpath`: a local path glob-escaped; an hf:// URL as
+    is (HubShards never globs a listed shard)."""
+    url = v.url(relpath)
+    return glob_literal(url) if v.filesystem is None else url
+
+
 def stored_columns(con: duckdb.DuckDBPyConnection, v: ResolvedVindex, table: str) -> set[str]:
     """The columns of the table's first shard. Shards written before a nullable column joined the
     schema (schemas/ grow additively) lack it; the view fills it with NULL instead of failing."""
-    url = v.url(v.entries(table)[0]["path"])
+    first = v.entries(table)[0]["path"]
+    url = v.url(first)
+    if v.filesystem is not None and hasattr(v.filesystem, "shard"):
+        v.filesystem.shard(url)     # fetched and verified here, so a bad shard is a named error
     try:
-        rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({literal(url)}, hive_partitioning = false)").fetchall()
+        rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({literal(shard_location(v, first))}, "
+                           "hive_partitioning = false)").fetchall()
     except duckdb.Error as e:
         raise VindexError(f"{url}: cannot read the shard's schema ({str(e).splitlines()[0]}); run `vindex verify`") \
             from None
@@ -130,8 +174,9 @@ def branch_sql(table: str, v: ResolvedVindex, vector_sql_type: str | None, store
 
 
 def read_parquet_sql(table: str, v: ResolvedVindex) -> str:
-    """read_parquet over the manifest's files, partition columns typed from the folder names."""
-    urls = [v.url(e["path"]) for e in v.entries(table)]
+    """read_parquet over the manifest's files, partition columns typed from the folder names (which
+    `verify_local_shards` / `HubShards` checked against the files' own columns)."""
+    urls = [shard_location(v, e["path"]) for e in v.entries(table)]
     keys = partition_columns(table)
     if not keys:
         return f"read_parquet({literal(urls)}, hive_partitioning = false)"
