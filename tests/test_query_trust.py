@@ -127,6 +127,31 @@ def test_a_shard_moved_to_another_layers_folder_is_not_read_as_that_layer(lake):
         Vindex.open(root).read("pooled", layers=[2])
 
 
+def test_every_table_flipped_or_truncated_is_named(tmp_path):
+    """A bit flip (same size) or a truncation of any table's shard stops connect, naming the file."""
+    from toy_lakes import VIEW
+
+    lake = write_toy_lake(tmp_path / "lake", VIEW)
+    write_toy_vindex(lake / "tokens", name="tokens")          # activations too
+    shards = [(root, e["path"]) for root in sorted(p for p in lake.iterdir() if p.is_dir())
+              for t in _manifest(root)["tables"].values() for e in t["files"][:1]]
+    tables = {rel.split("/")[1] for _, rel in shards}
+    assert tables == {"prompts", "pooled", "activations", "features", "ov_gate", "layer_stats"}
+    want = connect(lake, functions=False).sql("SELECT count(*) FROM files").fetchone()
+    rng = np.random.default_rng(7)
+    for root, rel in shards:
+        f = root / rel
+        original = f.read_bytes()
+        _flip(f, rng)
+        with pytest.raises(ChecksumError, match=f"{rel}: sha256"):
+            connect(lake, functions=False)
+        f.write_bytes(original[: len(original) // 2])
+        with pytest.raises(CorruptShard, match=f"{rel}: {len(original) // 2} bytes on disk"):
+            connect(lake, functions=False)
+        f.write_bytes(original)
+    assert connect(lake, functions=False).sql("SELECT count(*) FROM files").fetchone() == want
+
+
 def test_lake_cka_reads_only_verified_shards(lake):
     from vindex.query.lake_cka import cka_all
 
