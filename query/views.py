@@ -35,6 +35,7 @@ import duckdb
 
 from vindex.errors import VindexError
 from vindex.schema import TABLES, partition_columns, table_spec, vector_columns
+from vindex.summary import prompt_coverage
 from vindex.verified import verify_shards
 
 from .sources import HubShards, ResolvedVindex, resolve_sources
@@ -203,7 +204,9 @@ def _values_sql(rows: list[tuple], columns: list[tuple[str, str]]) -> str:
     if not rows:
         return "SELECT " + ", ".join(f"NULL::{t} AS {ident(n)}" for n, t in columns) + " WHERE false"
     body = ",\n  ".join("(" + ", ".join(literal(x) for x in r) + ")" for r in rows)
-    select = ", ".join(f"{ident(n)}::{t} AS {ident(n)}" for n, t in columns)
+    # qualified: inside a table macro with a parameter of a column's name (cka_matrix's prompt_set),
+    # DuckDB binds a bare name of the expanded view to both and fails
+    select = ", ".join(f"t.{ident(n)}::{typ} AS {ident(n)}" for n, typ in columns)
     return f"SELECT {select} FROM (VALUES\n  {body}) AS t({', '.join(ident(n) for n, _ in columns)})"
 
 
@@ -222,9 +225,14 @@ def models_sql(vindexes: list[ResolvedVindex]) -> str:
 
 
 def prompt_sets_sql(vindexes: list[ResolvedVindex]) -> str:
-    columns = [("model", "VARCHAR"), ("prompt_set", "VARCHAR"), ("n_prompts", "INTEGER"), ("sha256", "VARCHAR")]
-    rows = [(v.name, name, ps.get("n_prompts"), ps.get("sha256"))
-            for v in vindexes for name, ps in sorted((v.manifest.get("prompt_sets") or {}).items())]
+    """One row per prompt set: n_prompts planned, n_present with rows, complete (`prompt_coverage`)."""
+    columns = [("model", "VARCHAR"), ("prompt_set", "VARCHAR"), ("n_prompts", "INTEGER"), ("sha256", "VARCHAR"),
+               ("n_present", "INTEGER"), ("complete", "BOOLEAN")]
+    rows = []
+    for v in vindexes:
+        coverage = prompt_coverage(v)
+        rows += [(v.name, name, ps.get("n_prompts"), ps.get("sha256"), coverage[name]["n_present"],
+                  coverage[name]["complete"]) for name, ps in sorted((v.manifest.get("prompt_sets") or {}).items())]
     return _values_sql(rows, columns)
 
 
