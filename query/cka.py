@@ -28,6 +28,8 @@ import numpy as np
 
 from vindex.errors import CKAWarning, DegenerateInput, InvalidValue
 
+from .arguments import check
+
 ESTIMATORS = ("biased", "debiased")
 KERNELS = ("linear", "rbf")
 PREPROCESS = ("none", "l2", "clip")
@@ -72,8 +74,9 @@ def options(estimator="biased", kernel="linear", preprocess="none") -> Options:
     ker, sigma = _split(kernel, "kernel", KERNELS)
     if ker == "linear" and sigma is not None:
         raise InvalidValue(f"kernel {kernel!r}: the linear kernel takes no bandwidth")
-    if sigma is not None and not sigma > 0:
-        raise InvalidValue(f"kernel {kernel!r}: the RBF bandwidth fraction must be > 0")
+    if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
+        # inf would make every kernel value 1 (no CKA at all), 0 or NaN every value 0/0
+        raise InvalidValue(f"kernel {kernel!r}: the RBF bandwidth fraction must be > 0 and finite")
     pre, pct = _split(preprocess, "preprocess", PREPROCESS)
     if pre != "clip" and pct is not None:
         raise InvalidValue(f"preprocess {preprocess!r}: only 'clip' takes a percentile")
@@ -100,8 +103,25 @@ def as_rows(X, what: str = "X", check_finite: bool = True) -> np.ndarray:
 def check_pair(X: np.ndarray, Y: np.ndarray, opts: Options) -> None:
     if X.shape[0] != Y.shape[0]:
         raise InvalidValue(f"CKA needs row-aligned inputs: the lists have {X.shape[0]} and {Y.shape[0]} rows")
-    if opts.estimator == "debiased" and X.shape[0] < 4:
-        raise InvalidValue(f"the debiased estimator needs n >= 4 rows (it divides by n-3), got {X.shape[0]}")
+    check_rows(X.shape[0], opts)
+
+
+# the fewest rows each estimator means anything on
+MIN_ROWS = {"biased": 3, "debiased": 4}
+
+
+def check_rows(n: int, opts: Options) -> None:
+    """InvalidValue unless n rows are enough for the estimator:
+
+    biased:   n >= 3. With n = 2 every centred Gram is c [[1, -1], [-1, 1]] (H K H for any K), so
+              CKA = 1 for any data: a confident number that says nothing.
+    debiased: n >= 4. The unbiased HSIC divides by n(n-3) and U-centring by (n-1)(n-2).
+    """
+    need = MIN_ROWS[opts.estimator]
+    if n < need:
+        why = ("it divides by n-3" if opts.estimator == "debiased" else
+               "with 2 rows every centred Gram is the same matrix, so CKA would be 1 for any data")
+        raise InvalidValue(f"the {opts.estimator} estimator needs n >= {need} rows ({why}), got {n}")
 
 
 def preprocess_rows(X: np.ndarray, opts: Options) -> np.ndarray:
@@ -139,7 +159,17 @@ def gram_rbf(X: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     med = np.median(d2)
     if not med > 0:
         raise DegenerateInput("the RBF kernel's median distance is 0: (more than half the) rows are identical")
-    return np.exp(-d2 / (2 * sigma ** 2 * med))
+    K = np.exp(-d2 / (2 * sigma ** 2 * med))
+    # A bandwidth so narrow or so wide that the kernel saturates leaves no information: every
+    # off-diagonal value < 1e-12 makes K = I to 12 digits (CKA = 1 for any data); every one > 1 - 1e-6
+    # leaves fewer than 6 digits of K's variation above float64 rounding once centred.
+    off = K[~np.eye(K.shape[0], dtype=bool)]
+    narrow, wide = off.max() < 1e-12, off.min() > 1 - 1e-6
+    if narrow or wide:
+        raise InvalidValue(f"kernel 'rbf:{sigma:g}': at this bandwidth every kernel value between two different "
+                           f"rows is {'~0' if narrow else '~1'}, so the Gram carries no information about the "
+                           "data; use a fraction of the median distance nearer 1")
+    return K
 
 
 # -- centring -----------------------------------------------------------------------------------
@@ -208,6 +238,7 @@ def _centred_gram(X, opts: Options | None = None) -> tuple[np.ndarray, float]:
         X = np.asarray(X)
         if X.dtype not in (np.float32, np.float64) or X.ndim != 2 or X.shape[0] < 2:
             X = as_rows(X, check_finite=False)  # converts to float64, or raises the shape error
+        check_rows(X.shape[0], opts)
         mean = X.mean(axis=0, dtype=np.float64)
         # centring in float64 (X - mean promotes float32 to float64 in the same pass) is exact for the
         # linear kernel and keeps the GEMM well conditioned
@@ -221,6 +252,7 @@ def _centred_gram(X, opts: Options | None = None) -> tuple[np.ndarray, float]:
         G = u_centre_gram(K) if opts.estimator == "debiased" else K
         return G, float(np.diag(K).max())
     X = preprocess_rows(as_rows(X), opts)
+    check_rows(X.shape[0], opts)
     if opts.kernel == "linear":
         K = gram_linear(centred(X))
         G = u_centre_gram(K) if opts.estimator == "debiased" else K
@@ -374,11 +406,12 @@ def minibatch_unit_gram(X, batch_size: int, seed: int = 0, opts: Options | None 
     Random batches matter: topic-sorted rows would give each batch its own mean.
     """
     opts = opts or Options(estimator="debiased")
+    batch_size, seed = check("minibatch_cka", "batch_size", batch_size), check("minibatch_cka", "seed", seed)
     X = preprocess_rows(as_rows(X), opts)
     if opts.kernel == "linear":
         X = centred(X)  # HSIC_1 ignores a shift of X; removing the mean once keeps each batch's GEMM exact
     n = X.shape[0]
-    b = min(int(batch_size), n)
+    b = min(batch_size, n)
     if b < 4:
         raise InvalidValue(f"minibatch CKA needs batches of >= 4 rows (unbiased HSIC), got batch_size={batch_size}, n={n}")
     order = np.random.default_rng(seed).permutation(n)
@@ -449,6 +482,8 @@ def null_summary(observed, null: np.ndarray) -> dict:
 def permutation_test(X, Y, permutations_count: int = 99, seed: int = 0, estimator="biased", kernel="linear",
                      preprocess="none") -> dict:
     """CKA of X and Y with its permutation null: cka, null_mean, null_p95, p_value."""
+    permutations_count = check("permutation_test", "permutations", permutations_count)
+    seed = check("permutation_test", "seed", seed)
     opts = options(estimator, kernel, preprocess)
     X, Y = as_rows(X, "X"), as_rows(Y, "Y")
     check_pair(X, Y, opts)

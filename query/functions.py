@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from . import cka as C
 from . import cluster, knn
+from .arguments import check
 from .macros import ModelInfo, macros
 from .vectors import double_lists, row_arrays, row_key_fields, row_keys, row_labels, row_matrices, scalars
 
@@ -113,8 +114,8 @@ def udf_minibatch_gram(vectors, batch_size, seed, kernel, preprocess) -> pa.Arra
     out = []
     for X, b, s, ker, pre in zip(xs, scalars(batch_size, n), scalars(seed, n), scalars(kernel, n),
                                  scalars(preprocess, n)):
-        out.append(_gram_or_none(
-            lambda: C.minibatch_unit_gram(X, int(b), int(s), C.options("debiased", ker, pre)), X))
+        b, s = check("cka_minibatch_gram", "batch_size", b), check("cka_minibatch_gram", "seed", s)
+        out.append(_gram_or_none(lambda: C.minibatch_unit_gram(X, b, s, C.options("debiased", ker, pre)), X))
     return double_lists(out)
 
 
@@ -177,9 +178,12 @@ def _keyed(make_gram, what: str):
 
 udf_layer_gram = _keyed(lambda X, est, ker, pre: C.packed_unit_gram(X, C.options(est, ker, pre)), "cka_matrix")
 udf_layer_minibatch_gram = _keyed(
-    lambda X, b, s, ker, pre: C.minibatch_unit_gram(X, int(b), int(s), C.options("debiased", ker, pre)),
+    lambda X, b, s, ker, pre: C.minibatch_unit_gram(X, check("cka_token_matrix", "batch_size", b),
+                                                    check("cka_token_matrix", "seed", s),
+                                                    C.options("debiased", ker, pre)),
     "cka_token_matrix")
-udf_layer_knn_graph = _keyed(lambda X, k: knn.unit_knn_graph(X, int(k)), "mutual_knn_matrix")
+udf_layer_knn_graph = _keyed(lambda X, k: knn.unit_knn_graph(X, check("mutual_knn_matrix", "k", k)),
+                             "mutual_knn_matrix")
 
 
 def udf_minibatch_cka(a, b, batch_size, seed, kernel, preprocess) -> pa.Array:
@@ -191,8 +195,9 @@ def udf_minibatch_cka(a, b, batch_size, seed, kernel, preprocess) -> pa.Array:
         if X is None or Y is None:
             out.append(None)
             continue
+        bs, s = check("minibatch_cka", "batch_size", bs), check("minibatch_cka", "seed", s)
         try:
-            out.append(C.minibatch_cka(X, Y, int(bs), int(s), ker, pre))
+            out.append(C.minibatch_cka(X, Y, bs, s, ker, pre))
         except C.DegenerateInput as e:
             C.warn_undefined("minibatch_cka", e)
             out.append(None)
@@ -213,14 +218,15 @@ def udf_cka_null(ga, gb, permutations, seed) -> pa.Array:
     result = [None] * n_rows
     groups: dict[tuple, list[int]] = {}
     for r, (x, y) in enumerate(zip(xs, ys)):
-        if x is None or y is None or not counts[r]:
+        if x is None or y is None:
+            continue
+        count, s = check("cka_null", "permutations", counts[r]), check("cka_null", "seed", seeds[r])
+        if not count:
             continue
         if x.size != y.size:
             raise C.InvalidValue(f"cka_null: Grams of different sizes ({x.size} and {y.size} values)")
-        groups.setdefault((x.size, int(counts[r]), int(seeds[r])), []).append(r)
+        groups.setdefault((x.size, count, s), []).append(r)
     for (size, count, s), rows in groups.items():
-        if count < 0:
-            raise C.InvalidValue(f"cka_null: permutations must be >= 0, got {count}")
         n = C.packed_size(size)
         ia, ua = _dedupe([xs[r] for r in rows])
         ib, ub = _dedupe([ys[r] for r in rows])
@@ -259,8 +265,9 @@ def udf_mutual_knn(a, b, k) -> pa.Array:
     xs, ys = row_matrices(a, "mutual_knn: first list"), row_matrices(b, "mutual_knn: second list")
     out = []
     for X, Y, kk in zip(xs, ys, scalars(k, len(xs))):
+        kk = check("mutual_knn", "k", kk)
         try:
-            out.append(None if X is None or Y is None else knn.mutual_knn(X, Y, int(kk)))
+            out.append(None if X is None or Y is None else knn.mutual_knn(X, Y, kk))
         except C.DegenerateInput as e:
             C.warn_undefined("mutual_knn", e)
             out.append(None)
@@ -269,14 +276,14 @@ def udf_mutual_knn(a, b, k) -> pa.Array:
 
 def udf_knn_graph(vectors, k) -> pa.Array:
     xs = row_matrices(vectors, "knn_graph")
-    return double_lists([_gram_or_none(lambda: knn.unit_knn_graph(X, int(kk)), X)
+    return double_lists([_gram_or_none(lambda: knn.unit_knn_graph(X, check("knn_graph", "k", kk)), X)
                          for X, kk in zip(xs, scalars(k, len(xs)))])
 
 
 def udf_kmeans_labels(vectors, k, seed, max_iter) -> pa.Array:
     xs = row_matrices(vectors, "kmeans_labels")
     n = len(xs)
-    out = [None if X is None else cluster.kmeans(X, int(kk), seed=int(s), max_iter=int(it)).labels.tolist()
+    out = [None if X is None else cluster.kmeans(X, *_kmeans_args("kmeans_labels", kk, s, it)).labels.tolist()
            for X, kk, s, it in zip(xs, scalars(k, n), scalars(seed, n), scalars(max_iter, n))]
     return pa.array(out, pa.list_(pa.int32()))
 
@@ -289,11 +296,15 @@ def udf_kmeans_distances(vectors, k, seed, max_iter) -> pa.Array:
         if X is None:
             out.append(None)
             continue
-        res = cluster.kmeans(X, int(kk), seed=int(s), max_iter=int(it))
+        res = cluster.kmeans(X, *_kmeans_args("kmeans", kk, s, it))
         out.append({"cluster": res.labels.tolist(), "distance": res.distances.tolist(),
                     "inertia": float(res.inertia), "iterations": int(res.iterations)})
     return pa.array(out, pa.struct([("cluster", pa.list_(pa.int32())), ("distance", pa.list_(pa.float64())),
                                     ("inertia", pa.float64()), ("iterations", pa.int32())]))
+
+
+def _kmeans_args(fn: str, k, seed, max_iter) -> tuple[int, int, int]:
+    return check(fn, "k", k), check(fn, "seed", seed), check(fn, "max_iter", max_iter)
 
 
 def _label_score(fn, name):

@@ -18,8 +18,10 @@ def knn_indices(X, k: int) -> np.ndarray:
     X = as_rows(X)
     n = X.shape[0]
     centred(X)  # a constant layer has no neighbourhoods: DegenerateInput (NULL in SQL)
-    if not 1 <= k < n:
-        raise InvalidValue(f"mutual_knn: k must be between 1 and n-1 = {n - 1}, got {k}")
+    if not 1 <= k <= n - 2:
+        # k = n-1 makes every neighbourhood "all the other rows": mutual k-NN would be 1 for any data
+        raise InvalidValue(f"mutual_knn: k must be between 1 and n-2 = {n - 2} (with k = n-1 every row's "
+                           f"neighbours are all the others), got {k}")
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     Xn = X / np.where(norms > 0, norms, 1.0)
     S = Xn @ Xn.T
