@@ -187,8 +187,10 @@ def shell(con, max_rows: int = 40) -> None:
 @click.option("-o", "--out", "--output", "out", type=click.Path(dir_okay=False),
               help="With --all / --ray: write the result table here as Parquet (query it with vindex sql).")
 @click.option("--quiet", is_flag=True, help="With --all / --ray: no progress bar.")
+@click.option("--allow-partial", is_flag=True,
+              help="Compare a prompt set whose build was cut off, over the prompts both models hold (else an error).")
 def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_set, permutations, seed, by_depth,
-        band, plot, fmt, all_pairs, ray, out, quiet):
+        band, plot, fmt, all_pairs, ray, out, quiet, allow_partial):
     """CKA between every layer of MODEL_A and every layer of MODEL_B (is it above chance? use --permutations).
 
     \b
@@ -199,14 +201,14 @@ def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_
         return cka_all_command(model_a, model_b, lakes, all_pairs, ray, out, by_depth, plot, fmt,
                                dict(pooling=pooling, estimator=estimator, kernel=kernel, preprocess=preprocess,
                                     prompt_set=prompt_set, permutations=permutations, seed=seed,
-                                    progress=not quiet))
+                                    progress=not quiet, allow_partial=allow_partial))
     if not (model_a and model_b):
         raise click.UsageError("give MODEL_A and MODEL_B, or --all for every pair of the lake")
     from vindex.query import cka_depth, cka_matrix
     try:
         con = open_lake(lakes)
         options = dict(pooling=pooling, estimator=estimator, kernel=kernel, preprocess=preprocess,
-                       prompt_set=prompt_set, permutations=permutations, seed=seed)
+                       prompt_set=prompt_set, permutations=permutations, seed=seed, allow_partial=allow_partial)
         table = cka_matrix(con, model_a, model_b, **options)
         if plot:
             from vindex.query.plot import heatmap

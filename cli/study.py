@@ -35,9 +35,11 @@ import click
               help="activation storage for new builds (auto: float16 unless states overflow it).")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="prompts per forward pass.")
 @click.option("--layers", help="layers to build for new vindexes, e.g. '0-8,12' (default: all).")
+@click.option("--allow-partial", is_flag=True,
+              help="study an existing vindex whose build was cut off, over the prompts there are (else an error).")
 @click.option("--quiet", is_flag=True, help="no progress, no summary (the report path is still printed).")
 def study(models, out, lake, prompts, poolings, estimators, permutations, seed, band, knn_k, lexicon, weights,
-          feature_vectors, dtype, batch_size, layers, quiet):
+          feature_vectors, dtype, batch_size, layers, allow_partial, quiet):
     """Reproduce the cross-model study: do models converge at matched depth, above chance?
 
     MODELS are offline names (smollm2-135m, gemma3-270m, qwen2.5-0.5b, minilm-l6), model folders,
@@ -51,7 +53,7 @@ def study(models, out, lake, prompts, poolings, estimators, permutations, seed, 
     report = study_fn(list(models), out, lake=lake, prompts=prompts, poolings=poolings,
                       estimators=estimators, permutations=permutations, seed=seed, band=band,
                       knn_k=knn_k, lexicon=lexicon, weights=weights, feature_vectors=feature_vectors,
-                      dtype=dtype, batch_size=batch_size, layers=layers,
+                      dtype=dtype, batch_size=batch_size, layers=layers, allow_partial=allow_partial,
                       progress=not quiet)
     if quiet:
         click.echo(str(report))

@@ -6,14 +6,23 @@ fresh `connect(*sources)`, and returns a pyarrow Table:
     from vindex.query import cka_matrix
     t = cka_matrix("lake/", "gemma3-270m", "qwen2.5-0.5b", permutations=99)
     t.to_pandas()   # or polars.from_arrow(t)
+
+Numeric arguments are checked first (`arguments.check`: InvalidValue naming the argument). An
+incomplete prompt set raises IncompleteData unless allow_partial=True; with it the result is
+computed over the prompts both models hold and a PartialData warning says how many that was.
 """
 from __future__ import annotations
 
 import os
+import warnings
 
 import duckdb
 import pyarrow as pa
 
+from vindex.errors import IncompleteData, InvalidValue, PartialData
+
+from .arguments import check
+from .macros import INCOMPLETE_ADVICE, incomplete_sql
 from .views import connect
 
 
@@ -26,49 +35,87 @@ def connection(con_or_sources) -> duckdb.DuckDBPyConnection:
     return connect(*con_or_sources)
 
 
-def _call(con_or_sources, function: str, positional: list, named: dict) -> pa.Table:
+def _call(con, function: str, positional: list, named: dict) -> pa.Table:
     args = ["?"] * len(positional) + [f"{k} := ?" for k in named]
     sql = f"SELECT * FROM {function}({', '.join(args)})"
-    return connection(con_or_sources).execute(sql, [*positional, *named.values()]).to_arrow_table()
+    return con.execute(sql, [*positional, *named.values()]).to_arrow_table()
+
+
+def _compare(con_or_sources, function: str, model_a: str, model_b: str, named: dict, allow_partial: bool,
+             rows: str = "prompts") -> pa.Table:
+    """Run a two-model table function: IncompleteData for an incomplete prompt set without
+    allow_partial (the macro's own check, in Python's error class); with it, a PartialData warning
+    whenever fewer rows were compared than the models' prompt sets plan."""
+    con = connection(con_or_sources)
+    if not isinstance(allow_partial, bool):
+        raise InvalidValue(f"{function}: allow_partial must be True or False, got {allow_partial!r}")
+    prompt_set = named.get("prompt_set")
+    incomplete = con.execute(f"SELECT {incomplete_sql('$1', '$2', '$3')}", [model_a, model_b, prompt_set]).fetchone()[0]
+    if incomplete and not allow_partial:
+        raise IncompleteData(f"{function}: {incomplete} ({INCOMPLETE_ADVICE}); pass allow_partial=True to compare "
+                             "the prompts both models hold")
+    table = _call(con, function, [model_a, model_b], {**named, "allow_partial": allow_partial})
+    if allow_partial and table.num_rows:
+        _say_partial(con, function, model_a, model_b, prompt_set, table, incomplete, rows)
+    return table
+
+
+def _say_partial(con, function, model_a, model_b, prompt_set, table, incomplete, rows) -> None:
+    n = max(table.column("n").to_pylist())
+    planned = dict(con.execute(
+        "SELECT model, sum(n_prompts)::BIGINT FROM prompt_sets WHERE (model = $1 OR model = $2) "
+        "AND ($3 IS NULL OR prompt_set = $3) GROUP BY model", [model_a, model_b, prompt_set]).fetchall())
+    short = rows == "prompts" and any(n < p for p in planned.values())
+    if incomplete or short:
+        plans = ", ".join(f"{m} plans {p}" for m, p in sorted(planned.items()))
+        warnings.warn(f"{function}: computed over {n} {rows} (the prompts both models hold"
+                      + (f"; {plans}" if plans else "") + ")" + (f"; {incomplete}" if incomplete else ""),
+                      PartialData, stacklevel=4)
 
 
 def cka_matrix(con_or_sources, model_a: str, model_b: str, pooling: str = "mean", estimator: str = "biased",
                kernel: str = "linear", preprocess: str = "none", prompt_set: str | None = None,
-               permutations: int = 0, seed: int = 0) -> pa.Table:
+               permutations: int = 0, seed: int = 0, allow_partial: bool = False) -> pa.Table:
     """CKA of every layer of model_a with every layer of model_b over pooled activations (see docs/sql.md)."""
-    return _call(con_or_sources, "cka_matrix", [model_a, model_b], dict(
+    return _compare(con_or_sources, "cka_matrix", model_a, model_b, dict(
         pooling=pooling, estimator=estimator, kernel=kernel, preprocess=preprocess, prompt_set=prompt_set,
-        permutations=int(permutations), seed=int(seed)))
+        permutations=check("cka_matrix", "permutations", permutations), seed=check("cka_matrix", "seed", seed)),
+        allow_partial)
 
 
 def cka_depth(con_or_sources, model_a: str, model_b: str, pooling: str = "mean", estimator: str = "biased",
               kernel: str = "linear", preprocess: str = "none", prompt_set: str | None = None,
-              permutations: int = 0, seed: int = 0, band: float = 0.15) -> pa.Table:
+              permutations: int = 0, seed: int = 0, band: float = 0.15, allow_partial: bool = False) -> pa.Table:
     """For each layer of model_a: CKA with the layer of model_b at the nearest normalized depth, and the
     mean CKA over the off-diagonal band |depth_a - depth_b| >= band."""
-    return _call(con_or_sources, "cka_depth", [model_a, model_b], dict(
+    return _compare(con_or_sources, "cka_depth", model_a, model_b, dict(
         pooling=pooling, estimator=estimator, kernel=kernel, preprocess=preprocess, prompt_set=prompt_set,
-        permutations=int(permutations), seed=int(seed), band=float(band)))
+        permutations=check("cka_depth", "permutations", permutations), seed=check("cka_depth", "seed", seed),
+        band=check("cka_depth", "band", band)), allow_partial)
 
 
 def cka_token_matrix(con_or_sources, model_a: str, model_b: str, batch_size: int = 256, seed: int = 0,
                      kernel: str = "linear", preprocess: str = "none", prompt_set: str | None = None,
-                     include_special: bool = False, min_token_index: int = 0) -> pa.Table:
+                     include_special: bool = False, min_token_index: int = 0,
+                     allow_partial: bool = False) -> pa.Table:
     """Minibatch CKA over token rows for two models that share a tokenizer."""
-    return _call(con_or_sources, "cka_token_matrix", [model_a, model_b], dict(
-        batch_size=int(batch_size), seed=int(seed), kernel=kernel, preprocess=preprocess, prompt_set=prompt_set,
-        include_special=bool(include_special), min_token_index=int(min_token_index)))
+    fn = "cka_token_matrix"
+    return _compare(con_or_sources, fn, model_a, model_b, dict(
+        batch_size=check(fn, "batch_size", batch_size), seed=check(fn, "seed", seed), kernel=kernel,
+        preprocess=preprocess, prompt_set=prompt_set, include_special=bool(include_special),
+        min_token_index=check(fn, "min_token_index", min_token_index)), allow_partial, rows="tokens")
 
 
 def mutual_knn_matrix(con_or_sources, model_a: str, model_b: str, k: int = 10, pooling: str = "mean",
-                      prompt_set: str | None = None) -> pa.Table:
+                      prompt_set: str | None = None, allow_partial: bool = False) -> pa.Table:
     """Mutual k-NN alignment (Huh et al. 2024) of every layer pair over pooled activations."""
-    return _call(con_or_sources, "mutual_knn_matrix", [model_a, model_b],
-                 dict(k=int(k), pooling=pooling, prompt_set=prompt_set))
+    return _compare(con_or_sources, "mutual_knn_matrix", model_a, model_b,
+                    dict(k=check("mutual_knn_matrix", "k", k), pooling=pooling, prompt_set=prompt_set), allow_partial)
 
 
 def kmeans(con_or_sources, model: str, layer: int | None = None, k: int = 8, seed: int = 0,
            max_iter: int = 300) -> pa.Table:
     """k-means (k-means++ init) over features.vector of a model's layer(s); one row per feature."""
-    return _call(con_or_sources, "kmeans", [model],
-                 dict(layer=None if layer is None else int(layer), k=int(k), seed=int(seed), max_iter=int(max_iter)))
+    return _call(connection(con_or_sources), "kmeans", [model],
+                 dict(layer=None if layer is None else check("kmeans", "layer", layer), k=check("kmeans", "k", k),
+                      seed=check("kmeans", "seed", seed), max_iter=check("kmeans", "max_iter", max_iter)))

@@ -35,9 +35,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vindex.errors import CKAPairSkipped, InvalidValue, NotFound
+from vindex.errors import CKAPairSkipped, IncompleteData, InvalidValue, NotFound, PartialData
+from vindex.summary import prompt_coverage
 
 from . import cka as C
+from .arguments import check
+from .macros import INCOMPLETE_ADVICE
 from .sources import ResolvedVindex, resolve_sources
 
 RESULT_SCHEMA = pa.schema([
@@ -191,26 +194,31 @@ def _rows(metas_a, metas_b, ia, ib, n, values: dict) -> pa.Table:
 def cka_all(*sources, models=None, pairs=None, pooling: str = "mean", estimator: str = "biased",
             kernel: str = "linear", preprocess: str = "none", prompt_set: str | None = None,
             permutations: int = 0, seed: int = 0, out=None, ray=None, runtime_env: dict | None = None,
-            progress: bool = True) -> pa.Table:
+            progress: bool = True, allow_partial: bool = False) -> pa.Table:
     """CKA of every layer pair of every model pair in `sources` (vindex folders, lake roots, hf://).
 
     models: restrict to these model names. pairs: explicit (model_a, model_b) pairs (default: every
     unordered pair, names sorted). The options are `cka_matrix`'s. ray: None/False runs here; True,
     '' or an address runs on a Ray cluster (see `vindex.ray_connection.connect_ray`; runtime_env is passed
     to ray.init when this call starts Ray). out: where to write the result as Parquet.
-    Pairs that cannot be compared (different prompts, no pooled rows) are skipped with a warning.
+    Pairs that cannot be compared (different prompts, no pooled rows, a prompt set of one name but
+    other contents) are skipped with a warning. A prompt set whose build is incomplete raises
+    IncompleteData unless allow_partial=True (then a PartialData warning; layer pairs are compared
+    where both models hold the same prompts, and `n` says how many).
     Returns the table (columns of `cka_matrix`, sorted by model_a, model_b, layer_a, layer_b).
     """
     opts = C.options(estimator, kernel, preprocess)
-    if not isinstance(permutations, int) or permutations < 0:
-        raise InvalidValue(f"permutations must be an integer >= 0, got {permutations!r}")
+    permutations, seed = check("cka_all", "permutations", permutations), check("cka_all", "seed", seed)
     spec = {"pooling": pooling, "prompt_set": prompt_set, "estimator": opts.estimator, "kernel": opts.kernel_name,
-            "preprocess": opts.preprocess_name, "permutations": int(permutations), "seed": int(seed)}
+            "preprocess": opts.preprocess_name, "permutations": permutations, "seed": seed}
     lake = resolve_sources(*sources)
     by_name = {v.name: v for v in lake}
     pairs = _pairs(by_name, models, pairs)
     needed = sorted({m for p in pairs for m in p})
+    _check_complete([by_name[m] for m in needed], prompt_set, allow_partial)
     notes: list[str] = []
+    pairs, skipped = _same_prompt_sets(by_name, pairs, prompt_set)
+    notes += skipped
     layers = {}
     for m in needed:
         ls = by_name[m].layers("pooled")
@@ -259,6 +267,36 @@ def _pairs(by_name: dict, models, pairs) -> list[tuple[str, str]]:
                 raise NotFound(f"cka_all: unknown model {m!r}; the lake holds: {', '.join(sorted(by_name))}")
         out.append((a, b))
     return out
+
+
+def _check_complete(vindexes: list[ResolvedVindex], prompt_set: str | None, allow_partial: bool) -> None:
+    """IncompleteData for a prompt set in use whose build is incomplete (PartialData with allow_partial)."""
+    if not isinstance(allow_partial, bool):
+        raise InvalidValue(f"cka_all: allow_partial must be True or False, got {allow_partial!r}")
+    notes = [f"model {v.name!r} prompt set {name!r} is {c['status']}" for v in vindexes
+             for name, c in sorted(prompt_coverage(v).items())
+             if not c["complete"] and (prompt_set is None or name == prompt_set)]
+    if notes and not allow_partial:
+        raise IncompleteData(f"cka_all: {'; '.join(notes)} ({INCOMPLETE_ADVICE}); pass allow_partial=True to "
+                             "compare the prompts there are")
+    if notes:
+        warnings.warn(f"cka_all: {'; '.join(notes)}; layer pairs are compared where both models hold the same "
+                      "prompts (n says how many)", PartialData, stacklevel=3)
+
+
+def _same_prompt_sets(by_name: dict, pairs, prompt_set: str | None) -> tuple[list, list[str]]:
+    """The pairs whose prompt sets of one name have the same contents (sha256), and a note per other pair."""
+    keep, notes = [], []
+    for a, b in pairs:
+        sa, sb = by_name[a].prompt_sets, by_name[b].prompt_sets
+        differ = sorted(n for n in set(sa) & set(sb) if (prompt_set is None or n == prompt_set)
+                        and sa[n].get("sha256") != sb[n].get("sha256"))
+        if differ:
+            notes.append(f"{a} and {b} hold other prompts under the prompt set name(s) {differ} (sha256 differs); "
+                         "pair skipped")
+        else:
+            keep.append((a, b))
+    return keep, notes
 
 
 def _layer_files(v: ResolvedVindex, layer: int) -> list[tuple[str, dict]]:

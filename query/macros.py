@@ -7,12 +7,20 @@ permutes the stored Grams. Inside a macro, a bare name that is also a parameter 
 parameter, so every column is qualified with its table alias.
 
 Each table macro starts from a one-row `checks` CTE that raises a clear error (unknown model,
-no rows, bad option) and is used in the final WHERE, so DuckDB cannot prune it away.
+no rows, bad option, a numeric argument out of its domain, an incomplete prompt set) and is used in
+the final WHERE, so DuckDB cannot prune it away.
+
+Partial data is refused unless `allow_partial := true`: a prompt set whose build was cut off (the
+`prompt_sets` view's `complete`, from the manifests, never from the shards). With the flag the
+analyses compare the prompts both models hold (the `common` CTE, pruned to nothing at plan time
+without it) and `n` says how many rows were used. Prompt sets of one name but other contents
+(sha256) are refused always: their rows would pair different prompts under one prompt_id.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .arguments import sql_check
 from .sqltext import ident, literal
 
 CKA_OPTIONS = "estimator := 'biased', kernel := 'linear', preprocess := 'none'"
@@ -48,6 +56,74 @@ def model_checks(fn: str, table: str, models: list[str], where: str, what: str) 
     return "CASE " + " ".join(whens) + " ELSE true END"
 
 
+def number_checks(fn: str, *names: str) -> str:
+    """AND of `arguments.sql_check` for each numeric parameter: true, or an error naming it."""
+    return " AND ".join(sql_check(fn, name) for name in names)
+
+
+def incomplete_sql(model_a: str, model_b: str, prompt_set: str = "prompt_set") -> str:
+    """A scalar subquery: the incomplete prompt sets (`prompt_sets.complete` false) of the two models
+    that an analysis over `prompt_set` (NULL: all) would read, as one text, or NULL when none is.
+    The arguments are SQL expressions (macro parameters, or $1, $2, $3 from Python); `prompt_set` is
+    read in a FROM-less SELECT (inside a subquery over prompt_sets a bare prompt_set is the column)."""
+    return ("(SELECT string_agg('model QQ || q.model || QQ prompt set QQ || q.prompt_set || QQ is incomplete: ' "
+            "|| q.n_present || ' of ' || q.n_prompts || ' prompts', '; ' ORDER BY q.model, q.prompt_set) "
+            f"FROM prompt_sets AS q, (SELECT {prompt_set} AS ps) AS w "
+            f"WHERE (q.model = {model_a} OR q.model = {model_b}) AND NOT q.complete "
+            "AND (w.ps IS NULL OR q.prompt_set = w.ps))").replace("QQ", "'" * 3)
+
+
+def mismatch_sql(model_a: str, model_b: str, prompt_set: str = "prompt_set") -> str:
+    """A scalar subquery: the prompt sets both models record under one name with different contents
+    (sha256), as text, or NULL."""
+    return ("(SELECT string_agg('prompt set QQ || qa.prompt_set || QQ holds other prompts in QQ || qa.model || "
+            "QQ (sha256 ' || left(qa.sha256, 12) || ') than in QQ || qb.model || QQ (sha256 ' || "
+            "left(qb.sha256, 12) || ')', '; ' ORDER BY qa.prompt_set) "
+            "FROM prompt_sets AS qa JOIN prompt_sets AS qb ON qa.prompt_set = qb.prompt_set, "
+            f"(SELECT {prompt_set} AS ps) AS w "
+            f"WHERE qa.model = {model_a} AND qb.model = {model_b} AND qa.sha256 <> qb.sha256 "
+            "AND (w.ps IS NULL OR qa.prompt_set = w.ps))").replace("QQ", "'" * 3)
+
+
+INCOMPLETE_ADVICE = "an interrupted build: rerun it to resume"
+
+
+def data_notes() -> str:
+    """CTE `notes`: the mismatched and the incomplete prompt sets of the two models (text or NULL)."""
+    return (f"notes AS (SELECT {mismatch_sql('model_a', 'model_b')} AS mismatch, "
+            f"{incomplete_sql('model_a', 'model_b')} AS incomplete)")
+
+
+def data_checks(fn: str) -> str:
+    """true, or an error: prompt sets of one name but different contents (always), incomplete prompt
+    sets (unless allow_partial); reads the `notes` CTE."""
+    return (f"(SELECT CASE WHEN allow_partial IS NULL THEN error('{fn}: allow_partial must be true or false, got NULL') "
+            f"WHEN d.mismatch IS NOT NULL THEN error('{fn}: ' || d.mismatch || '; rows with one prompt_id would "
+            "pair different prompts') "
+            f"WHEN NOT allow_partial AND d.incomplete IS NOT NULL THEN error('{fn}: ' || d.incomplete || "
+            f"' ({INCOMPLETE_ADVICE}); pass allow_partial := true to compare the prompts both models hold') "
+            "ELSE true END FROM notes AS d)")
+
+
+def common_keys(table: str, where: str) -> str:
+    """CTE `common`: the prompts both models hold (as one key text); with allow_partial only (else
+    pruned at plan time)."""
+    side = (f"SELECT {PROMPT_KEY} AS k FROM {{table}} AS r WHERE allow_partial AND r.model = {{model}} "
+            "AND {where}")
+    return (f"common AS ({side.format(table=table, model='model_a', where=where)}\n"
+            f"  INTERSECT {side.format(table=table, model='model_b', where=where)})")
+
+
+# a side's rows only once `checks` passed: its errors (an incomplete prompt set, a bad argument) come
+# before any Gram is computed, whose own errors would hide them
+CHECKED = "(SELECT c.ok FROM checks AS c)"
+
+# a row's prompt as one value (an uncorrelated IN is a plain hash semi-join; a correlated EXISTS on
+# two columns costs DuckDB a delim join to plan and run)
+PROMPT_KEY = "r.prompt_set || chr(31) || r.prompt_id::VARCHAR"
+# a side's rows, restricted to `common` with allow_partial
+IN_COMMON = f"(NOT allow_partial OR {PROMPT_KEY} IN (SELECT c.k FROM common AS c))"
+
 # rows of one side, for a pooled-activation analysis: the WHERE and a description for errors
 POOLED_WHERE = "r.pooling = pooling AND (prompt_set IS NULL OR r.prompt_set = prompt_set)"
 POOLED_WHAT = "'pooling = ' || pooling || coalesce(' and prompt_set = ' || prompt_set, '')"
@@ -82,7 +158,7 @@ def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table
             name, depth, only = literal(m.name), repr(float(m.n_layers)), f"{literal(m.name)} = {model}"
         call = gram.format(vectors="list(r.act)", keys=f"list(({key})), 'model ' || {name} || ' layer ' || r.layer")
         branches.append(f"SELECT r.layer AS layer, r.layer / {depth} AS depth, {call} AS x\n"
-                        f"        FROM {src} AS r WHERE {only} AND {where} GROUP BY r.layer")
+                        f"        FROM {src} AS r WHERE {only} AND {where} AND {IN_COMMON} AND {CHECKED} GROUP BY r.layer")
     union = "\n        UNION ALL ".join(branches)
     return f"""{alias} AS (
   SELECT s.layer, s.depth, s.x.n AS n, s.x.n_distinct AS n_distinct, s.x.rows_key AS rows_key, s.x.g AS g
@@ -95,17 +171,21 @@ def pair_value(fn: str, expr: str, what: str = "prompts") -> str:
             f"row twice (' || a.n || ' rows, ' || a.n_distinct || ' distinct); filter by prompt_set or pooling') "
             f"WHEN a.rows_key <> b.rows_key THEN error('{fn}: layer ' || a.layer || ' of ' || model_a || "
             f"' and layer ' || b.layer || ' of ' || model_b || ' hold different {what} (' || a.n || ' vs ' || b.n "
-            f"|| ' rows); CKA needs the same rows on both sides, in the same order') ELSE {expr} END")
+            f"|| ' rows); CKA needs the same rows on both sides, in the same order: choose one prompt_set, or "
+            "pass allow_partial := true to compare the prompts both models hold') "
+            f"ELSE {expr} END")
 
 
 def cka_matrix_sql(models: list[ModelInfo]) -> str:
     return f"""
 CREATE OR REPLACE MACRO cka_matrix(model_a, model_b, pooling := 'mean', {CKA_OPTIONS}, prompt_set := NULL,
-                                   permutations := 0, seed := 0) AS TABLE
+                                   permutations := 0, seed := 0, allow_partial := false) AS TABLE
 WITH
 opts AS (SELECT vindex_cka_options(estimator, kernel, preprocess) AS o),
-checks AS (SELECT {model_checks('cka_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)}
-                  AND (permutations >= 0 OR error('cka_matrix: permutations must be >= 0')) AS ok),
+{data_notes()},
+checks AS (SELECT {number_checks('cka_matrix', 'permutations', 'seed')} AND {data_checks('cka_matrix')}
+                  AND {model_checks('cka_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)} AS ok),
+{common_keys('pooled', POOLED_WHERE)},
 {side_grams('ga', 'model_a', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models)},
 {side_grams('gb', 'model_b', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models)},
 pairs AS (
@@ -125,11 +205,12 @@ ORDER BY p.layer_a, p.layer_b
 
 CKA_DEPTH = f"""
 CREATE OR REPLACE MACRO cka_depth(model_a, model_b, pooling := 'mean', {CKA_OPTIONS}, prompt_set := NULL,
-                                  permutations := 0, seed := 0, band := 0.15) AS TABLE
+                                  permutations := 0, seed := 0, band := 0.15, allow_partial := false) AS TABLE
 WITH
+checks AS (SELECT {number_checks('cka_depth', 'band', 'permutations', 'seed')} AS ok),
 m AS (SELECT * FROM cka_matrix(model_a, model_b, pooling := pooling, estimator := estimator, kernel := kernel,
                                preprocess := preprocess, prompt_set := prompt_set, permutations := permutations,
-                               seed := seed)),
+                               seed := seed, allow_partial := allow_partial)),
 diag AS (SELECT *, row_number() OVER (PARTITION BY x.layer_a ORDER BY round(abs(x.depth_a - x.depth_b), 9), x.layer_b) AS r
          FROM m AS x),
 off AS (SELECT x.layer_a, avg(x.cka) AS off_mean, max(x.cka) AS off_max, count(*) AS n_off
@@ -137,8 +218,8 @@ off AS (SELECT x.layer_a, avg(x.cka) AS off_mean, max(x.cka) AS off_max, count(*
 SELECT d.model_a, d.model_b, d.layer_a, d.depth_a, d.layer_b, d.depth_b, d.cka AS diagonal, o.off_mean, o.off_max,
        o.n_off, d.cka - o.off_mean AS margin, d.null_mean, d.null_p95, d.p_value, d.n, d.pooling, d.prompt_set,
        d.estimator, d.kernel, d.preprocess, d.permutations, d.seed, band::DOUBLE AS band
-FROM diag AS d LEFT JOIN off AS o ON o.layer_a = d.layer_a
-WHERE d.r = 1
+FROM checks AS c CROSS JOIN diag AS d LEFT JOIN off AS o ON o.layer_a = d.layer_a
+WHERE c.ok AND d.r = 1
 ORDER BY d.layer_a
 """
 
@@ -153,11 +234,15 @@ def cka_token_matrix_sql(models: list[ModelInfo]) -> str:
     return f"""
 CREATE OR REPLACE MACRO cka_token_matrix(model_a, model_b, batch_size := 256, seed := 0, kernel := 'linear',
                                          preprocess := 'none', prompt_set := NULL, include_special := false,
-                                         min_token_index := 0) AS TABLE
+                                         min_token_index := 0, allow_partial := false) AS TABLE
 WITH
 opts AS (SELECT vindex_cka_options('debiased', kernel, preprocess) AS o),
-checks AS (SELECT {model_checks('cka_token_matrix', 'activations', ['model_a', 'model_b'], TOKEN_WHERE,
-                                TOKEN_WHAT)} AS ok),
+{data_notes()},
+checks AS (SELECT {number_checks('cka_token_matrix', 'batch_size', 'seed', 'min_token_index')}
+                  AND {data_checks('cka_token_matrix')}
+                  AND {model_checks('cka_token_matrix', 'activations', ['model_a', 'model_b'], TOKEN_WHERE,
+                                    TOKEN_WHAT)} AS ok),
+{common_keys('activations', TOKEN_WHERE)},
 {side_grams('ga', 'model_a', "vindex_layer_minibatch_gram({vectors}, {keys}, batch_size, seed, kernel, preprocess)",
             models, 'activations', TOKEN_WHERE, TOKEN_KEY)},
 {side_grams('gb', 'model_b', "vindex_layer_minibatch_gram({vectors}, {keys}, batch_size, seed, kernel, preprocess)",
@@ -177,10 +262,14 @@ ORDER BY a.layer, b.layer
 
 def mutual_knn_matrix_sql(models: list[ModelInfo]) -> str:
     return f"""
-CREATE OR REPLACE MACRO mutual_knn_matrix(model_a, model_b, k := 10, pooling := 'mean', prompt_set := NULL) AS TABLE
+CREATE OR REPLACE MACRO mutual_knn_matrix(model_a, model_b, k := 10, pooling := 'mean', prompt_set := NULL,
+                                          allow_partial := false) AS TABLE
 WITH
-checks AS (SELECT {model_checks('mutual_knn_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE,
-                                POOLED_WHAT)} AS ok),
+{data_notes()},
+checks AS (SELECT {number_checks('mutual_knn_matrix', 'k')} AND {data_checks('mutual_knn_matrix')}
+                  AND {model_checks('mutual_knn_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE,
+                                    POOLED_WHAT)} AS ok),
+{common_keys('pooled', POOLED_WHERE)},
 {side_grams('ga', 'model_a', "vindex_layer_knn_graph({vectors}, {keys}, k)", models)},
 {side_grams('gb', 'model_b', "vindex_layer_knn_graph({vectors}, {keys}, k)", models)}
 SELECT model_a AS model_a, model_b AS model_b, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a,
@@ -197,7 +286,8 @@ FEATURES_WHAT = "'a feature vector' || coalesce(' in layer ' || layer, '')"
 KMEANS = f"""
 CREATE OR REPLACE MACRO kmeans(model_name, layer := NULL, k := 8, seed := 0, max_iter := 300) AS TABLE
 WITH
-checks AS (SELECT {model_checks('kmeans', 'features', ['model_name'], FEATURES_WHERE, FEATURES_WHAT)} AS ok),
+checks AS (SELECT {number_checks('kmeans', 'k', 'seed', 'max_iter')}
+                  AND {model_checks('kmeans', 'features', ['model_name'], FEATURES_WHERE, FEATURES_WHAT)} AS ok),
 g AS (
   SELECT r.layer AS layer,
          list(r.expert ORDER BY r.expert NULLS FIRST, r.feature) AS experts,

@@ -35,15 +35,15 @@ def band_of(depth: float, bands=DEPTH_BANDS) -> str:
 
 
 # -- CKA across layers ---------------------------------------------------------------------------
-def cka_matrices(con, pairs, poolings, estimators, prompt_set: str) -> pa.Table:
+def cka_matrices(con, pairs, poolings, estimators, prompt_set: str, allow_partial: bool = False) -> pa.Table:
     """Every layer pair's CKA for each (pair, pooling, estimator), without a null (the heatmaps)."""
-    parts = [cka_matrix(con, a, b, pooling=p, estimator=e, prompt_set=prompt_set)
+    parts = [cka_matrix(con, a, b, pooling=p, estimator=e, prompt_set=prompt_set, allow_partial=allow_partial)
              for a, b in pairs for p in poolings for e in estimators]
     return pa.concat_tables(parts) if parts else pa.table({})
 
 
 def cka_diagonals(con, pairs, poolings, estimators, prompt_set: str, permutations: int, seed: int,
-                  band: float, bar=None) -> pa.Table:
+                  band: float, bar=None, allow_partial: bool = False) -> pa.Table:
     """`cka_depth` for each (pair, pooling, estimator): per layer of model_a, CKA with model_b's
     layer at the nearest normalized depth, its permutation null, and the off-diagonal band mean."""
     parts = []
@@ -53,7 +53,8 @@ def cka_diagonals(con, pairs, poolings, estimators, prompt_set: str, permutation
                 if bar is not None:
                     bar.set_postfix_str(f"{a} x {b}, {p}, {e}")
                 parts.append(cka_depth(con, a, b, pooling=p, estimator=e, prompt_set=prompt_set,
-                                       permutations=permutations, seed=seed, band=band))
+                                       permutations=permutations, seed=seed, band=band,
+                                       allow_partial=allow_partial))
                 if bar is not None:
                     bar.update()
     return pa.concat_tables(parts)
@@ -120,11 +121,13 @@ def matched_pairs(diag: pa.Table, model_a: str, model_b: str) -> list[tuple[int,
 
 
 # -- mutual k-NN ---------------------------------------------------------------------------------
-def knn_alignment(con, pairs, pooling: str, k: int, prompt_set: str, diag: pa.Table, bar=None) -> pa.Table:
+def knn_alignment(con, pairs, pooling: str, k: int, prompt_set: str, diag: pa.Table, bar=None,
+                  allow_partial: bool = False) -> pa.Table:
     """Mutual k-NN alignment (Huh et al. 2024) at matched depth, with its chance level k/(n-1)."""
     out = []
     for a, b in pairs:
-        m = mutual_knn_matrix(con, a, b, k=k, pooling=pooling, prompt_set=prompt_set).to_pylist()
+        m = mutual_knn_matrix(con, a, b, k=k, pooling=pooling, prompt_set=prompt_set,
+                              allow_partial=allow_partial).to_pylist()
         by = {(r["layer_a"], r["layer_b"]): r for r in m}
         for la, lb in matched_pairs(diag, a, b):
             r = by[(la, lb)]

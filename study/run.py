@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vindex import Vindex
-from vindex.errors import InvalidValue
+from vindex.errors import IncompleteData, InvalidValue, PartialData
+from vindex.summary import prompt_coverage
 from vindex.files import read_json
 
 from . import analyses as A
@@ -44,7 +45,7 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
           poolings=POOLINGS, estimators=ESTIMATORS, permutations: int = 99, seed: int = 0,
           band: float = 0.15, knn_k: int = 10, lexicon=None, weights: bool = True,
           feature_vectors: str = "down", dtype: str = "auto", batch_size: int = 16, layers=None,
-          progress: bool = True) -> Path:
+          allow_partial: bool = False, progress: bool = True) -> Path:
     """Run the cross-model study and write `out`/report.md; returns the report's path.
 
     models: offline short names (smollm2-135m, gemma3-270m, qwen2.5-0.5b, minilm-l6), model folders,
@@ -65,6 +66,8 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
     dtype: activation storage for new builds ('auto' = float16 unless the model's states overflow it).
     layers: layers to build for new vindexes ("0-8,12" or a list; default all); the analyses use
         whatever layers the vindexes hold.
+    allow_partial: study an existing vindex whose build of the prompt set was cut off, over the
+        prompts there are (otherwise IncompleteData; the study's own builds always finish first).
     """
     t_start = time.perf_counter()
     models = [models] if isinstance(models, (str, Path)) else list(models)
@@ -88,6 +91,7 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
     names = [v.name for v in vxs]
     if len(set(names)) != len(names):
         raise InvalidValue(f"study: two sources give the same vindex name ({names}); pass distinct models")
+    check_complete(vxs, ps.name, allow_partial)
     pairs = [(names[0], names[0])] if len(names) == 1 else \
         [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     all_poolings = tuple(dict.fromkeys((*poolings, "mean")))
@@ -106,20 +110,20 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
         n_combos = len(pairs) * len(all_poolings) * len(ESTIMATORS)
         res["cka_matrix"] = cache.stage(
             "cka_matrix", {**base, "poolings": all_poolings, "estimators": estimators}, ("pooled",),
-            lambda: A.cka_matrices(con, pairs, all_poolings, estimators, prompt_set),
+            lambda: A.cka_matrices(con, pairs, all_poolings, estimators, prompt_set, allow_partial),
             f"CKA matrices ({n_combos} = pairs x poolings x estimators)")
         res["cka_depth"] = cache.stage(
             "cka_depth", {**base, "poolings": all_poolings, "estimators": estimators, "permutations": permutations,
                           "seed": seed, "band": band}, ("pooled",),
             lambda: _with_bar(n_combos, "matched depth + null", progress, lambda bar: A.cka_diagonals(
-                con, pairs, all_poolings, estimators, prompt_set, permutations, seed, band, bar)),
+                con, pairs, all_poolings, estimators, prompt_set, permutations, seed, band, bar, allow_partial)),
             f"matched-depth CKA with {permutations}-permutation nulls")
         res["matched_depth"] = A.matched_bands(res["cka_depth"])
         res["depth_correspondence"] = A.depth_correspondence(res["cka_matrix"])
         res["mutual_knn"] = cache.stage(
             "mutual_knn", {**base, "pooling": poolings[0], "k": knn_k}, ("pooled",),
             lambda: _with_bar(len(pairs), "mutual k-NN", progress, lambda bar: A.knn_alignment(
-                con, pairs, poolings[0], knn_k, prompt_set, res["cka_depth"], bar)),
+                con, pairs, poolings[0], knn_k, prompt_set, res["cka_depth"], bar, allow_partial)),
             f"mutual {knn_k}-NN alignment")
         res["category_cka"] = cache.stage(
             "category_cka", {**base, "pooling": poolings[0], "estimators": estimators, "permutations": permutations,
@@ -217,6 +221,19 @@ def _activations_done(vx: Vindex, prompts, layers: list[int]) -> bool:
     ps = vx.prompt_sets.get(prompts.name) or {}
     return (ps.get("sha256") == prompts.sha256 and bool(ps.get("complete")) and "pooled" in vx.tables
             and set(layers) <= set(vx.layers("pooled")))
+
+
+def check_complete(vxs: list[Vindex], prompt_set: str, allow_partial: bool) -> None:
+    """IncompleteData when a vindex's build of `prompt_set` was cut off (a folder used as it is; the
+    study's own builds finish first); with allow_partial a PartialData warning instead."""
+    notes = [f"{vx.root}: prompt set {prompt_set!r} is {c['status']}" for vx in vxs
+             if not (c := prompt_coverage(vx).get(prompt_set, {"complete": True}))["complete"]]
+    if notes and not allow_partial:
+        raise IncompleteData(f"study: {'; '.join(notes)} (an interrupted build: rerun `vindex build` on it to "
+                             "resume); pass allow_partial=True (--allow-partial) to study the prompts there are")
+    if notes:
+        warnings.warn(f"study: {'; '.join(notes)}; the analyses use the prompts both models hold", PartialData,
+                      stacklevel=3)
 
 
 def _features_done(vx: Vindex, layers: list[int]) -> bool:
