@@ -404,6 +404,7 @@ def test_a_filesystem_without_flock_is_a_named_error_not_an_unlocked_write(tmp_p
     with pytest.raises(ManifestError, match=r"\.vindex\.writers: cannot lock \(No locks available\).*flock"):
         VindexWriter.open(root)
     w = VindexWriter(root, load_manifest(root))
+    w.update(extraction={"x": {"y": 1}}, commit=False)
     with pytest.raises(ManifestError, match=r"\.vindex\.lock: cannot lock .*NFSv4"):
-        w.write_shard("layer_stats", stats_rows(1), {}, 1)
+        w.commit()
     assert (root / MANIFEST).read_bytes() == before

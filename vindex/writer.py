@@ -268,6 +268,8 @@ class VindexWriter:
         rel = shard_path(table, partition, part)
         data = self.conform(table, rows, partition, where=f"{self.root}/{rel}")
         final = safe_join(self.root, rel)
+        if self._session is None:    # built directly, not by open/create: join so no one cleans our temp file
+            self._session = WriterSession(self.root, self.lock.timeout)
         with atomic_path(final) as tmp:
             pq.write_table(data, tmp, **parquet_options(data.schema, vector_columns(table)))
         entry = {"path": rel, "rows": data.num_rows, "bytes": os.path.getsize(final),
