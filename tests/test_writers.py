@@ -229,7 +229,7 @@ def test_a_writer_killed_while_holding_the_lock_frees_it_at_once(tmp_path):
     t0 = time.monotonic()
     w = VindexWriter.open(root, lock_timeout=0)          # no wait allowed: the OS released the flock
     w.write_shard("layer_stats", stats_rows(1), {}, 1)
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 10                    # (lock_timeout=0 already proves it did not wait)
     m = load_manifest(root)
     assert "holder" not in m["extraction"]               # the killed writer's change was never committed
     assert len(m["tables"]["layer_stats"]["files"]) == 2

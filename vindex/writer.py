@@ -200,9 +200,9 @@ class VindexWriter:
         with what other writers committed (this writer's changes kept), on a clean exit it is
         committed. Commits inside it do not wait.
 
-            with w.transaction():
-                base = next_free_part(w.manifest)   # sees every other writer's reservations
-                w.add_prompt_set(..., commit=False)
+            with w.transaction():                  # (ingest.plan reserves part numbers so)
+                taken = w.manifest["prompt_sets"]   # every other writer's prompt sets, as committed
+                w.add_prompt_set(name, sha, n, part_base=next_free(taken), commit=False)
         """
         with self.lock:
             self._refresh()
