@@ -143,15 +143,20 @@ def verify_shard(path: str | os.PathLike, entry: dict, relpath: str | None = Non
 
 
 def verify_shards(items) -> None:
-    """`verify_shard` for each (path, entry) or (path, entry, relpath) of `items`, the memo of
-    each folder written once at the end (also when one fails: what was verified is kept)."""
-    roots = set()
+    """`verify_shard` for each (path, entry) or (path, entry, relpath) of `items`, hashed on a few
+    threads (hashlib releases the GIL); the first bad shard in the order given is raised, and the
+    memo of each folder is written once at the end (also after a failure: what was verified is kept)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = []
+    for item in items:
+        path, entry, *rest = item
+        jobs.append((Path(path), entry, (rest[0] if rest else None) or entry["path"]))
+    roots = {_memo_key(path, relpath)[0] for path, _, relpath in jobs}
     try:
-        for item in items:
-            path, entry, *rest = item
-            relpath = rest[0] if rest else None
-            roots.add(_memo_key(Path(path), relpath or entry["path"])[0])
-            verify_shard(path, entry, relpath, flush=False)
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(jobs)))) as pool:
+            for _ in pool.map(lambda job: verify_shard(*job, flush=False), jobs):
+                pass
     finally:
         for root in roots:
             _memo(root).flush()
