@@ -34,7 +34,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import InvalidValue, ManifestError, VindexBusy
+from .errors import InvalidValue, ManifestError, VindexBusy, VindexError
+from .files import parse_json
 
 # fcntl.flock by hand, not the filelock package (here only through huggingface-hub and torch):
 # filelock 4.3 falls back to a soft lock file where flock fails with ENOSYS, which a kill -9'd
@@ -130,8 +131,8 @@ def read_holder(root: str | os.PathLike) -> dict | None:
     """The holder recorded in `root`'s lock file (None when none is recorded or it is unreadable)."""
     try:
         data = (Path(root) / LOCK_FILE).read_bytes()
-        info = json.loads(data.decode("utf-8")) if data.strip() else None
-    except (OSError, ValueError):
+        info = parse_json(data, LOCK_FILE) if data.strip() else None
+    except (OSError, VindexError):
         return None
     return info if isinstance(info, dict) else None
 

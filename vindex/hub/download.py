@@ -36,6 +36,7 @@ from ..errors import ChecksumError, HubError, NotFound, VindexError
 from ..files import fsync_dir, safe_join, sha256_file
 from .remote import (HubLocation, RemoteVindex, cache_dir_for, endpoint, failure_message, find_remote_vindexes,
                      hub_session, hub_timeout, is_transient, resolve_commit)
+from ..lock import WriteLock
 from ..manifest import MANIFEST, load_manifest, save_manifest, validate_manifest
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,9 @@ def pull(source: str, tables: list[str] | None = None, layers: list[int] | None 
     fetched, failures = _run_jobs(jobs, token, workers, progress, result)
     done = verified | {(str(j.dest), j.entry["path"]) for j in fetched}
     for rv, dest, entries in plans:
-        _write_local_manifest(rv, dest, {p for d, p in done if d == str(dest)}, tables, layers)
+        dest.mkdir(parents=True, exist_ok=True)
+        with WriteLock(dest):   # a pull commits like any writer: never over another's commit
+            _write_local_manifest(rv, dest, {p for d, p in done if d == str(dest)}, tables, layers)
         if not failures:
             shutil.rmtree(dest / STAGING, ignore_errors=True)
     if failures:
