@@ -52,8 +52,8 @@ def _compare(con_or_sources, function: str, model_a: str, model_b: str, named: d
     prompt_set = named.get("prompt_set")
     incomplete = con.execute(f"SELECT {incomplete_sql('$1', '$2', '$3')}", [model_a, model_b, prompt_set]).fetchone()[0]
     if incomplete and not allow_partial:
-        raise IncompleteData(f"{function}: {incomplete} ({INCOMPLETE_ADVICE}); pass allow_partial=True to compare "
-                             "the prompts both models hold")
+        raise IncompleteData(f"{function}: {incomplete} ({INCOMPLETE_ADVICE}); pass allow_partial=True "
+                             "(--allow-partial) to compare the prompts both models hold")
     table = _call(con, function, [model_a, model_b], {**named, "allow_partial": allow_partial})
     if allow_partial and table.num_rows:
         _say_partial(con, function, model_a, model_b, prompt_set, table, incomplete, rows)

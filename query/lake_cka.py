@@ -277,8 +277,8 @@ def _check_complete(vindexes: list[ResolvedVindex], prompt_set: str | None, allo
              for name, c in sorted(prompt_coverage(v).items())
              if not c["complete"] and (prompt_set is None or name == prompt_set)]
     if notes and not allow_partial:
-        raise IncompleteData(f"cka_all: {'; '.join(notes)} ({INCOMPLETE_ADVICE}); pass allow_partial=True to "
-                             "compare the prompts there are")
+        raise IncompleteData(f"cka_all: {'; '.join(notes)} ({INCOMPLETE_ADVICE}); pass allow_partial=True "
+                             "(--allow-partial) to compare the prompts there are")
     if notes:
         warnings.warn(f"cka_all: {'; '.join(notes)}; layer pairs are compared where both models hold the same "
                       "prompts (n says how many)", PartialData, stacklevel=3)

@@ -176,21 +176,20 @@ def pair_value(fn: str, expr: str, what: str = "prompts") -> str:
             f"ELSE {expr} END")
 
 
-def cka_matrix_sql(models: list[ModelInfo]) -> str:
-    return f"""
-CREATE OR REPLACE MACRO cka_matrix(model_a, model_b, pooling := 'mean', {CKA_OPTIONS}, prompt_set := NULL,
-                                   permutations := 0, seed := 0, allow_partial := false) AS TABLE
-WITH
+def cka_matrix_body(models: list[ModelInfo], fn: str = "cka_matrix", more_checks: tuple[str, ...] = ()) -> str:
+    """The query of `cka_matrix`, its errors naming `fn` (cka_depth inlines it rather than calling
+    cka_matrix, so that its errors name cka_depth); `more_checks`: more numeric parameters to check."""
+    return f"""WITH
 opts AS (SELECT vindex_cka_options(estimator, kernel, preprocess) AS o),
 {data_notes()},
-checks AS (SELECT {number_checks('cka_matrix', 'permutations', 'seed')} AND {data_checks('cka_matrix')}
-                  AND {model_checks('cka_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)} AS ok),
+checks AS (SELECT {number_checks(fn, *more_checks, 'permutations', 'seed')} AND {data_checks(fn)}
+                  AND {model_checks(fn, 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)} AS ok),
 {common_keys('pooled', POOLED_WHERE)},
 {side_grams('ga', 'model_a', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models)},
 {side_grams('gb', 'model_b', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models)},
 pairs AS (
   SELECT a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a, b.depth AS depth_b,
-         {pair_value('cka_matrix', 'list_dot_product(a.g, b.g)')} AS cka,
+         {pair_value(fn, 'list_dot_product(a.g, b.g)')} AS cka,
          CASE WHEN permutations > 0 THEN vindex_cka_null(a.g, b.g, permutations, seed) END AS nul,
          a.n AS n
   FROM ga AS a CROSS JOIN gb AS b)
@@ -200,17 +199,23 @@ SELECT model_a AS model_a, model_b AS model_b, p.layer_a, p.layer_b, p.depth_a, 
        o.o.preprocess AS preprocess, permutations::INTEGER AS permutations, seed::INTEGER AS seed
 FROM checks AS c CROSS JOIN opts AS o CROSS JOIN pairs AS p
 WHERE c.ok
-ORDER BY p.layer_a, p.layer_b
+ORDER BY p.layer_a, p.layer_b"""
+
+
+def cka_matrix_sql(models: list[ModelInfo]) -> str:
+    return f"""
+CREATE OR REPLACE MACRO cka_matrix(model_a, model_b, pooling := 'mean', {CKA_OPTIONS}, prompt_set := NULL,
+                                   permutations := 0, seed := 0, allow_partial := false) AS TABLE
+{cka_matrix_body(models)}
 """
 
-CKA_DEPTH = f"""
+
+def cka_depth_sql(models: list[ModelInfo]) -> str:
+    return f"""
 CREATE OR REPLACE MACRO cka_depth(model_a, model_b, pooling := 'mean', {CKA_OPTIONS}, prompt_set := NULL,
                                   permutations := 0, seed := 0, band := 0.15, allow_partial := false) AS TABLE
 WITH
-checks AS (SELECT {number_checks('cka_depth', 'band', 'permutations', 'seed')} AS ok),
-m AS (SELECT * FROM cka_matrix(model_a, model_b, pooling := pooling, estimator := estimator, kernel := kernel,
-                               preprocess := preprocess, prompt_set := prompt_set, permutations := permutations,
-                               seed := seed, allow_partial := allow_partial)),
+m AS ({cka_matrix_body(models, 'cka_depth', ('band',))}),
 diag AS (SELECT *, row_number() OVER (PARTITION BY x.layer_a ORDER BY round(abs(x.depth_a - x.depth_b), 9), x.layer_b) AS r
          FROM m AS x),
 off AS (SELECT x.layer_a, avg(x.cka) AS off_mean, max(x.cka) AS off_max, count(*) AS n_off
@@ -218,10 +223,11 @@ off AS (SELECT x.layer_a, avg(x.cka) AS off_mean, max(x.cka) AS off_max, count(*
 SELECT d.model_a, d.model_b, d.layer_a, d.depth_a, d.layer_b, d.depth_b, d.cka AS diagonal, o.off_mean, o.off_max,
        o.n_off, d.cka - o.off_mean AS margin, d.null_mean, d.null_p95, d.p_value, d.n, d.pooling, d.prompt_set,
        d.estimator, d.kernel, d.preprocess, d.permutations, d.seed, band::DOUBLE AS band
-FROM checks AS c CROSS JOIN diag AS d LEFT JOIN off AS o ON o.layer_a = d.layer_a
-WHERE c.ok AND d.r = 1
+FROM diag AS d LEFT JOIN off AS o ON o.layer_a = d.layer_a
+WHERE d.r = 1
 ORDER BY d.layer_a
 """
+
 
 TOKEN_WHERE = ("(include_special OR NOT r.special) AND r.token_index >= min_token_index "
                "AND (prompt_set IS NULL OR r.prompt_set = prompt_set)")
@@ -308,5 +314,5 @@ ORDER BY 2, 3 NULLS FIRST, 4
 def macros(models: list[ModelInfo] = ()) -> list[str]:
     """Every CREATE MACRO statement; the matrix macros get a branch per model of `models`."""
     models = list(models)
-    return SCALAR_MACROS + [cka_matrix_sql(models), CKA_DEPTH, cka_token_matrix_sql(models),
+    return SCALAR_MACROS + [cka_matrix_sql(models), cka_depth_sql(models), cka_token_matrix_sql(models),
                             mutual_knn_matrix_sql(models), KMEANS]
