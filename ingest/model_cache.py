@@ -17,6 +17,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from vindex.files import cache_home
+
 SOURCE_FILE = "vindex-source.json"
 
 
@@ -24,8 +26,7 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where dequantized models live: `cache_dir`, else $VINDEX_CACHE/models, else ~/.cache/vindex/models."""
     if cache_dir is not None:
         return Path(cache_dir)
-    env = os.environ.get("VINDEX_CACHE")
-    return Path(env) / "models" if env else Path.home() / ".cache" / "vindex" / "models"
+    return cache_home("models")
 
 
 def descriptor_key(descriptor: dict) -> str:

@@ -14,7 +14,6 @@ from pathlib import Path, PurePosixPath
 
 from .errors import UnsafePath, VindexError
 
-_CHUNK = 1 << 20
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -33,12 +32,17 @@ def safe_join(root: str | os.PathLike, relpath: str) -> Path:
     return full
 
 
+def cache_home(area: str = "") -> Path:
+    """vindex's per-user cache, $VINDEX_CACHE (default ~/.cache/vindex), or its `area` sub-folder:
+    models (dequantized checkpoints), hub (pulled vindexes), verified (the read memo), shards."""
+    base = os.environ.get("VINDEX_CACHE")
+    home = Path(base).expanduser() if base else Path.home() / ".cache" / "vindex"
+    return home / area if area else home
+
+
 def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

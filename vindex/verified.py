@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import ChecksumError, CorruptShard, NotFound, VindexError
-from .files import atomic_path, atomic_write_bytes, parse_json
+from .files import atomic_path, atomic_write_bytes, cache_home, parse_json
 
 MEMO_VERSION = 1
 RACY_SECONDS = 2.0       # a file changed this recently is not remembered (timestamp granularity)
@@ -53,12 +53,6 @@ _LOCK = threading.RLock()
 _MEMOS: dict[str, "_Memo"] = {}
 _FETCHING: dict[str, threading.Lock] = {}
 _enabled = True
-
-
-def cache_home() -> Path:
-    """vindex's per-user cache: $VINDEX_CACHE, else ~/.cache/vindex."""
-    base = os.environ.get("VINDEX_CACHE")
-    return Path(base).expanduser() if base else Path.home() / ".cache" / "vindex"
 
 
 def digest_file(f) -> str:

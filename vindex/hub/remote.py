@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from ..errors import HubError, InvalidValue, ManifestError, NotFound, UnsafePath, VindexError
-from ..files import parse_json, safe_join
+from ..files import cache_home, parse_json, safe_join
 from ..manifest import MANIFEST, load_manifest, partition_values, validate_manifest
 from .location import REMOTE_ROOT, HF_PREFIX, HubLocation
 
@@ -339,8 +339,7 @@ def _check_listed(loc: HubLocation, paths: list[str]) -> None:
 # --- listing ----------------------------------------------------------------------------------------
 def cache_root() -> Path:
     """Where pulled vindexes live: $VINDEX_CACHE/hub, else ~/.cache/vindex/hub."""
-    base = os.environ.get("VINDEX_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "vindex") / "hub"
+    return cache_home("hub")
 
 
 def cache_dir_for(loc: HubLocation) -> Path:
