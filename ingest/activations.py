@@ -1,12 +1,13 @@
 """Capture per-layer hidden states of a transformers model and pool them per prompt.
 
-The pieces `build()` strings together, each small enough to test alone:
+The pieces `build()` strings together (through plan.py and capture.py), each small enough to
+test alone (the layer list itself comes from `vindex.layers.parse_layers`):
 
-  parse_layers("0-8,12", n_layers)   -> [0, 1, ..., 8, 12]
-  tokenize_prompts(tok, prompts)      -> TokenizedPrompt per prompt (ids, special flags, offsets)
-  plan_groups(tokenized, ...)         -> shard groups of length-sorted batches (the resume unit)
-  HiddenStates(model).run(batch)      -> hidden states (L+1, B, T, d) as `output_hidden_states` gives them
-  pool(h, content, poolings)          -> prompt vectors per pooling rule
+  tokenize_prompts(tok, prompts, max_tokens)  -> TokenizedPrompt per prompt (ids, special flags, offsets)
+  plan_groups(tokenized, batch_size, rows)    -> shard groups of length-sorted batches (the resume unit)
+  pad_batch(batch, pad_id)                    -> ids, attention mask, content mask (right-padded)
+  HiddenStates(model).run(ids, attn)          -> hidden states (L+1, B, T, d) as `output_hidden_states` gives them
+  pool(h, content, poolings)                  -> prompt vectors per pooling rule
 
 Layer convention (transformers' `output_hidden_states`): state 0 is the embedding output (after
 any embedding scale the model applies, e.g. Gemma's sqrt(d)), state i the output of block i.

@@ -1,10 +1,10 @@
 """The weights job: write a model's weight-derived tables (features, ov_gate, layer_stats).
 
-    from vindex.ingest import build_weights          # the entry point (vindex.ingest.build)
+    from vindex.ingest import build_weights          # the entry point (builder.py); it calls write_weights
     build_weights("smollm2-135m", "lake/smollm2-135m")
 
 Everything streams layer by layer: the unembedding matrix stays in memory (float32), each
-block's tensors are read from safetensors when its turn comes and dropped after, and every
+block's tensors are read (checkpoint.ModelWeights) when its turn comes and dropped after, and every
 (table, layer) shard is written whole and recorded in the manifest within seconds (batched, see
 _ShardBatch), so a rerun after an interruption skips the finished shards (resume). See
 docs/weights.md for the definitions.
