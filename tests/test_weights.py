@@ -373,6 +373,19 @@ def test_reads_in_small_blocks_equal_the_whole_tensor(tmp_path, monkeypatch):
         f.read("nope")
 
 
+def test_library_errors_become_weights_errors_naming_file_and_tensor(tmp_path):
+    from safetensors.torch import save_file
+    from vindex.ingest import checkpoint as tensors
+    save_file({"w": torch.randn(64, 8), "q": torch.ones(4, dtype=torch.int8)}, tmp_path / "x.safetensors")
+    f = tensors.SafetensorsFolder(tmp_path)
+    with pytest.raises(WeightsError, match=r"x\.safetensors: tensor 'q' has dtype I8.*dequantize"):
+        f.read("q")
+    data = (tmp_path / "x.safetensors").read_bytes()
+    (tmp_path / "x.safetensors").write_bytes(data[:-100])        # cut short after the header was read
+    with pytest.raises(WeightsError, match=r"x\.safetensors: tensor 'w'.*truncated"):
+        f.read("w")
+
+
 def test_blocks_are_stored_at_layer_block_plus_one(built):
     t = built["llama"].read("features", layers=[1], columns=["layer", "expert"]).to_pylist()
     assert {r["layer"] for r in t} == {1} and len(t) == F
