@@ -11,8 +11,10 @@ touched. The probes of a case:
   * the analyses that read the table: cka_matrix and mutual_knn_matrix (pooled, prompts),
     cka_token_matrix (activations), kmeans (features);
   * Vindex.read of the table;
-  * verify(): it must report a problem whenever the bytes differ from what the manifest records
-    (saying "sound" about damaged bytes is a wrong answer too).
+  * verify() and `vindex verify`: they must report a problem whenever the bytes differ from what the
+    manifest records (saying "sound" about damaged bytes is a wrong answer too); for a bit flip in
+    vindex.json, whenever the flip changed what it records about the shards (see _record_changed);
+  * `vindex sql` over the lake (for vindex.json damage): the original numbers or one `error:` line.
 
 Kinds of damage (the random ones drawn from the case's seeded generator, the draw printed):
   flip / flips   1 or 2-8 random bits anywhere in the file (size unchanged)
@@ -27,7 +29,8 @@ Kinds of damage (the random ones drawn from the case's seeded generator, the dra
                  there (its own `layer` column disagrees with the folder)
 and of vindex.json: random bit flips, truncation, deep nesting, a file listed twice, n_layers below
 the top stored layer, a listed shard of another table (size and sha256 updated to match), a listed
-file deleted, vindex.json replaced by a directory.
+file deleted, vindex.json replaced by a directory, a table's vector_width removed or changed, its
+vector_dtype changed, a partition key renamed, a file's row count changed.
 """
 from __future__ import annotations
 
@@ -63,7 +66,8 @@ CLI_SQL = ("SELECT model, count(*) AS n, sum(list_sum(act::FLOAT[])) AS s FROM p
 
 SHARD_KINDS = ["flip", "flips", "flip-mtime", "footer", "zero", "truncate", "extend", "swap", "rewrite", "moved"]
 JSON_KINDS = ["json-truncate", "json-deep", "json-duplicate", "json-n-layers", "json-other-table",
-              "json-missing-file", "json-directory"]
+              "json-missing-file", "json-directory", "json-no-vector-width", "json-vector-width",
+              "json-vector-dtype", "json-partition-key", "json-rows"]
 
 
 def _cases():
@@ -251,6 +255,29 @@ def damage_manifest(lake: Lake, touched: Touched, kind: str, rnd) -> str:
         m["tables"]["pooled"]["files"][0].update({k: act[k] for k in ("path", "rows", "bytes", "sha256")})
         mpath.write_text(json.dumps(m))
         return f"vindex.json: pooled's first entry points at the activations shard {act['path']}"
+    if kind == "json-no-vector-width":
+        del m["tables"]["pooled"]["vector_width"]
+        mpath.write_text(json.dumps(m))
+        return "vindex.json: pooled's vector_width removed"
+    if kind == "json-vector-width":
+        m["tables"]["pooled"]["vector_width"] += 1
+        mpath.write_text(json.dumps(m))
+        return f"vindex.json: pooled's vector_width raised to {m['tables']['pooled']['vector_width']}"
+    if kind == "json-vector-dtype":
+        t = m["tables"]["pooled"]
+        t["vector_dtype"] = "float16" if t.get("vector_dtype") == "float32" else "float32"
+        mpath.write_text(json.dumps(m))
+        return f"vindex.json: pooled's vector_dtype changed to {t['vector_dtype']}"
+    if kind == "json-partition-key":
+        e = m["tables"]["pooled"]["files"][rnd.randrange(len(m["tables"]["pooled"]["files"]))]
+        e["partition"] = {"lAyer": e["partition"]["layer"]}
+        mpath.write_text(json.dumps(m))
+        return f"vindex.json: the partition key of {e['path']} renamed 'layer' -> 'lAyer'"
+    if kind == "json-rows":
+        e = m["tables"]["pooled"]["files"][rnd.randrange(len(m["tables"]["pooled"]["files"]))]
+        e["rows"] += 1
+        mpath.write_text(json.dumps(m))
+        return f"vindex.json: {e['path']} recorded with {e['rows']} rows (one more than it holds)"
     if kind == "json-missing-file":
         e = lake.entries("pooled")[rnd.randrange(len(lake.entries("pooled")))]
         touched.keep(lake.a / e["path"]).unlink()
@@ -284,8 +311,8 @@ def _probes(v: fh.Verdict, lake: Lake, tables, analyses, changed: bool) -> None:
     def verdict_of_verify(problems):
         if changed:
             return bool(problems), (f"verify reports {len(problems)} problem(s): {problems[0]}" if problems
-                                    else "verify says the vindex is sound, but its bytes changed")
-        return not problems, "verify: sound" if not problems else f"verify: {problems[0]}"
+                                    else "verify says the vindex is sound, but what the manifest records changed")
+        return True, "verify: sound" if not problems else f"verify: {problems[0]}"
     v.probe("verify", lambda: verify(lake.a), compare=verdict_of_verify)
     _cli_probes(v, lake, changed, sql=len(tables) > 1)
 
@@ -297,7 +324,7 @@ def _cli_probes(v: fh.Verdict, lake: Lake, changed: bool, sql: bool) -> None:
     r = CliRunner().invoke(main, ["verify", str(lake.a)])
     if "Traceback" in r.output or (r.exception is not None and not isinstance(r.exception, SystemExit)):
         v.note(fh.BARE, f"vindex verify: {fh.describe(r.exception) if r.exception else r.output[-400:]}")
-    elif (r.exit_code == 1) != changed or r.exit_code not in (0, 1):
+    elif (changed and r.exit_code != 1) or r.exit_code not in (0, 1):
         v.note(fh.SILENT_WRONG, f"vindex verify: exit {r.exit_code} on {'changed' if changed else 'intact'} bytes")
     else:
         v.note(fh.HANDLED, f"vindex verify: exit {r.exit_code}")
@@ -309,6 +336,18 @@ def _cli_probes(v: fh.Verdict, lake: Lake, changed: bool, sql: bool) -> None:
                                      f"{r.output.strip()!r} where the original was {lake.cli_sql.strip()!r}"))
         else:
             v.cli("vindex sql", r)
+
+
+def _record_changed(lake: Lake, touched: Touched) -> bool:
+    """Whether a bit flip in vindex.json changed what it records about the shards (its `tables`: the
+    files' paths, rows, bytes, sha256, partitions, vector widths), or made it unreadable: then verify
+    must report a problem. A flip elsewhere (a prompt set's sha256, a model field) changes no record
+    verify can check the shards against: then "sound" is a right answer too."""
+    try:
+        new = json.loads((lake.a / "vindex.json").read_bytes())
+    except ValueError:
+        return True
+    return not isinstance(new, dict) or new.get("tables") != lake.manifest["tables"]
 
 
 @pytest.mark.parametrize("table, kind, i", _cases(), ids=lambda x: str(x))
@@ -323,7 +362,8 @@ def test_damage_gives_the_original_numbers_or_a_named_error(verdict, lake, table
             what = damage_shard(lake, touched, table, kind, rnd)
             tables, analyses = [table], ANALYSES.get(table, [])
         verdict.injected(what)
-        changed = any((p.read_bytes() if p.is_file() else None) != data for p, data in touched.saved.items())
+        changed = _record_changed(lake, touched) if kind == "json-flip" else any(
+            (p.read_bytes() if p.is_file() else None) != data for p, data in touched.saved.items())
         _probes(verdict, lake, tables, analyses, changed)
     finally:
         touched.restore()
