@@ -22,7 +22,8 @@ import pyarrow as pa
 from vindex.errors import IncompleteData, InvalidValue, PartialData
 
 from .arguments import check
-from .macros import INCOMPLETE_ADVICE, incomplete_sql
+from .functions import lake_models
+from .macros import INCOMPLETE_ADVICE, incomplete_note
 from .views import connect
 
 
@@ -50,7 +51,9 @@ def _compare(con_or_sources, function: str, model_a: str, model_b: str, named: d
     if not isinstance(allow_partial, bool):
         raise InvalidValue(f"{function}: allow_partial must be True or False, got {allow_partial!r}")
     prompt_set = named.get("prompt_set")
-    incomplete = con.execute(f"SELECT {incomplete_sql('$1', '$2', '$3')}", [model_a, model_b, prompt_set]).fetchone()[0]
+    incomplete = "; ".join(incomplete_note(m.name, ps) for m in lake_models(con) if m.name in (model_a, model_b)
+                           for ps in m.prompt_sets
+                           if not ps.complete and (prompt_set is None or ps.name == prompt_set))
     if incomplete and not allow_partial:
         raise IncompleteData(f"{function}: {incomplete} ({INCOMPLETE_ADVICE}); pass allow_partial=True "
                              "(--allow-partial) to compare the prompts both models hold")

@@ -20,7 +20,7 @@ import pyarrow as pa
 from . import cka as C
 from . import cluster, knn
 from .arguments import check
-from .macros import ModelInfo, macros
+from .macros import ModelInfo, PromptSetInfo, macros
 from .vectors import double_lists, row_arrays, row_key_fields, row_keys, row_labels, row_matrices, scalars
 
 NULL_STRUCT = "STRUCT(null_mean DOUBLE, null_p95 DOUBLE, p_value DOUBLE)"
@@ -353,11 +353,17 @@ def register_functions(con) -> None:
 
 
 def lake_models(con) -> list[ModelInfo]:
-    """The models of a connection made by `connect` (none on a bare DuckDB connection)."""
+    """The models of a connection made by `connect` (none on a bare DuckDB connection), each with its
+    prompt sets (the `prompt_sets` view)."""
     import duckdb
     try:
         rows = con.execute("SELECT model, n_layers FROM models ORDER BY model").fetchall()
         schemas = {r[0] for r in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
+        sets = con.execute("SELECT model, prompt_set, n_prompts, n_present, complete, sha256 FROM prompt_sets "
+                           "ORDER BY model, prompt_set").fetchall()
     except duckdb.Error:
         return []
-    return [ModelInfo(name, int(n), name in schemas) for name, n in rows]
+    by_model: dict[str, list] = {}
+    for model, *info in sets:
+        by_model.setdefault(model, []).append(PromptSetInfo(*info))
+    return [ModelInfo(name, int(n), name in schemas, tuple(by_model.get(name, ()))) for name, n in rows]

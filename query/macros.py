@@ -11,7 +11,8 @@ no rows, bad option, a numeric argument out of its domain, an incomplete prompt 
 the final WHERE, so DuckDB cannot prune it away.
 
 Partial data is refused unless `allow_partial := true`: a prompt set whose build was cut off (the
-`prompt_sets` view's `complete`, from the manifests, never from the shards). With the flag the
+`prompt_sets` view's `complete`), baked into the macros from the manifests when they are registered
+(like the models' depths), so the check is a constant at query time. With the flag the
 analyses compare the prompts both models hold (the `common` CTE, pruned to nothing at plan time
 without it) and `n` says how many rows were used. Prompt sets of one name but other contents
 (sha256) are refused always: their rows would pair different prompts under one prompt_id.
@@ -61,48 +62,61 @@ def number_checks(fn: str, *names: str) -> str:
     return " AND ".join(sql_check(fn, name) for name in names)
 
 
-def incomplete_sql(model_a: str, model_b: str, prompt_set: str = "prompt_set") -> str:
-    """A scalar subquery: the incomplete prompt sets (`prompt_sets.complete` false) of the two models
-    that an analysis over `prompt_set` (NULL: all) would read, as one text, or NULL when none is.
-    The arguments are SQL expressions (macro parameters, or $1, $2, $3 from Python); `prompt_set` is
-    read in a FROM-less SELECT (inside a subquery over prompt_sets a bare prompt_set is the column)."""
-    return ("(SELECT string_agg('model QQ || q.model || QQ prompt set QQ || q.prompt_set || QQ is incomplete: ' "
-            "|| q.n_present || ' of ' || q.n_prompts || ' prompts', '; ' ORDER BY q.model, q.prompt_set) "
-            f"FROM prompt_sets AS q, (SELECT {prompt_set} AS ps) AS w "
-            f"WHERE (q.model = {model_a} OR q.model = {model_b}) AND NOT q.complete "
-            "AND (w.ps IS NULL OR q.prompt_set = w.ps))").replace("QQ", "'" * 3)
-
-
-def mismatch_sql(model_a: str, model_b: str, prompt_set: str = "prompt_set") -> str:
-    """A scalar subquery: the prompt sets both models record under one name with different contents
-    (sha256), as text, or NULL."""
-    return ("(SELECT string_agg('prompt set QQ || qa.prompt_set || QQ holds other prompts in QQ || qa.model || "
-            "QQ (sha256 ' || left(qa.sha256, 12) || ') than in QQ || qb.model || QQ (sha256 ' || "
-            "left(qb.sha256, 12) || ')', '; ' ORDER BY qa.prompt_set) "
-            "FROM prompt_sets AS qa JOIN prompt_sets AS qb ON qa.prompt_set = qb.prompt_set, "
-            f"(SELECT {prompt_set} AS ps) AS w "
-            f"WHERE qa.model = {model_a} AND qb.model = {model_b} AND qa.sha256 <> qb.sha256 "
-            "AND (w.ps IS NULL OR qa.prompt_set = w.ps))").replace("QQ", "'" * 3)
-
-
 INCOMPLETE_ADVICE = "an interrupted build: rerun it to resume"
 
 
-def data_notes() -> str:
-    """CTE `notes`: the mismatched and the incomplete prompt sets of the two models (text or NULL)."""
-    return (f"notes AS (SELECT {mismatch_sql('model_a', 'model_b')} AS mismatch, "
-            f"{incomplete_sql('model_a', 'model_b')} AS incomplete)")
+def incomplete_note(model: str, ps: "PromptSetInfo") -> str:
+    """How an incomplete prompt set is named, in SQL errors and Python's IncompleteData alike."""
+    return f"model {model!r} prompt set {ps.name!r} is incomplete: {ps.n_present} of {ps.n_prompts} prompts"
 
 
-def data_checks(fn: str) -> str:
+def mismatch_note(a: str, pa_: "PromptSetInfo", b: str, pb: "PromptSetInfo") -> str:
+    return (f"prompt set {pa_.name!r} holds other prompts in {a!r} (sha256 {pa_.sha256[:12]}) than in {b!r} "
+            f"(sha256 {pb.sha256[:12]})")
+
+
+def _notes_sql(terms: list[str]) -> str:
+    """The terms' texts that apply, joined by '; ', or NULL: one expression over the macro's
+    parameters and literals, which DuckDB folds to a constant when it plans the call."""
+    return f"nullif(concat_ws('; ', {', '.join(terms)}), '')" if terms else "NULL::VARCHAR"
+
+
+def _set_matches(name: str) -> str:
+    return f"(prompt_set IS NULL OR prompt_set = {literal(name)})"
+
+
+def incomplete_sql(models: list["ModelInfo"]) -> str:
+    """The incomplete prompt sets (from the manifests, as `prompt_sets.complete`) that a call over
+    model_a, model_b and `prompt_set` (NULL: all) would read, as one text, or NULL."""
+    return _notes_sql([f"CASE WHEN {literal(m.name)} IN (model_a, model_b) AND {_set_matches(ps.name)} "
+                       f"THEN {literal(incomplete_note(m.name, ps))} END"
+                       for m in models for ps in m.prompt_sets if not ps.complete])
+
+
+def mismatch_sql(models: list["ModelInfo"]) -> str:
+    """The prompt sets model_a and model_b record under one name with other contents (sha256), or NULL."""
+    terms = []
+    for ma in models:
+        for mb in models:
+            for pa_ in ma.prompt_sets:
+                for pb in mb.prompt_sets:
+                    if ma.name != mb.name and pa_.name == pb.name and pa_.sha256 != pb.sha256:
+                        terms.append(f"CASE WHEN model_a = {literal(ma.name)} AND model_b = {literal(mb.name)} AND "
+                                     f"{_set_matches(pa_.name)} THEN {literal(mismatch_note(ma.name, pa_, mb.name, pb))} END")
+    return _notes_sql(terms)
+
+
+def data_checks(fn: str, models: list["ModelInfo"]) -> str:
     """true, or an error: prompt sets of one name but different contents (always), incomplete prompt
-    sets (unless allow_partial); reads the `notes` CTE."""
-    return (f"(SELECT CASE WHEN allow_partial IS NULL THEN error('{fn}: allow_partial must be true or false, got NULL') "
-            f"WHEN d.mismatch IS NOT NULL THEN error('{fn}: ' || d.mismatch || '; rows with one prompt_id would "
+    sets (unless allow_partial). Built from the lake's manifests when the macros are registered, so
+    it costs nothing at query time and filters the sides' rows too (see side_grams)."""
+    mismatch, incomplete = mismatch_sql(models), incomplete_sql(models)
+    return (f"CASE WHEN allow_partial IS NULL THEN error('{fn}: allow_partial must be true or false, got NULL') "
+            f"WHEN {mismatch} IS NOT NULL THEN error('{fn}: ' || {mismatch} || '; rows with one prompt_id would "
             "pair different prompts') "
-            f"WHEN NOT allow_partial AND d.incomplete IS NOT NULL THEN error('{fn}: ' || d.incomplete || "
+            f"WHEN NOT allow_partial AND {incomplete} IS NOT NULL THEN error('{fn}: ' || {incomplete} || "
             f"' ({INCOMPLETE_ADVICE}); pass allow_partial := true to compare the prompts both models hold') "
-            "ELSE true END FROM notes AS d)")
+            "ELSE true END")
 
 
 def common_keys(table: str, where: str) -> str:
@@ -110,13 +124,9 @@ def common_keys(table: str, where: str) -> str:
     pruned at plan time)."""
     side = (f"SELECT {PROMPT_KEY} AS k FROM {{table}} AS r WHERE allow_partial AND r.model = {{model}} "
             "AND {where}")
-    return (f"common AS ({side.format(table=table, model='model_a', where=where)}\n"
+    return (f"common AS NOT MATERIALIZED ({side.format(table=table, model='model_a', where=where)}\n"
             f"  INTERSECT {side.format(table=table, model='model_b', where=where)})")
 
-
-# a side's rows only once `checks` passed: its errors (an incomplete prompt set, a bad argument) come
-# before any Gram is computed, whose own errors would hide them
-CHECKED = "(SELECT c.ok FROM checks AS c)"
 
 # a row's prompt as one value (an uncorrelated IN is a plain hash semi-join; a correlated EXISTS on
 # two columns costs DuckDB a delim join to plan and run)
@@ -130,15 +140,26 @@ POOLED_WHAT = "'pooling = ' || pooling || coalesce(' and prompt_set = ' || promp
 
 
 @dataclass(frozen=True)
+class PromptSetInfo:
+    """A row of the `prompt_sets` view, as the macros bake it in."""
+    name: str
+    n_prompts: int
+    n_present: int
+    complete: bool
+    sha256: str
+
+
+@dataclass(frozen=True)
 class ModelInfo:
-    """What the macros need to know of a model: its name, depth scale and per-model schema."""
+    """What the macros need to know of a model: its name, depth scale, per-model schema and prompt sets."""
     name: str
     n_layers: int
     schema: bool = True  # False for names DuckDB reserves (main, temp, ...): no per-model views
+    prompt_sets: tuple[PromptSetInfo, ...] = ()
 
 
 def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table: str = "pooled",
-               where: str = POOLED_WHERE, key: str = "r.prompt_set, r.prompt_id") -> str:
+               where: str = POOLED_WHERE, key: str = "r.prompt_set, r.prompt_id", guard: str = "true") -> str:
     """CTE body: one row per layer of `model` with its Gram (`gram` formatted with {vectors} and
     {keys}), row count, distinct keys and the fingerprint of its sorted row keys (`cka.sort_rows`:
     `rows_key` over the keys in sorted order gives the same number).
@@ -147,6 +168,10 @@ def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table
     list(... ORDER BY ...)). There is one branch per model of the lake, reading that model's own
     view, whose vectors are FLOAT[d] (a fixed-size list aggregates and converts faster than the
     FLOAT[] of a mixed-width union); the branches of other models fold to nothing at plan time.
+    `guard` (`data_checks`) filters the rows too, so that an incomplete prompt set is reported
+    before a Gram of too few rows could be: a UDF error would hide it. (Filtering by the whole
+    `checks` CTE instead makes DuckDB materialize it, and then it no longer prunes an unused
+    permutation null.)
     """
     branches = []
     for m in models or [None]:
@@ -158,7 +183,7 @@ def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table
             name, depth, only = literal(m.name), repr(float(m.n_layers)), f"{literal(m.name)} = {model}"
         call = gram.format(vectors="list(r.act)", keys=f"list(({key})), 'model ' || {name} || ' layer ' || r.layer")
         branches.append(f"SELECT r.layer AS layer, r.layer / {depth} AS depth, {call} AS x\n"
-                        f"        FROM {src} AS r WHERE {only} AND {where} AND {IN_COMMON} AND {CHECKED} GROUP BY r.layer")
+                        f"        FROM {src} AS r WHERE {only} AND {where} AND {IN_COMMON} AND {guard} GROUP BY r.layer")
     union = "\n        UNION ALL ".join(branches)
     return f"""{alias} AS (
   SELECT s.layer, s.depth, s.x.n AS n, s.x.n_distinct AS n_distinct, s.x.rows_key AS rows_key, s.x.g AS g
@@ -181,12 +206,13 @@ def cka_matrix_body(models: list[ModelInfo], fn: str = "cka_matrix", more_checks
     cka_matrix, so that its errors name cka_depth); `more_checks`: more numeric parameters to check."""
     return f"""WITH
 opts AS (SELECT vindex_cka_options(estimator, kernel, preprocess) AS o),
-{data_notes()},
-checks AS (SELECT {number_checks(fn, *more_checks, 'permutations', 'seed')} AND {data_checks(fn)}
+checks AS (SELECT {number_checks(fn, *more_checks, 'permutations', 'seed')} AND {data_checks(fn, models)}
                   AND {model_checks(fn, 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)} AS ok),
 {common_keys('pooled', POOLED_WHERE)},
-{side_grams('ga', 'model_a', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models)},
-{side_grams('gb', 'model_b', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models)},
+{side_grams('ga', 'model_a', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models,
+            guard=data_checks(fn, models))},
+{side_grams('gb', 'model_b', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models,
+            guard=data_checks(fn, models))},
 pairs AS (
   SELECT a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a, b.depth AS depth_b,
          {pair_value(fn, 'list_dot_product(a.g, b.g)')} AS cka,
@@ -243,16 +269,15 @@ CREATE OR REPLACE MACRO cka_token_matrix(model_a, model_b, batch_size := 256, se
                                          min_token_index := 0, allow_partial := false) AS TABLE
 WITH
 opts AS (SELECT vindex_cka_options('debiased', kernel, preprocess) AS o),
-{data_notes()},
 checks AS (SELECT {number_checks('cka_token_matrix', 'batch_size', 'seed', 'min_token_index')}
-                  AND {data_checks('cka_token_matrix')}
+                  AND {data_checks('cka_token_matrix', models)}
                   AND {model_checks('cka_token_matrix', 'activations', ['model_a', 'model_b'], TOKEN_WHERE,
                                     TOKEN_WHAT)} AS ok),
 {common_keys('activations', TOKEN_WHERE)},
 {side_grams('ga', 'model_a', "vindex_layer_minibatch_gram({vectors}, {keys}, batch_size, seed, kernel, preprocess)",
-            models, 'activations', TOKEN_WHERE, TOKEN_KEY)},
+            models, 'activations', TOKEN_WHERE, TOKEN_KEY, data_checks('cka_token_matrix', models))},
 {side_grams('gb', 'model_b', "vindex_layer_minibatch_gram({vectors}, {keys}, batch_size, seed, kernel, preprocess)",
-            models, 'activations', TOKEN_WHERE, TOKEN_KEY)}
+            models, 'activations', TOKEN_WHERE, TOKEN_KEY, data_checks('cka_token_matrix', models))}
 SELECT model_a AS model_a, model_b AS model_b, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a,
        b.depth AS depth_b,
        {pair_value('cka_token_matrix', 'list_dot_product(a.g, b.g)',
@@ -271,13 +296,14 @@ def mutual_knn_matrix_sql(models: list[ModelInfo]) -> str:
 CREATE OR REPLACE MACRO mutual_knn_matrix(model_a, model_b, k := 10, pooling := 'mean', prompt_set := NULL,
                                           allow_partial := false) AS TABLE
 WITH
-{data_notes()},
-checks AS (SELECT {number_checks('mutual_knn_matrix', 'k')} AND {data_checks('mutual_knn_matrix')}
+checks AS (SELECT {number_checks('mutual_knn_matrix', 'k')} AND {data_checks('mutual_knn_matrix', models)}
                   AND {model_checks('mutual_knn_matrix', 'pooled', ['model_a', 'model_b'], POOLED_WHERE,
                                     POOLED_WHAT)} AS ok),
 {common_keys('pooled', POOLED_WHERE)},
-{side_grams('ga', 'model_a', "vindex_layer_knn_graph({vectors}, {keys}, k)", models)},
-{side_grams('gb', 'model_b', "vindex_layer_knn_graph({vectors}, {keys}, k)", models)}
+{side_grams('ga', 'model_a', "vindex_layer_knn_graph({vectors}, {keys}, k)", models,
+            guard=data_checks('mutual_knn_matrix', models))},
+{side_grams('gb', 'model_b', "vindex_layer_knn_graph({vectors}, {keys}, k)", models,
+            guard=data_checks('mutual_knn_matrix', models))}
 SELECT model_a AS model_a, model_b AS model_b, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a,
        b.depth AS depth_b, {pair_value('mutual_knn_matrix', 'list_dot_product(a.g, b.g)')} AS mutual_knn,
        a.n AS n, k::INTEGER AS k, pooling AS pooling, prompt_set::VARCHAR AS prompt_set
