@@ -65,12 +65,12 @@ def number_checks(fn: str, *names: str) -> str:
 INCOMPLETE_ADVICE = "an interrupted build: rerun it to resume"
 
 
-def incomplete_note(model: str, ps: "PromptSetInfo") -> str:
+def incomplete_note(model: str, ps: PromptSetInfo) -> str:
     """How an incomplete prompt set is named, in SQL errors and Python's IncompleteData alike."""
     return f"model {model!r} prompt set {ps.name!r} is incomplete: {ps.n_present} of {ps.n_prompts} prompts"
 
 
-def mismatch_note(a: str, pa_: "PromptSetInfo", b: str, pb: "PromptSetInfo") -> str:
+def mismatch_note(a: str, pa_: PromptSetInfo, b: str, pb: PromptSetInfo) -> str:
     return (f"prompt set {pa_.name!r} holds other prompts in {a!r} (sha256 {pa_.sha256[:12]}) than in {b!r} "
             f"(sha256 {pb.sha256[:12]})")
 
@@ -85,7 +85,7 @@ def _set_matches(name: str) -> str:
     return f"(prompt_set IS NULL OR prompt_set = {literal(name)})"
 
 
-def incomplete_sql(models: list["ModelInfo"]) -> str:
+def incomplete_sql(models: list[ModelInfo]) -> str:
     """The incomplete prompt sets (from the manifests, as `prompt_sets.complete`) that a call over
     model_a, model_b and `prompt_set` (NULL: all) would read, as one text, or NULL."""
     return _notes_sql([f"CASE WHEN {literal(m.name)} IN (model_a, model_b) AND {_set_matches(ps.name)} "
@@ -93,7 +93,7 @@ def incomplete_sql(models: list["ModelInfo"]) -> str:
                        for m in models for ps in m.prompt_sets if not ps.complete])
 
 
-def mismatch_sql(models: list["ModelInfo"]) -> str:
+def mismatch_sql(models: list[ModelInfo]) -> str:
     """The prompt sets model_a and model_b record under one name with other contents (sha256), or NULL."""
     terms = []
     for ma in models:
@@ -106,7 +106,7 @@ def mismatch_sql(models: list["ModelInfo"]) -> str:
     return _notes_sql(terms)
 
 
-def data_checks(fn: str, models: list["ModelInfo"]) -> str:
+def data_checks(fn: str, models: list[ModelInfo]) -> str:
     """true, or an error: prompt sets of one name but different contents (always), incomplete prompt
     sets (unless allow_partial). Built from the lake's manifests when the macros are registered, so
     it costs nothing at query time and filters the sides' rows too (see side_grams)."""

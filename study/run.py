@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 
 from vindex import Vindex
 from vindex.errors import IncompleteData, InvalidValue, PartialData
-from vindex.summary import prompt_coverage
 from vindex.files import read_json
+from vindex.summary import prompt_coverage
 
 from . import analyses as A
 from .lexicon import load_lexicon
