@@ -106,6 +106,9 @@ def run(trace: str, kill_at: int, log: str, argv: list[str], env: dict | None = 
     main(argv, prog_name="vindex")
 
 
+TOY_ROWS, TOY_WIDTH = 4, 4       # the toy writers' shards: rows and vector width
+
+
 def toy_writes(root: str, writer: int, layers: int, pause: float, log: str | None = None) -> None:
     """Writer `writer` adds its own prompt set s<writer> to the vindex at `root`: one pooled shard per
     layer (part number = writer), each committed on its own, `pause` seconds apart. The same values
@@ -127,9 +130,6 @@ def toy_writes(root: str, writer: int, layers: int, pause: float, log: str | Non
         time.sleep(pause)
     w.add_prompt_set(name, "0" * 64, TOY_ROWS, complete=True)
     w.close()
-
-
-TOY_ROWS, TOY_WIDTH = 4, 4
 
 
 def new_toy_vindex(root: Path) -> Path:

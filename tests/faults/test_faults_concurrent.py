@@ -22,7 +22,7 @@ import pytest
 
 import fault_child
 import fault_harness as fh
-from fault_child import TOY_ROWS, build_argv, new_toy_vindex, toy_writes, weights_argv
+from fault_child import build_argv, new_toy_vindex, toy_writes, weights_argv
 
 GROUP = "concurrent writers and readers"
 N_RACES = fh.count("races")
@@ -133,17 +133,18 @@ def _check_snapshot(v: fh.Verdict, table, expected: dict, label: str) -> str:
     return fh.HANDLED
 
 
-READERS = {
-    "SQL over the pooled view": lambda root: _sql_pooled(root),
-    "Vindex.read": lambda root: __import__("vindex").Vindex.open(root).read("pooled"),
-    "verify": None,
-}
-
-
 def _sql_pooled(root):
     from vindex.query import connect
     r = connect(root).sql("SELECT * EXCLUDE (model) FROM pooled").arrow()
     return r.read_all() if hasattr(r, "read_all") else r
+
+
+def _read_pooled(root):
+    from vindex import Vindex
+    return Vindex.open(root).read("pooled")
+
+
+READERS = {"SQL over the pooled view": _sql_pooled, "Vindex.read": _read_pooled, "verify": None}
 
 
 def _first_commit(root, proc, timeout=120) -> None:

@@ -249,7 +249,8 @@ def damage_manifest(lake: Lake, touched: Touched, kind: str, rnd) -> str:
     if kind == "json-n-layers":
         m["model"]["n_layers"] -= 1
         mpath.write_text(json.dumps(m))
-        return f"vindex.json: n_layers lowered to {m['model']['n_layers']} (layer {m['model']['n_layers'] + 1} is stored)"
+        n = m["model"]["n_layers"]
+        return f"vindex.json: n_layers lowered to {n} (layer {n + 1} is stored)"
     if kind == "json-other-table":
         act = m["tables"]["activations"]["files"][0]
         m["tables"]["pooled"]["files"][0].update({k: act[k] for k in ("path", "rows", "bytes", "sha256")})

@@ -69,7 +69,8 @@ def _sound_after_failure(v: fh.Verdict, out) -> None:
         return
     bad = [p for p in verify(out) if p.kind != "orphan"]
     if bad:
-        v.note(fh.DATA_LOST, "after the failure, committed files are damaged or missing: " + "; ".join(map(str, bad[:3])))
+        v.note(fh.DATA_LOST, "after the failure, committed files are damaged or missing: "
+               + "; ".join(map(str, bad[:3])))
     else:
         v.note(fh.HANDLED, "after the failure every committed file verifies")
 

@@ -17,6 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 import fault_harness as fh
+from vindex.query import cka_depth, cka_matrix
+from vindex.query.cka import cka
 
 GROUP = "numeric edge cases"
 TOL = 1e-9
@@ -68,15 +70,11 @@ def test_sql_refuses_a_meaningless_number(verdict, lakes, case):
 
 
 REFUSED_PY = {
-    "cka_matrix(estimator='debiased'), n = 3": (3, lambda con: __import__("vindex.query").query.cka_matrix(
-        con, "a", "b", estimator="debiased")),
-    "cka_matrix(), n = 2": (2, lambda con: __import__("vindex.query").query.cka_matrix(con, "a", "b")),
-    "cka_depth(band=float('nan'))": (8, lambda con: __import__("vindex.query").query.cka_depth(
-        con, "a", "b", band=float("nan"))),
-    "cka_matrix(kernel='rbf:inf')": (8, lambda con: __import__("vindex.query").query.cka_matrix(
-        con, "a", "b", kernel="rbf:inf")),
-    "numpy cka(debiased) over 3 rows": (8, lambda con: __import__("vindex.query.cka").query.cka.cka(
-        np.eye(3), np.eye(3)[::-1] + 0.5, estimator="debiased")),
+    "cka_matrix(estimator='debiased'), n = 3": (3, lambda con: cka_matrix(con, "a", "b", estimator="debiased")),
+    "cka_matrix(), n = 2": (2, lambda con: cka_matrix(con, "a", "b")),
+    "cka_depth(band=float('nan'))": (8, lambda con: cka_depth(con, "a", "b", band=float("nan"))),
+    "cka_matrix(kernel='rbf:inf')": (8, lambda con: cka_matrix(con, "a", "b", kernel="rbf:inf")),
+    "numpy cka(debiased) over 3 rows": (8, lambda con: cka(np.eye(3), np.eye(3)[::-1] + 0.5, estimator="debiased")),
 }
 
 
@@ -107,8 +105,9 @@ def _biased_reference(lake):
 
     def layers(name):
         t = Vindex.open(lake / name).read("pooled").to_pylist()
-        return {la: np.array([r["act"] for r in sorted((r for r in t if r["layer"] == la), key=lambda r: r["prompt_id"])],
-                             np.float64) for la in sorted({r["layer"] for r in t})}
+        rows = sorted(t, key=lambda r: r["prompt_id"])
+        return {la: np.array([r["act"] for r in rows if r["layer"] == la], np.float64)
+                for la in sorted({r["layer"] for r in t})}
     A, B = layers("a"), layers("b")
 
     def cka(X, Y):

@@ -14,16 +14,19 @@ a vindex really holds are counted from its pooled shards with pyarrow, independe
 """
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 import fault_child
 import fault_harness as fh
 from fault_child import build_argv
+from vindex.query import cka_depth, cka_matrix
 
 GROUP = "partial data"
 TOL = 1e-9
@@ -45,8 +48,6 @@ def lake(tiny, references, tmp_path_factory):
 
 def held(vx_root) -> set:
     """The prompt ids a vindex's pooled shards hold (pyarrow, not vindex's own count)."""
-    import pyarrow.parquet as pq
-    import json
     m = json.loads((vx_root / "vindex.json").read_text())
     ids = set()
     for e in m["tables"]["pooled"]["files"]:
@@ -69,7 +70,8 @@ def test_info_says_incomplete_with_the_real_count(verdict, lake, name):
 
     def says(info):
         ps = info["prompt_sets"]["a"]
-        ok = ps["complete"] is False and ps.get("n_present") == real and f"incomplete: {real} of" in ps.get("status", "")
+        ok = (ps["complete"] is False and ps.get("n_present") == real
+              and f"incomplete: {real} of" in ps.get("status", ""))
         return ok, f"complete={ps['complete']} n_present={ps.get('n_present')} status={ps.get('status')!r}; " \
                    f"the shards hold {real} prompts"
     verdict.probe("vindex.info", lambda: vindex.info(root / name), compare=says)
@@ -98,8 +100,8 @@ REFUSALS = {
     "SQL cka_depth": lambda root: _sql(root, "SELECT * FROM cka_depth('llama', 'cut-b')"),
     "SQL mutual_knn_matrix": lambda root: _sql(root, "SELECT * FROM mutual_knn_matrix('llama', 'cut-b', k := 1)"),
     "SQL cka_token_matrix": lambda root: _sql(root, "SELECT * FROM cka_token_matrix('cut-b', 'llama')"),
-    "Python cka_matrix": lambda root: __import__("vindex.query").query.cka_matrix(root, "llama", "cut-b"),
-    "Python cka_depth": lambda root: __import__("vindex.query").query.cka_depth(root, "cut-a", "llama"),
+    "Python cka_matrix": lambda root: cka_matrix(root, "llama", "cut-b"),
+    "Python cka_depth": lambda root: cka_depth(root, "cut-a", "llama"),
 }
 
 
@@ -141,7 +143,6 @@ def _numpy_cka(root, common):
 
 def test_allow_partial_compares_the_common_prompts_and_says_so(verdict, lake):
     from vindex.errors import PartialData
-    from vindex.query import cka_matrix
     root, cuts = lake
     common = held(root / "llama") & held(root / "cut-b")
     ref = _numpy_cka(root, common)
