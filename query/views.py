@@ -32,8 +32,10 @@ import warnings
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from vindex.errors import VindexError
+from vindex.errors import CorruptShard, SchemaMismatch, VindexError
 from vindex.schema import TABLES, partition_columns, table_spec, vector_columns
 from vindex.summary import prompt_coverage
 from vindex.verified import verify_shards
@@ -68,6 +70,8 @@ def connect(*sources, database: str = ":memory:", functions: bool = True) -> duc
 def create_views(con: duckdb.DuckDBPyConnection, vindexes: list[ResolvedVindex]) -> None:
     """(Re)create the catalog views and one view per table over `vindexes` (their local shards
     verified first: `verify_local_shards`)."""
+    for v in vindexes:
+        v.check_consistent(v.source)
     verify_local_shards(vindexes)
     con.execute(f"CREATE OR REPLACE VIEW models AS {models_sql(vindexes)}")
     con.execute(f"CREATE OR REPLACE VIEW prompt_sets AS {prompt_sets_sql(vindexes)}")
@@ -117,8 +121,10 @@ def stored_columns(con: duckdb.DuckDBPyConnection, v: ResolvedVindex, table: str
     schema (schemas/ grow additively) lack it; the view fills it with NULL instead of failing."""
     first = v.entries(table)[0]["path"]
     url = v.url(first)
+    local = url
     if v.filesystem is not None and hasattr(v.filesystem, "shard"):
-        v.filesystem.shard(url)     # fetched and verified here, so a bad shard is a named error
+        local = v.filesystem.shard(url)     # fetched and verified here, so a bad shard is a named error
+    check_vector_width(v, table, url, local)
     try:
         rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({literal(shard_location(v, first))}, "
                            "hive_partitioning = false)").fetchall()
@@ -126,6 +132,24 @@ def stored_columns(con: duckdb.DuckDBPyConnection, v: ResolvedVindex, table: str
         raise VindexError(f"{url}: cannot read the shard's schema ({str(e).splitlines()[0]}); run `vindex verify`") \
             from None
     return {r[0] for r in rows}
+
+
+def check_vector_width(v: ResolvedVindex, table: str, url: str, local) -> None:
+    """The manifest's vector_width must be the width the shards store (all of a table's shards are
+    written with the declared width, so the first one tells): SchemaMismatch naming the file."""
+    width = v.table(table).get("vector_width")
+    if not width or not vector_columns(table):
+        return
+    try:
+        schema = pq.read_schema(local)
+    except (pa.ArrowException, OSError) as e:
+        raise CorruptShard(f"{url}: not a readable Parquet file ({e}); run `vindex verify`") from None
+    for name in vector_columns(table):
+        if name in schema.names and pa.types.is_fixed_size_list(schema.field(name).type) \
+                and schema.field(name).type.list_size != width:
+            raise SchemaMismatch(f"{url}: column {name!r} stores vectors of width {schema.field(name).type.list_size}, "
+                                 f"but the manifest declares vector_width {width} for table {table!r}; "
+                                 "run `vindex verify`")
 
 
 def table_sql(table: str, vindexes: list[ResolvedVindex], present: dict | None = None) -> str:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from .errors import SchemaMismatch, VindexError
 from .files import safe_join, sha256_file
-from .manifest import MANIFEST, load_manifest, partition_values
+from .manifest import MANIFEST, consistency_problems, load_manifest, partition_values
 from .schema import TABLES, arrow_schema, check_schema, table_spec, vector_columns
 
 _LAYER_COLUMNS = ("layer", "feature_layer")   # columns holding a vindex layer (0 .. n_layers)
@@ -45,7 +45,9 @@ def verify(path: str | Path, checksums: bool = True) -> list[Problem]:
     except VindexError as e:
         kind = "unsafe-path" if type(e).__name__ == "UnsafePath" else "manifest"
         return [Problem(str(root / MANIFEST), kind, str(e))]
-    problems: list[Problem] = []
+    # the manifest's own contradictions that the per-file checks below do not already report
+    problems = [Problem(str(root / MANIFEST), kind, msg) for kind, msg in consistency_problems(m)
+                if kind == "vectors"]
     listed = set()
     seen: dict[str, str] = {}      # the listed file (resolved) -> the table listing it first
     n_layers = m["model"].get("n_layers")
@@ -157,6 +159,10 @@ def _verify_file(root: Path, table: str, e: dict, schema: pa.Schema, checksums: 
     if rows != e["rows"]:
         out.append(Problem(str(f), "rows", f"{rows} rows in the file, manifest records {e['rows']}"))
     for k, v in (e.get("partition") or {}).items():
+        if k not in actual.names:
+            out.append(Problem(str(f), "partition", f"the manifest gives partition {k!r}, which the table "
+                               f"{table!r} has no column for"))
+            continue
         try:
             col = pf.read(columns=[k]).column(k)
         except (pa.ArrowException, OSError) as err:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import jsonschema
 
 from .version import __version__
 from .errors import ManifestError, SchemaMismatch, UnsupportedSchemaVersion
 from .files import atomic_write_bytes, parse_json, read_json, safe_join
-from .schema import manifest_json_schema
+from .schema import manifest_json_schema, table_spec, vector_columns
 
 MANIFEST = "vindex.json"
 SCHEMA_VERSION = 1
@@ -168,6 +168,36 @@ def _merge_table(tables: dict, table: str, bt: dict, mt: dict, where: str) -> No
     dt["files"] = sorted(others.values(), key=lambda e: e["path"])
 
 
+def consistency_problems(m: dict) -> list[tuple[str, str]]:
+    """What a schema-valid manifest can still get wrong about its shards, as (kind, message) pairs:
+    a file listed twice (its rows would count twice), a file outside its table's folder
+    (`data/<table>/`: another table's shard), a stored layer above model.n_layers (depth = layer /
+    n_layers would be wrong), required vector columns with no declared vector_width."""
+    out: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    n_layers = (m.get("model") or {}).get("n_layers")
+    for table, t in (m.get("tables") or {}).items():
+        files = t.get("files") or []
+        for e in files:
+            key = PurePosixPath(e["path"]).as_posix()
+            if key in seen:
+                out.append(("duplicate", f"{e['path']} is listed twice (table {seen[key]!r}, then {table!r}); "
+                                         "its rows would count twice"))
+            seen.setdefault(key, table)
+            if not key.startswith(f"data/{table}/"):
+                out.append(("other-table", f"{e['path']} is listed under table {table!r} but lies outside "
+                                           f"data/{table}/"))
+        layers = partition_values(files)
+        if isinstance(n_layers, int) and layers and max(layers) > n_layers:
+            out.append(("layers", f"table {table!r} stores layer {max(layers)}, but model.n_layers is {n_layers}"))
+        required = [f["name"] for f in table_spec(table)["fields"]
+                    if f["name"] in vector_columns(table) and not f.get("nullable")]
+        if files and required and not t.get("vector_width"):
+            out.append(("vectors", f"table {table!r} holds vector shards ({', '.join(required)}) but declares "
+                                   "no vector_width"))
+    return out
+
+
 def partition_values(entries, key: str = "layer") -> list:
     """Sorted distinct values of partition `key` over manifest file entries (entries without it skipped)."""
     return sorted({e["partition"][key] for e in entries if key in (e.get("partition") or {})})
@@ -201,6 +231,13 @@ class ManifestView:
     @property
     def prompt_sets(self) -> dict:
         return self.manifest.get("prompt_sets", {})
+
+    def check_consistent(self, where: str) -> None:
+        """ManifestError listing `consistency_problems` (a query or read must not run on them)."""
+        problems = consistency_problems(self.manifest)
+        if problems:
+            raise ManifestError(f"{where}: the manifest contradicts its shards: "
+                                + "; ".join(msg for _, msg in problems) + "; run `vindex verify`")
 
     def table(self, table: str) -> dict:
         """The manifest's record of `table` ({} when the vindex has no such table)."""

@@ -58,6 +58,7 @@ class Vindex(ManifestView):
 
     def read(self, table: str, layers: list[int] | None = None, columns: list[str] | None = None) -> pa.Table:
         """Read a table (optionally some layers and columns) into Arrow."""
+        self.check_consistent(str(self.root))
         entries = self._table(table)["files"]
         if layers is not None:
             have = set(self.layers(table))
