@@ -22,8 +22,7 @@ import pyarrow as pa
 from vindex.errors import IncompleteData, InvalidValue, PartialData
 
 from .arguments import check
-from .functions import lake_models
-from .macros import INCOMPLETE_ADVICE, incomplete_note
+from .macros import INCOMPLETE_ADVICE, PromptSetInfo, incomplete_note
 from .views import connect
 
 
@@ -51,9 +50,10 @@ def _compare(con_or_sources, function: str, model_a: str, model_b: str, named: d
     if not isinstance(allow_partial, bool):
         raise InvalidValue(f"{function}: allow_partial must be True or False, got {allow_partial!r}")
     prompt_set = named.get("prompt_set")
-    incomplete = "; ".join(incomplete_note(m.name, ps) for m in lake_models(con) if m.name in (model_a, model_b)
-                           for ps in m.prompt_sets
-                           if not ps.complete and (prompt_set is None or ps.name == prompt_set))
+    sets = con.execute("SELECT model, prompt_set, n_prompts, n_present, complete, sha256 FROM prompt_sets "
+                       "WHERE NOT complete AND (model = $1 OR model = $2) AND ($3 IS NULL OR prompt_set = $3) "
+                       "ORDER BY model, prompt_set", [model_a, model_b, prompt_set]).fetchall()
+    incomplete = "; ".join(incomplete_note(model, PromptSetInfo(*info)) for model, *info in sets)
     if incomplete and not allow_partial:
         raise IncompleteData(f"{function}: {incomplete} ({INCOMPLETE_ADVICE}); pass allow_partial=True "
                              "(--allow-partial) to compare the prompts both models hold")
