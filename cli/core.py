@@ -1,17 +1,19 @@
 """`vindex info` and `vindex verify`."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
 import os
 import sys
+import warnings
 
 import click
 
 from vindex import info as info_fn
 from vindex import verify as verify_fn
-from vindex.errors import VindexError
+from vindex.errors import VindexError, VindexWarning
 from vindex.summary import human_bytes
 
 # commands that continue where an interrupted run stopped when they are run again
@@ -53,6 +55,24 @@ def os_error_line(e: OSError, command: str, params: dict) -> str:
             + f". {then}.")
 
 
+@contextlib.contextmanager
+def one_line_warnings():
+    """vindex's warnings (PartialData, CKAPairSkipped, ...) print as one `warning:` line on stderr,
+    not Python's two-line file:line form; other warnings keep Python's own format."""
+    python_format = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None):
+        if issubclass(category, VindexWarning):
+            return f"warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = one_line   # the format only: callers recording warnings still get them
+    try:
+        yield
+    finally:
+        warnings.formatwarning = python_format
+
+
 def guard(command: click.Command) -> click.Command:
     """Make `command` end every VindexError and OSError as one line on stderr and exit status 1,
     never a traceback. cli/__init__.py guards every command it registers."""
@@ -63,7 +83,8 @@ def guard(command: click.Command) -> click.Command:
     @functools.wraps(callback)
     def guarded(*args, **kwargs):
         try:
-            return callback(*args, **kwargs)
+            with one_line_warnings():
+                return callback(*args, **kwargs)
         except VindexError as e:
             fail(e)
         except OSError as e:

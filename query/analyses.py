@@ -19,7 +19,7 @@ import warnings
 import duckdb
 import pyarrow as pa
 
-from vindex.errors import IncompleteData, InvalidValue, PartialData
+from vindex.errors import IncompleteData, InvalidValue, PartialData, error_from_message
 
 from .arguments import check
 from .macros import INCOMPLETE_ADVICE, PromptSetInfo, incomplete_note
@@ -38,7 +38,10 @@ def connection(con_or_sources) -> duckdb.DuckDBPyConnection:
 def _call(con, function: str, positional: list, named: dict) -> pa.Table:
     args = ["?"] * len(positional) + [f"{k} := ?" for k in named]
     sql = f"SELECT * FROM {function}({', '.join(args)})"
-    return con.execute(sql, [*positional, *named.values()]).to_arrow_table()
+    try:
+        return con.execute(sql, [*positional, *named.values()]).to_arrow_table()
+    except duckdb.Error as e:   # a refusal inside the query, in its own vindex class
+        raise (error_from_message(str(e), (function,)) or e) from None
 
 
 def _compare(con_or_sources, function: str, model_a: str, model_b: str, named: dict, allow_partial: bool,

@@ -121,3 +121,22 @@ class CKAPairSkipped(VindexWarning):
 
 class PartialData(VindexWarning):
     """A result was computed over part of the data (allow_partial): the message says how many rows."""
+
+
+def error_from_message(message: str, functions: tuple[str, ...] = ()) -> VindexError | None:
+    """The vindex error a wrapped message carries, or None. DuckDB wraps what a Python UDF raises as
+    "... while executing the UDF: ChecksumError: <msg>", and a SQL macro's own check raises
+    "<function>: <msg>" (given in `functions`): the Python mirrors re-raise them in their own class,
+    so `except VindexError` catches what a query refused."""
+    import re
+
+    text = str(message).split("\n\nAt:")[0].strip()
+    m = re.search(r"while executing the UDF: (\w+): (.*)", text, re.S)
+    if m:
+        cls = globals().get(m.group(1))
+        if isinstance(cls, type) and issubclass(cls, VindexError):
+            return cls(m.group(2).strip())
+    body = re.sub(r"^[\w ]*Error: ", "", text)
+    if functions and body.startswith(tuple(f"{f}:" for f in functions)):
+        return IncompleteData(body) if "allow_partial" in body else InvalidValue(body)
+    return None
