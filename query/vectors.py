@@ -19,24 +19,25 @@ def _chunks(column) -> list[pa.Array]:
     return list(column.chunks) if isinstance(column, pa.ChunkedArray) else [column]
 
 
-def row_matrices(column, what: str = "vectors") -> list[np.ndarray | None]:
-    """One (n, d) float32/float64 matrix per row of a list-of-vectors column; None for a NULL row."""
-    out = []
+def list_rows(column, expected: str | None = None):
+    """Each row of a list column as an Arrow slice of its values (None for a NULL row). `expected`
+    names the argument in the error raised when the column is not a list (None: not checked)."""
     for chunk in _chunks(column):
         if pa.types.is_null(chunk.type):  # an untyped NULL argument
-            out.extend([None] * len(chunk))
+            yield from [None] * len(chunk)
             continue
-        if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
-            raise InvalidValue(f"{what}: expected a list of vectors such as list(act ORDER BY prompt_id), "
-                               f"got {chunk.type}")
+        if expected and not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
+            raise InvalidValue(f"{expected}, got {chunk.type}")
         offsets = chunk.offsets.to_numpy()
         values = chunk.values
         for i in range(len(chunk)):
-            if not chunk[i].is_valid:
-                out.append(None)
-                continue
-            out.append(vectors_matrix(values.slice(offsets[i], offsets[i + 1] - offsets[i]), what))
-    return out
+            yield values.slice(offsets[i], offsets[i + 1] - offsets[i]) if chunk[i].is_valid else None
+
+
+def row_matrices(column, what: str = "vectors") -> list[np.ndarray | None]:
+    """One (n, d) float32/float64 matrix per row of a list-of-vectors column; None for a NULL row."""
+    expected = f"{what}: expected a list of vectors such as list(act ORDER BY prompt_id)"
+    return [None if rows is None else vectors_matrix(rows, what) for rows in list_rows(column, expected)]
 
 
 def vectors_matrix(vectors: pa.Array, what: str = "vectors") -> np.ndarray:
@@ -72,43 +73,19 @@ def vectors_matrix(vectors: pa.Array, what: str = "vectors") -> np.ndarray:
 
 def row_arrays(column) -> list[np.ndarray | None]:
     """One flat numpy array per row of a list column (a Gram stored as DOUBLE[]); None for NULL."""
-    out = []
-    for chunk in _chunks(column):
-        if pa.types.is_null(chunk.type):
-            out.extend([None] * len(chunk))
-            continue
-        offsets = chunk.offsets.to_numpy()
-        values = chunk.values
-        for i in range(len(chunk)):
-            if not chunk[i].is_valid:
-                out.append(None)
-            else:
-                piece = values.slice(offsets[i], offsets[i + 1] - offsets[i])
-                out.append(piece.to_numpy(zero_copy_only=False))
-    return out
+    return [None if piece is None else piece.to_numpy(zero_copy_only=False) for piece in list_rows(column)]
 
 
 def row_key_fields(column) -> list[list[np.ndarray] | None]:
     """For each row of a list of keys (e.g. list((prompt_set, prompt_id)), structs or scalars): its
     key columns as numpy arrays, in list order; None for a NULL row."""
     out = []
-    for chunk in _chunks(column):
-        if pa.types.is_null(chunk.type):
-            out.extend([None] * len(chunk))
+    for part in list_rows(column, "rows_key: expected a list of keys such as list((prompt_set, prompt_id))"):
+        if part is None:
+            out.append(None)
             continue
-        if not (pa.types.is_list(chunk.type) or pa.types.is_large_list(chunk.type)):
-            raise InvalidValue(f"rows_key: expected a list of keys such as list((prompt_set, prompt_id)), "
-                               f"got {chunk.type}")
-        offsets = chunk.offsets.to_numpy()
-        values = chunk.values
-        for i in range(len(chunk)):
-            if not chunk[i].is_valid:
-                out.append(None)
-                continue
-            part = values.slice(offsets[i], offsets[i + 1] - offsets[i])
-            fields = [part.field(j) for j in range(part.type.num_fields)] if pa.types.is_struct(part.type) \
-                else [part]
-            out.append([f.to_numpy(zero_copy_only=False) for f in fields])
+        fields = [part.field(j) for j in range(part.type.num_fields)] if pa.types.is_struct(part.type) else [part]
+        out.append([f.to_numpy(zero_copy_only=False) for f in fields])
     return out
 
 

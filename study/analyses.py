@@ -140,21 +140,21 @@ def knn_alignment(con, pairs, pooling: str, k: int, prompt_set: str, diag: pa.Ta
 
 
 # -- CKA over a subset of prompts ----------------------------------------------------------------
+def _subset_grams(name: str, model: str, layers: str) -> str:
+    """One model's unit Grams per (group, layer) over the selected prompts (SUBSET_CKA's two sides)."""
+    return f"""{name} AS (SELECT s.grp, r.layer, any_value(r.depth)::DOUBLE AS depth, count(*) AS n,
+              rows_key(list((r.prompt_set, r.prompt_id) ORDER BY r.prompt_set, r.prompt_id)) AS k,
+              cka_gram(list(r.act ORDER BY r.prompt_set, r.prompt_id), estimator := $estimator) AS g
+       FROM pooled AS r JOIN sel AS s ON s.prompt_set = r.prompt_set AND s.prompt_id = r.prompt_id
+       WHERE r.model = {model} AND r.pooling = $pooling AND r.layer IN (SELECT {layers} FROM want)
+       GROUP BY s.grp, r.layer)"""
+
+
 SUBSET_CKA = """
 WITH sel AS (SELECT prompt_set, prompt_id, grp FROM study_subset),
      want AS (SELECT layer_a, layer_b FROM study_pairs),
-ga AS (SELECT s.grp, r.layer, any_value(r.depth)::DOUBLE AS depth, count(*) AS n,
-              rows_key(list((r.prompt_set, r.prompt_id) ORDER BY r.prompt_set, r.prompt_id)) AS k,
-              cka_gram(list(r.act ORDER BY r.prompt_set, r.prompt_id), estimator := $estimator) AS g
-       FROM pooled AS r JOIN sel AS s ON s.prompt_set = r.prompt_set AND s.prompt_id = r.prompt_id
-       WHERE r.model = $model_a AND r.pooling = $pooling AND r.layer IN (SELECT layer_a FROM want)
-       GROUP BY s.grp, r.layer),
-gb AS (SELECT s.grp, r.layer, any_value(r.depth)::DOUBLE AS depth, count(*) AS n,
-              rows_key(list((r.prompt_set, r.prompt_id) ORDER BY r.prompt_set, r.prompt_id)) AS k,
-              cka_gram(list(r.act ORDER BY r.prompt_set, r.prompt_id), estimator := $estimator) AS g
-       FROM pooled AS r JOIN sel AS s ON s.prompt_set = r.prompt_set AND s.prompt_id = r.prompt_id
-       WHERE r.model = $model_b AND r.pooling = $pooling AND r.layer IN (SELECT layer_b FROM want)
-       GROUP BY s.grp, r.layer),
+{side_a},
+{side_b},
 pairs AS (SELECT a.grp, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a, b.depth AS depth_b, a.n,
                  list_dot_product(a.g, b.g) AS cka,
                  cka_null(a.g, b.g, permutations := $permutations, seed := $seed) AS nul
@@ -163,7 +163,8 @@ pairs AS (SELECT a.grp, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth
 SELECT grp, layer_a, layer_b, depth_a, depth_b, n, cka, nul.null_mean AS null_mean, nul.null_p95 AS null_p95,
        nul.p_value AS p_value
 FROM pairs ORDER BY grp, layer_a
-"""
+""".replace("{side_a}", _subset_grams("ga", "$model_a", "layer_a")).replace(
+    "{side_b}", _subset_grams("gb", "$model_b", "layer_b"))
 
 
 def subset_cka(con, model_a: str, model_b: str, layer_pairs, subset: pa.Table, *, pooling: str,
