@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from . import cka as C
+from . import cka
 from . import cluster, knn
 from .arguments import check
 from .macros import ModelInfo, PromptSetInfo, macros
@@ -80,9 +80,9 @@ def udf_cka(a, b, estimator, kernel, preprocess) -> pa.Array:
             out.append(None)
             continue
         try:
-            out.append(C.cka(X, Y, est, ker, pre))
-        except C.DegenerateInput as e:
-            C.warn_undefined("cka", e)
+            out.append(cka.cka(X, Y, est, ker, pre))
+        except cka.DegenerateInput as e:
+            cka.warn_undefined("cka", e)
             out.append(None)
     return pa.array(out, pa.float64())
 
@@ -92,7 +92,7 @@ def udf_cka_options(estimator, kernel, preprocess) -> pa.Array:
     n = len(estimator)
     out = []
     for est, ker, pre in zip(scalars(estimator, n), scalars(kernel, n), scalars(preprocess, n)):
-        o = C.options(est, ker, pre)
+        o = cka.options(est, ker, pre)
         out.append({"estimator": o.estimator, "kernel": o.kernel_name, "preprocess": o.preprocess_name})
     return pa.array(out, pa.struct([("estimator", pa.string()), ("kernel", pa.string()), ("preprocess", pa.string())]))
 
@@ -103,7 +103,7 @@ def udf_unit_gram(vectors, estimator, kernel, preprocess) -> pa.Array:
     n = len(xs)
     out = []
     for X, est, ker, pre in zip(xs, scalars(estimator, n), scalars(kernel, n), scalars(preprocess, n)):
-        out.append(_gram_or_none(lambda: C.packed_unit_gram(X, C.options(est, ker, pre)), X))
+        out.append(_gram_or_none(lambda: cka.packed_unit_gram(X, cka.options(est, ker, pre)), X))
     return double_lists(out)
 
 
@@ -115,7 +115,7 @@ def udf_minibatch_gram(vectors, batch_size, seed, kernel, preprocess) -> pa.Arra
     for X, b, s, ker, pre in zip(xs, scalars(batch_size, n), scalars(seed, n), scalars(kernel, n),
                                  scalars(preprocess, n)):
         b, s = check("cka_minibatch_gram", "batch_size", b), check("cka_minibatch_gram", "seed", s)
-        out.append(_gram_or_none(lambda: C.minibatch_unit_gram(X, b, s, C.options("debiased", ker, pre)), X))
+        out.append(_gram_or_none(lambda: cka.minibatch_unit_gram(X, b, s, cka.options("debiased", ker, pre)), X))
     return double_lists(out)
 
 
@@ -124,15 +124,15 @@ def _gram_or_none(make, X):
         return None
     try:
         return make().ravel()
-    except C.DegenerateInput as e:
-        C.warn_undefined("cka_gram", e)
+    except cka.DegenerateInput as e:
+        cka.warn_undefined("cka_gram", e)
         return None
 
 
 def udf_rows_key(keys) -> pa.Array:
     """rows_key(list of keys) -> BIGINT: `cka.rows_fingerprint` of the keys in list order, the
     fingerprint the matrix macros compare (theirs is of the keys sorted)."""
-    return pa.array([None if f is None else C.rows_fingerprint(f) for f in row_key_fields(keys)], pa.int64())
+    return pa.array([None if f is None else cka.rows_fingerprint(f) for f in row_key_fields(keys)], pa.int64())
 
 
 # -- per-layer Grams for the matrix macros: rows arrive unordered with their keys ----------------
@@ -160,11 +160,11 @@ def _keyed(make_gram, what: str):
                 X = X[order]
             try:
                 g = make_gram(X, *[c[i] for c in consts]).ravel()
-            except C.DegenerateInput as e:
-                C.warn_undefined(labels[i], e)
+            except cka.DegenerateInput as e:
+                cka.warn_undefined(labels[i], e)
                 g = None
-            except C.InvalidValue as e:
-                raise C.InvalidValue(f"{labels[i]}: {e}") from None
+            except cka.InvalidValue as e:
+                raise cka.InvalidValue(f"{labels[i]}: {e}") from None
             return {"g": g, "rows_key": fingerprint, "n": len(X), "n_distinct": n_distinct}
 
         out = map_layers(one, range(n_rows))
@@ -176,11 +176,11 @@ def _keyed(make_gram, what: str):
     return udf
 
 
-udf_layer_gram = _keyed(lambda X, est, ker, pre: C.packed_unit_gram(X, C.options(est, ker, pre)), "cka_matrix")
+udf_layer_gram = _keyed(lambda X, est, ker, pre: cka.packed_unit_gram(X, cka.options(est, ker, pre)), "cka_matrix")
 udf_layer_minibatch_gram = _keyed(
-    lambda X, b, s, ker, pre: C.minibatch_unit_gram(X, check("cka_token_matrix", "batch_size", b),
+    lambda X, b, s, ker, pre: cka.minibatch_unit_gram(X, check("cka_token_matrix", "batch_size", b),
                                                     check("cka_token_matrix", "seed", s),
-                                                    C.options("debiased", ker, pre)),
+                                                    cka.options("debiased", ker, pre)),
     "cka_token_matrix")
 udf_layer_knn_graph = _keyed(lambda X, k: knn.unit_knn_graph(X, check("mutual_knn_matrix", "k", k)),
                              "mutual_knn_matrix")
@@ -197,9 +197,9 @@ def udf_minibatch_cka(a, b, batch_size, seed, kernel, preprocess) -> pa.Array:
             continue
         bs, s = check("minibatch_cka", "batch_size", bs), check("minibatch_cka", "seed", s)
         try:
-            out.append(C.minibatch_cka(X, Y, bs, s, ker, pre))
-        except C.DegenerateInput as e:
-            C.warn_undefined("minibatch_cka", e)
+            out.append(cka.minibatch_cka(X, Y, bs, s, ker, pre))
+        except cka.DegenerateInput as e:
+            cka.warn_undefined("minibatch_cka", e)
             out.append(None)
     return pa.array(out, pa.float64())
 
@@ -224,21 +224,21 @@ def udf_cka_null(ga, gb, permutations, seed) -> pa.Array:
         if not count:
             continue
         if x.size != y.size:
-            raise C.InvalidValue(f"cka_null: Grams of different sizes ({x.size} and {y.size} values)")
+            raise cka.InvalidValue(f"cka_null: Grams of different sizes ({x.size} and {y.size} values)")
         groups.setdefault((x.size, count, s), []).append(r)
     for (size, count, s), rows in groups.items():
-        n = C.packed_size(size)
+        n = cka.packed_size(size)
         ia, ua = _dedupe([xs[r] for r in rows])
         ib, ub = _dedupe([ys[r] for r in rows])
         PA, PB = np.stack(ua), np.stack(ub)
         with single_threaded_blas():
             if len(ub) <= len(ua):
-                null = C.null_scores(PA, PB, C.permutation_gather(n, count, s))
+                null = cka.null_scores(PA, PB, cka.permutation_gather(n, count, s))
             else:
-                null = C.null_scores(PB, PA, C.permutation_gather(n, count, s, inverse=True)).transpose(1, 0, 2)
+                null = cka.null_scores(PB, PA, cka.permutation_gather(n, count, s, inverse=True)).transpose(1, 0, 2)
         for j, r in enumerate(rows):
             obs = float(np.dot(xs[r], ys[r]))
-            summary = C.null_summary(obs, null[ia[j], ib[j]])
+            summary = cka.null_summary(obs, null[ia[j], ib[j]])
             result[r] = {k: float(v) for k, v in summary.items()}
     return pa.array(result, pa.struct([("null_mean", pa.float64()), ("null_p95", pa.float64()),
                                        ("p_value", pa.float64())]))
@@ -268,8 +268,8 @@ def udf_mutual_knn(a, b, k) -> pa.Array:
         kk = check("mutual_knn", "k", kk)
         try:
             out.append(None if X is None or Y is None else knn.mutual_knn(X, Y, kk))
-        except C.DegenerateInput as e:
-            C.warn_undefined("mutual_knn", e)
+        except cka.DegenerateInput as e:
+            cka.warn_undefined("mutual_knn", e)
             out.append(None)
     return pa.array(out, pa.float64())
 

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from vindex.errors import CKAPairSkipped, IncompleteData, InvalidValue, NotFound, PartialData
 from vindex.summary import prompt_coverage
 
-from . import cka as C
+from . import cka
 from .arguments import check
 from .macros import INCOMPLETE_ADVICE
 from .sources import ResolvedVindex, resolve_sources
@@ -54,7 +54,7 @@ RESULT_SCHEMA = pa.schema([
 
 # -- step 1: one (model, layer) -> its unit centred Gram -------------------------------------------
 def layer_gram(model: str, layer: int, n_layers: int, files: list[tuple[str, dict]], filesystem, pooling: str,
-               prompt_set: str | None, opts: C.Options) -> tuple[dict, np.ndarray | None]:
+               prompt_set: str | None, opts: cka.Options) -> tuple[dict, np.ndarray | None]:
     """Read one layer's pooled shards and return (meta, g), g the packed unit Gram
     (`cka.packed_unit_gram`) or None.
 
@@ -74,7 +74,7 @@ def layer_gram(model: str, layer: int, n_layers: int, files: list[tuple[str, dic
         meta["note"] = f"{model} layer {layer}: no pooled rows with pooling = {pooling!r}" + \
             (f" and prompt_set = {prompt_set!r}" if prompt_set is not None else "")
         return meta, None
-    order, key, n_distinct = C.sort_rows([t["prompt_set"].to_numpy(), t["prompt_id"].to_numpy()])
+    order, key, n_distinct = cka.sort_rows([t["prompt_set"].to_numpy(), t["prompt_id"].to_numpy()])
     t = t.take(order)
     meta.update(n=t.num_rows, key=key)
     if n_distinct != t.num_rows:
@@ -84,8 +84,8 @@ def layer_gram(model: str, layer: int, n_layers: int, files: list[tuple[str, dic
     act = t["act"].combine_chunks()
     X = act.flatten().to_numpy(zero_copy_only=False).reshape(t.num_rows, -1).astype(np.float64)
     try:
-        return meta, C.packed_unit_gram(X, opts)
-    except (C.DegenerateInput, InvalidValue) as e:   # a constant layer, or n < 2: CKA is NULL
+        return meta, cka.packed_unit_gram(X, opts)
+    except (cka.DegenerateInput, InvalidValue) as e:   # a constant layer, or n < 2: CKA is NULL
         meta["note"] = f"{model} layer {layer}: {e}"
         meta["undefined"] = True
         return meta, None
@@ -147,9 +147,9 @@ def pair_cka(stack_a: dict, stack_b: dict, spec: dict) -> tuple[pa.Table, list[s
             va, vb = ~np.isnan(GA[:, 0]), ~np.isnan(GB[:, 0])
             null = {k: np.full(obs.shape, np.nan) for k in ("null_mean", "null_p95", "p_value")}
             if va.any() and vb.any():
-                gather = C.permutation_gather(n, spec["permutations"], spec["seed"])
-                scores = C.null_scores(GA[va], GB[vb], gather)              # (|va|, |vb|, permutations)
-                for k, v in C.null_summary(obs[np.ix_(va, vb)], scores).items():
+                gather = cka.permutation_gather(n, spec["permutations"], spec["seed"])
+                scores = cka.null_scores(GA[va], GB[vb], gather)              # (|va|, |vb|, permutations)
+                for k, v in cka.null_summary(obs[np.ix_(va, vb)], scores).items():
                     null[k][np.ix_(va, vb)] = v
             cols.update(null)
         parts.append(_rows(stack_a["metas"], stack_b["metas"], ia, ib, n, cols))
@@ -207,7 +207,7 @@ def cka_all(*sources, models=None, pairs=None, pooling: str = "mean", estimator:
     where both models hold the same prompts, and `n` says how many).
     Returns the table (columns of `cka_matrix`, sorted by model_a, model_b, layer_a, layer_b).
     """
-    opts = C.options(estimator, kernel, preprocess)
+    opts = cka.options(estimator, kernel, preprocess)
     permutations, seed = check("cka_all", "permutations", permutations), check("cka_all", "seed", seed)
     spec = {"pooling": pooling, "prompt_set": prompt_set, "estimator": opts.estimator, "kernel": opts.kernel_name,
             "preprocess": opts.preprocess_name, "permutations": permutations, "seed": seed}

@@ -29,7 +29,7 @@ from vindex.errors import IncompleteData, InvalidValue, PartialData
 from vindex.files import read_json
 from vindex.summary import prompt_coverage
 
-from . import analyses as A
+from . import analyses
 from .lexicon import load_lexicon
 from .report import summary_lines, write_report, write_tables
 
@@ -110,52 +110,52 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
         n_combos = len(pairs) * len(all_poolings) * len(ESTIMATORS)
         res["cka_matrix"] = cache.stage(
             "cka_matrix", {**base, "poolings": all_poolings, "estimators": estimators}, ("pooled",),
-            lambda: A.cka_matrices(con, pairs, all_poolings, estimators, prompt_set, allow_partial),
+            lambda: analyses.cka_matrices(con, pairs, all_poolings, estimators, prompt_set, allow_partial),
             f"CKA matrices ({n_combos} = pairs x poolings x estimators)")
         res["cka_depth"] = cache.stage(
             "cka_depth", {**base, "poolings": all_poolings, "estimators": estimators, "permutations": permutations,
                           "seed": seed, "band": band}, ("pooled",),
-            lambda: _with_bar(n_combos, "matched depth + null", progress, lambda bar: A.cka_diagonals(
+            lambda: _with_bar(n_combos, "matched depth + null", progress, lambda bar: analyses.cka_diagonals(
                 con, pairs, all_poolings, estimators, prompt_set, permutations, seed, band, bar, allow_partial)),
             f"matched-depth CKA with {permutations}-permutation nulls")
-        res["matched_depth"] = A.matched_bands(res["cka_depth"])
-        res["depth_correspondence"] = A.depth_correspondence(res["cka_matrix"])
+        res["matched_depth"] = analyses.matched_bands(res["cka_depth"])
+        res["depth_correspondence"] = analyses.depth_correspondence(res["cka_matrix"])
         res["mutual_knn"] = cache.stage(
             "mutual_knn", {**base, "pooling": poolings[0], "k": knn_k}, ("pooled",),
-            lambda: _with_bar(len(pairs), "mutual k-NN", progress, lambda bar: A.knn_alignment(
+            lambda: _with_bar(len(pairs), "mutual k-NN", progress, lambda bar: analyses.knn_alignment(
                 con, pairs, poolings[0], knn_k, prompt_set, res["cka_depth"], bar, allow_partial)),
             f"mutual {knn_k}-NN alignment")
         res["category_cka"] = cache.stage(
             "category_cka", {**base, "pooling": poolings[0], "estimators": estimators, "permutations": permutations,
                              "seed": seed}, ("pooled", "prompts"),
-            lambda: _concat([A.subset_cka(con, a, b, A.matched_pairs(res["cka_depth"], a, b),
-                                          A.prompt_categories(con, a, prompt_set), pooling=poolings[0],
+            lambda: _concat([analyses.subset_cka(con, a, b, analyses.matched_pairs(res["cka_depth"], a, b),
+                                          analyses.prompt_categories(con, a, prompt_set), pooling=poolings[0],
                                           estimator=e, permutations=permutations, seed=seed)
                              for a, b in pairs for e in estimators]),
             "per-category CKA")
         last = cache.stage("ending_tokens", {**base, "models": names}, ("activations",),
-                           lambda: A.last_tokens(con, names, prompt_set), "last content tokens")
-        subset, shares = A.same_ending_subset(last, names)
+                           lambda: analyses.last_tokens(con, names, prompt_set), "last content tokens")
+        subset, shares = analyses.same_ending_subset(last, names)
         res["ending_tokens"] = last
         res["last_token_cka"] = cache.stage(
             "last_token_cka", {**base, "estimators": estimators, "permutations": permutations, "seed": seed,
                                "subset": subset.column("prompt_id").to_pylist()}, ("pooled", "activations"),
-            lambda: _concat([A.subset_cka(con, a, b, A.matched_pairs(res["cka_depth"], a, b), subset,
+            lambda: _concat([analyses.subset_cka(con, a, b, analyses.matched_pairs(res["cka_depth"], a, b), subset,
                                           pooling="last", estimator=e, permutations=permutations, seed=seed)
                              for a, b in pairs for e in estimators]),
             "last-token identity control")
         res["sink_profile"] = cache.stage("sink_profile", {**base, "models": names}, ("activations",),
-                                          lambda: A.sink_profile(con, names, prompt_set), "attention-sink profile")
+                                          lambda: analyses.sink_profile(con, names, prompt_set), "attention-sink profile")
         have_features = [n for n, v in zip(names, vxs) if "features" in v.tables]
         res["feature_labels"] = cache.stage(
             "feature_labels", {**base, "models": have_features, "lexicon": lex.to_dict()}, ("features",),
-            lambda: _concat([_labelled_only(A.labelled_features(con, m, lex)) for m in have_features]),
+            lambda: _concat([_labelled_only(analyses.labelled_features(con, m, lex)) for m in have_features]),
             "lexicon labels of FFN features")
         res["clustering"] = cache.stage(
             "clustering", {**base, "models": names, "lexicon": lex.to_dict(), "permutations": permutations,
                            "seed": seed}, ("features",),
             lambda: pa.Table.from_pylist([row for m in names for row in (
-                A.concept_clustering(con, m, lex, permutations=permutations, seed=seed) if m in have_features
+                analyses.concept_clustering(con, m, lex, permutations=permutations, seed=seed) if m in have_features
                 else [{"model": m, "scope": "all layers", "status": "no features table (build with weights)"}])]),
             "concept clustering")
     res["models"] = pa.Table.from_pylist([_model_row(v) for v in vxs])
