@@ -122,8 +122,9 @@ def test_compare_toggle_and_layer_click_show_the_lakes_numbers(page, con):
     pg = page
     assert pg.locator("#compare").get_attribute("aria-pressed") == "true"
     assert pg.locator("#model-a").input_value() == "alpha" and pg.locator("#model-b").input_value() == "beta"
-    assert pg.locator("#estimator").input_value() == "debiased" and pg.locator("#pooling").input_value() == "mean"
-    cross = cka_sql(con, "alpha", "beta", "debiased")
+    assert pg.locator("#estimator").input_value() == "debiased" and pg.locator("#pooling").input_value() == "last"
+    cross = cka_sql(con, "alpha", "beta", "debiased", "last")
+    pg.select_option("#edges", "all")
     pg.fill("#threshold", "0")  # sets the range input and fires `input`
     pg.uncheck("#hide-null")
     assert pg.locator("#layers-svg line.edge").count() == sum(v[0] >= 0 for v in cross.values())
@@ -137,7 +138,7 @@ def test_compare_toggle_and_layer_click_show_the_lakes_numbers(page, con):
     pg.click("#compare")  # off: alpha against itself
     assert pg.locator("#compare").get_attribute("aria-pressed") == "false"
     assert pg.locator("#model-b").is_disabled()
-    self_ = cka_sql(con, "alpha", "alpha", "debiased")
+    self_ = cka_sql(con, "alpha", "alpha", "debiased", "last")
     check_correspondence(pg, self_, 2)
     assert corr_rows(pg)[0][0] == 2 and corr_rows(pg)[0][2] == pytest.approx(1.0, abs=1e-5)  # a layer is itself
     shot(pg, "compare-off")
@@ -148,14 +149,15 @@ def test_compare_toggle_and_layer_click_show_the_lakes_numbers(page, con):
     check_correspondence(pg, cross, 4, side="b")
 
     pg.select_option("#estimator", "biased")
-    check_correspondence(pg, cka_sql(con, "alpha", "beta", "biased"), 4, side="b")
-    pg.select_option("#pooling", "last")
     check_correspondence(pg, cka_sql(con, "alpha", "beta", "biased", "last"), 4, side="b")
+    pg.select_option("#pooling", "mean")
+    check_correspondence(pg, cka_sql(con, "alpha", "beta", "biased", "mean"), 4, side="b")
 
 
 def test_threshold_and_null_filters_count_the_lakes_pairs(page, con):
     pg = page
-    cross = cka_sql(con, "alpha", "beta", "debiased")
+    cross = cka_sql(con, "alpha", "beta", "debiased", "last")
+    pg.select_option("#edges", "all")
     for thr in ("0.5", "0.8"):
         pg.fill("#threshold", thr)
         want = sum(v[0] >= float(thr) and v[0] > v[1] for v in cross.values())
@@ -168,7 +170,7 @@ def test_threshold_and_null_filters_count_the_lakes_pairs(page, con):
 def test_heatmap_cells_and_hover(page, con):
     pg = page
     pg.click(".tabs button[data-view=heatmap]")
-    cross = cka_sql(con, "alpha", "beta", "debiased")
+    cross = cka_sql(con, "alpha", "beta", "debiased", "last")
     cells = pg.eval_on_selector_all("#heatmap-svg rect.cell", "cs => cs.map(c => [+c.dataset.i, +c.dataset.j, +c.dataset.cka])")
     assert len(cells) == len(cross) == 5 * 7
     for i, j, v in cells:

@@ -25,6 +25,22 @@ from vindex.query.sqltext import literal
 from .page import finite_or_none
 
 ESTIMATORS = ("biased", "debiased")
+# The pooling the page opens on: the first of these the pair has. `last` first, as in the study
+# (docs/study.md, "Measured here"): matched-depth CKA 0.62-0.73 per band and depth rho 0.95, with a
+# known confound the page notes (at shallow depth it is largely last-token identity). `mean_nosink`
+# next (rho 0.94-0.96, but CKA 0.07-0.08 at mid-depth). `mean` last: it includes the attention sink,
+# which wrecks depth correspondence (rho -0.15).
+POOLING_ORDER = ("last", "mean_nosink", "mean")
+# one-line notes shown with a matrix of a pooling with a measured confound (docs/study.md)
+POOLING_NOTES = {
+    "last": "last-token CKA at shallow depth is largely token identity (which punctuation a prompt ends in); "
+            "deep last-token CKA survives that control (docs/study.md)",
+    "mean": "mean pooling includes the attention-sink token, which can erase depth correspondence "
+            "(depth rho -0.15 in docs/study.md); prefer last or mean_nosink",
+}
+# what the page opens on: matched-depth edges, the permutation null shown and applied
+DEFAULTS = {"poolings": list(POOLING_ORDER), "estimators": ["debiased", "biased"], "edges": "matched",
+            "threshold": 0.0, "hide_null": True, "view": "layers"}
 MATRIX_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
 FORMAT = "vindex-view/1"
 
@@ -59,9 +75,12 @@ def build_payload(con, models: list[str] | None = None, estimators=ESTIMATORS, p
         "models": model_records(con, names),
         "cka": cka_records(con, names, estimators, poolings, prompt_set, permutations, preprocess, progress, notes),
         "features": feature_records(con, scope, max_features, top_tokens),
+        "feature_index": feature_index(con, scope, top_tokens),
         "heads": head_records(con, scope, max_heads),
         "spectra": spectrum_records(con, scope),
         "notes": notes,
+        "defaults": DEFAULTS,
+        "pooling_notes": POOLING_NOTES,
     }
 
 
@@ -175,6 +194,39 @@ def feature_records(con, scope: str, max_features: int, top_tokens: int) -> dict
     return out
 
 
+def feature_index(con, scope: str, top_tokens: int) -> dict:
+    """Every feature of every layer and model, for the page's search: token ids into one shared
+    token table, no logits (those are in `features`, for the top `max_features` of a layer).
+
+    {"tokens": [text, ...], "models": {model: {layer: {"feature": [..], "expert": [..] | None,
+     "c": [c_score, ..], "top": [top_token id, ..], "tops": [[token id, ..], ..]}}}}, each layer's
+    features strongest c_score first. About 45 bytes a feature with 5 top tokens: columns, not
+    records, and each token's text written once.
+    """
+    rel = con.sql(f"""
+        SELECT model, layer, expert, feature, top_token, c_score,
+               list_transform(top_tokens[1:{int(top_tokens)}], t -> t.token) AS toks
+        FROM features WHERE {scope}
+        ORDER BY model, layer, c_score DESC NULLS LAST, expert, feature""")
+    ids: dict[str, int] = {}
+
+    def tid(text):
+        return None if text is None else ids.setdefault(text, len(ids))
+    out: dict = {}
+    for model, layer, expert, feature, top, c, toks in rel.fetchall():
+        rec = out.setdefault(model, {}).setdefault(str(layer), {"feature": [], "expert": [], "c": [], "top": [], "tops": []})
+        rec["feature"].append(feature)
+        rec["expert"].append(expert)
+        rec["c"].append(finite_or_none(c, 4))
+        rec["top"].append(tid(top))
+        rec["tops"].append([tid(t) for t in toks or []])
+    for layers in out.values():
+        for rec in layers.values():
+            if all(e is None for e in rec["expert"]):
+                rec["expert"] = None
+    return {"tokens": list(ids), "models": out}
+
+
 def head_records(con, scope: str, max_heads: int) -> dict:
     """{model: {feature_layer: [{layer, head, variant, total_coupling, top: [[feature, coupling, top_token]..]}]}}:
     the heads whose OV-gate coupling into a layer's FFN is largest (total over all its features),
@@ -229,4 +281,4 @@ def check_payload(payload: dict) -> None:
                           "rows (build them with `vindex ingest` first)")
 
 
-__all__ = ["build_payload", "check_payload", "ESTIMATORS", "FORMAT"]
+__all__ = ["build_payload", "check_payload", "ESTIMATORS", "FORMAT", "POOLING_ORDER", "DEFAULTS"]

@@ -60,8 +60,9 @@ function depthAxis(g, y, x, ticks) {
   });
 }
 
-/* Two columns of layers placed by normalized depth; an edge per layer pair whose CKA passes the
- * filters, stroke opacity = CKA. The selected layer's edges are drawn in the accent colour. */
+/* Two columns of layers placed by normalized depth; an edge per layer pair of the edge mode
+ * (VX.edgeSet: matched depth, best match, all) whose CKA passes the filters, stroke opacity = CKA.
+ * The selected layer's edges are drawn in the accent colour. */
 VX.drawLayers = function (host, M, st) {
   const n = Math.max(M.layersA.length, M.layersB.length);
   const W = 560, H = Math.max(380, Math.min(1100, 70 + 19 * n)), top = 44, bottom = 22;
@@ -84,10 +85,11 @@ VX.drawLayers = function (host, M, st) {
   const hotA = sel && sel.side === "a" ? M.layersA.indexOf(sel.layer) : -1;
   const hotB = sel && sel.side === "b" ? M.layersB.indexOf(sel.layer) : -1;
   const edges = VX.svg("g", {class: "edges"}, svg), hot = [];
+  const only = VX.edgeSet(M, st.edges);
   let shown = 0;
   for (let i = 0; i < M.layersA.length; i++) {
     for (let j = 0; j < M.layersB.length; j++) {
-      if (!VX.visible(M, i, j)) continue;
+      if ((only && !only.has(i + "," + j)) || !VX.visible(M, i, j)) continue;
       shown++;
       const v = Math.max(0, Math.min(1, M.cka(i, j)));
       const isHot = i === hotA || j === hotB;
@@ -206,6 +208,93 @@ VX.drawHeatmap = function (host, M, st) {
   cells.addEventListener("click", (e) => {
     const t = e.target;
     if (t.tagName === "rect") VX.selectPair(+t.dataset.i, +t.dataset.j);
+  });
+  host.replaceChildren(svg);
+  return shown;
+};
+
+/* The flattened 2D circuit: normalized depth runs left to right, model A on the upper track and
+ * model B on the lower one. Inside a track, an arc joins an attention head's layer to the layer
+ * whose FFN it feeds most (OV-gate coupling, summed over the page's strongest heads; opacity =
+ * coupling / the model's largest). Between the tracks, the CKA edges of the edge mode. */
+VX.drawCircuit = function (host, M, st) {
+  const W = 560, left = 40, right = 30, yA = 150, yB = 330, H = 480;
+  const x = (d) => left + d * (W - left - right);
+  const svg = VX.svg("svg", {viewBox: "0 0 " + W + " " + H, id: "circuit-svg", role: "img",
+                             "aria-label": "circuit of " + M.modelA + " and " + M.modelB + " by normalized depth"});
+  const axis = VX.svg("g", {class: "axis"}, svg);
+  [0, 0.25, 0.5, 0.75, 1].forEach((t) => {
+    VX.svg("line", {x1: x(t), x2: x(t), y1: H - 30, y2: H - 25}, axis);
+    VX.svg("text", {x: x(t), y: H - 13, "text-anchor": "middle"}, axis).textContent = t.toFixed(2);
+  });
+  VX.svg("text", {x: W / 2, y: H - 1, "text-anchor": "middle", class: "legend"}, axis).textContent = "normalized depth";
+  const single = M.empty && M.self;
+  const tracks = [["a", M.modelA, M.layersA, M.depthA, yA, -1]];
+  if (!single) tracks.push(["b", M.modelB + (M.self ? " (itself)" : ""), M.layersB, M.depthB, yB, 1]);
+  const sel = st.sel;
+
+  // heads -> FFN arcs per model (payload.heads[model][feature_layer] = [{layer, head, total_coupling}])
+  const arcs = VX.svg("g", {class: "arcs"}, svg);
+  tracks.forEach(([side, , layers, depths, y0, dir]) => {
+    const model = side === "a" ? M.modelA : M.modelB, byFl = (VX.data.heads || {})[model] || {};
+    const sum = {};
+    Object.keys(byFl).forEach((fl) => byFl[fl].forEach((h) => {
+      const k = h.layer + ">" + fl;
+      sum[k] = (sum[k] || 0) + (h.total_coupling || 0);
+    }));
+    const max = Math.max.apply(null, Object.values(sum).concat([1e-12]));
+    const pos = (layer) => { const k = layers.indexOf(layer); return k < 0 ? null : x(depths[k]); };
+    Object.entries(sum).forEach(([k, v]) => {
+      const [from, to] = k.split(">").map(Number), x1 = pos(from), x2 = pos(to);
+      if (x1 === null || x2 === null) return;
+      const hgt = 14 + Math.min(90, Math.abs(x2 - x1) * 0.45);
+      const hotArc = sel && sel.side === side && (sel.layer === from || sel.layer === to);
+      VX.svg("path", {d: "M" + x1 + "," + y0 + " Q" + ((x1 + x2) / 2) + "," + (y0 + dir * 2 * hgt) + " " + (x2 + (x1 === x2 ? 6 : 0)) + "," + y0,
+                      class: "arc" + (hotArc ? " hot" : ""), "stroke-opacity": (0.15 + 0.85 * v / max).toFixed(3),
+                      "data-model": model, "data-from": from, "data-to": to, "data-coupling": v}, arcs)
+        .appendChild(VX.svg("title", {})).textContent = model + ": heads of L" + from + " \u2192 FFN of L" + to +
+          ", OV-gate coupling " + VX.fmt(v, 2);
+    });
+  });
+
+  // CKA edges between the tracks
+  const edges = VX.svg("g", {class: "edges"}, svg);
+  let shown = 0;
+  if (!single && !M.empty) {
+    const only = VX.edgeSet(M, st.edges);
+    for (let i = 0; i < M.layersA.length; i++) {
+      for (let j = 0; j < M.layersB.length; j++) {
+        if ((only && !only.has(i + "," + j)) || !VX.visible(M, i, j)) continue;
+        shown++;
+        const isHot = sel && ((sel.side === "a" && sel.layer === M.layersA[i]) || (sel.side === "b" && sel.layer === M.layersB[j]));
+        VX.svg("line", {x1: x(M.depthA[i]), y1: yA, x2: x(M.depthB[j]), y2: yB, class: isHot ? "edge hot" : "edge",
+                        "stroke-opacity": Math.max(0, Math.min(1, M.cka(i, j))).toFixed(3), "stroke-width": isHot ? 2.4 : 1.6,
+                        "data-i": i, "data-j": j}, edges);
+      }
+    }
+    edges.addEventListener("mousemove", (e) => {
+      const t = e.target;
+      if (t.tagName === "line") VX.tooltip(e, VX.pairLines(M, +t.dataset.i, +t.dataset.j));
+    });
+    edges.addEventListener("mouseleave", (e) => VX.tooltip(e, null));
+  }
+
+  tracks.forEach(([side, title, layers, depths, y0, dir]) => {
+    const g = VX.svg("g", {class: "column", "data-side": side}, svg);
+    VX.svg("text", {x: 4, y: y0 + dir * 118, class: "col-title"}, g).textContent = title;
+    layers.forEach((layer, k) => {
+      const selected = sel && sel.side === side && sel.layer === layer;
+      const node = VX.svg("g", {class: "node" + (selected ? " selected" : ""), "data-side": side, "data-layer": layer,
+                                id: "cnode-" + side + "-" + layer, tabindex: 0}, g);
+      VX.svg("circle", {cx: x(depths[k]), cy: y0, r: 5}, node);
+      const every = Math.max(1, Math.ceil(layers.length / 16));
+      if (k % every === 0 || selected) {
+        VX.svg("text", {x: x(depths[k]), y: y0 - dir * 12 + 3.5, "text-anchor": "middle"}, node).textContent = "L" + layer;
+      }
+      const pick = () => VX.select(side, layer);
+      node.addEventListener("click", pick);
+      node.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") pick(); });
+    });
   });
   host.replaceChildren(svg);
   return shown;

@@ -27,12 +27,88 @@ function cell(tr, text, cls, attrs) {
 // token search: case-insensitive, ignoring the leading-space markers of BPE/SentencePiece vocabularies
 VX.normToken = (s) => (s || "").replace(/^[\u0120\u2581\s]+/, "").toLowerCase();
 
+/* Whether this browser has a glyph for a character. A character no installed font covers is
+ * drawn as the fallback font's .notdef box (the "empty box"), the same box for every such
+ * character: draw it and a reference with no glyph anywhere (U+0378, unassigned) on a canvas and
+ * compare the pixels. Format, private-use, unassigned and unusual space characters are never
+ * shown raw (they are invisible or meaningless); printable ASCII always renders. */
+const GLYPHS = new Map();
+const NEVER_RAW = /[\p{Cc}\p{Cf}\p{Co}\p{Cn}\p{Cs}\p{Zl}\p{Zp}\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]/u;
+let glyphCtx = null, notdef = null;
+function pixels(ch) {
+  glyphCtx.clearRect(0, 0, 32, 32);
+  glyphCtx.fillText(ch, 4, 24);
+  return glyphCtx.getImageData(0, 0, 32, 32).data;
+}
+VX.renders = function (ch) {
+  const cp = ch.codePointAt(0);
+  if (cp >= 0x21 && cp <= 0x7e) return true;
+  if (NEVER_RAW.test(ch)) return false;
+  if (GLYPHS.has(ch)) return GLYPHS.get(ch);
+  if (!glyphCtx) {
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 32;
+    glyphCtx = canvas.getContext("2d", {willReadFrequently: true});
+    const tok = document.querySelector("span.tok, td.tok") || document.body;
+    glyphCtx.font = "20px " + getComputedStyle(tok).fontFamily;
+    glyphCtx.fillStyle = "#000";
+    notdef = pixels("\u0378");
+  }
+  const px = pixels(ch);
+  let same = true, ink = false;
+  for (let k = 3; k < px.length; k += 4) {
+    if (px[k] !== notdef[k]) same = false;
+    if (px[k]) ink = true;
+  }
+  const ok = ink && !same || /\s/.test(ch);
+  GLYPHS.set(ch, ok);
+  return ok;
+};
+
+/* A token as the page shows it: JSON's escapes for control characters and quotes, and \u{...}
+ * for any character this browser cannot draw (never an empty box). */
+VX.tokenText = function (text) {
+  const s = JSON.stringify(text).slice(1, -1);
+  let out = "";
+  for (const ch of s) out += VX.renders(ch) ? ch : "\\u{" + ch.codePointAt(0).toString(16).padStart(4, "0") + "}";
+  return out;
+};
+
 function markText(parent, text, query) {
   const k = query ? text.toLowerCase().indexOf(query) : -1;
   if (k < 0) { parent.appendChild(document.createTextNode(text)); return; }
   parent.appendChild(document.createTextNode(text.slice(0, k)));
   VX.el("mark", {}, parent, text.slice(k, k + query.length));
   parent.appendChild(document.createTextNode(text.slice(k + query.length)));
+}
+
+/* The search over every feature of every layer and model (payload.feature_index): the token ids
+ * whose text matches, then the features whose top token or top tokens hold one of them. */
+function tokenMatches(q) {
+  const idx = VX.data.feature_index || {tokens: []};
+  if (VX.tokenNorms === undefined) VX.tokenNorms = idx.tokens.map(VX.normToken);
+  const hit = new Uint8Array(idx.tokens.length);
+  VX.tokenNorms.forEach((t, k) => { if (t.includes(q)) hit[k] = 1; });
+  return hit;
+}
+VX.searchIndex = function (model, layer, hit) {
+  const rec = (((VX.data.feature_index || {}).models || {})[model] || {})[layer];
+  if (!rec) return [];
+  const out = [];
+  for (let k = 0; k < rec.feature.length; k++) {
+    if ((rec.top[k] !== null && hit[rec.top[k]]) || rec.tops[k].some((t) => t !== null && hit[t])) out.push(k);
+  }
+  return out;
+};
+/* One index entry as a feature row [feature, expert, top_token, c_score, [[token, logit]..]];
+ * the logits come from the detailed rows when the feature is among them. */
+function indexRow(model, layer, k, detailed) {
+  const idx = VX.data.feature_index, rec = idx.models[model][layer];
+  const feature = rec.feature[k], expert = rec.expert ? rec.expert[k] : null;
+  const d = detailed.get(expert + "/" + feature);
+  if (d) return d;
+  return [feature, expert, rec.top[k] === null ? null : idx.tokens[rec.top[k]], rec.c[k],
+          rec.tops[k].map((t) => [idx.tokens[t], null])];
 }
 
 function sparkline(values, parent) {
@@ -114,7 +190,7 @@ function heads(panel, model, layer) {
     h.top.forEach((fc) => {
       const tok = fc[2];
       VX.el("span", {class: "tok", title: "coupling " + VX.fmt(fc[1], 3)}, td,
-            "f" + fc[0] + (tok !== undefined && tok !== null ? " " + JSON.stringify(tok) : ""));
+            "f" + fc[0] + (tok !== undefined && tok !== null ? " \"" + VX.tokenText(tok) + "\"" : ""));
     });
   });
 }
@@ -126,25 +202,38 @@ VX.drawFeatures = function () {
   const model = st.sel.side === "a" ? VX.shownA() : VX.shownB();
   const byLayer = (VX.data.features || {})[model] || {};
   const q = VX.normToken(st.query);
-  const match = (f) => !q || VX.normToken(f[2]).includes(q) || (f[4] || []).some((t) => VX.normToken(t[0]).includes(q));
   host.replaceChildren();
   const here = byLayer[st.sel.layer];
   if (!here) { VX.el("p", {class: "empty"}, host, "No features table for this layer."); return; }
-  const rows = here.rows.filter(match);
-  VX.el("p", {class: "muted", id: "feature-count"}, host,
-        (q ? rows.length + " of " : "") + here.rows.length + " features shown" +
-        (here.n_features > here.rows.length ? " (the top " + here.rows.length + " of " + here.n_features +
-         " by c_score)" : "") + (q ? " match \u201c" + st.query + "\u201d" : ""));
-  if (q) {  // where else the token shows up, among the features this page holds
-    const elsewhere = Object.keys(byLayer).map(Number).filter((l) => l !== st.sel.layer)
-      .map((l) => [l, byLayer[l].rows.filter(match).length]).filter((x) => x[1] > 0).sort((x, y) => x[0] - y[0]);
-    if (elsewhere.length) {
-      const p = VX.el("p", {id: "feature-elsewhere"}, host, "Also in: ");
-      elsewhere.forEach((x) => {
-        const a = VX.el("a", {class: "layer-link", "data-layer": x[0]}, p, "L" + x[0] + " (" + x[1] + ")");
-        a.addEventListener("click", () => VX.select(st.sel.side, x[0]));
+  let rows = here.rows;
+  if (q) {  // every feature of the layer, not only the detailed top ones
+    const hit = tokenMatches(q);
+    const detailed = new Map(here.rows.map((f) => [(f[1] === undefined ? null : f[1]) + "/" + f[0], f]));
+    rows = VX.searchIndex(model, st.sel.layer, hit).map((k) => indexRow(model, st.sel.layer, k, detailed));
+    VX.el("p", {class: "muted", id: "feature-count"}, host, rows.length + " of " + here.n_features +
+          " features match \u201c" + st.query + "\u201d (every feature of the layer searched" +
+          (here.n_features > here.rows.length ? "; logits shown for the top " + here.rows.length + " by c_score" : "") + ")");
+    // where else the token shows up: every layer of every model
+    const p = VX.el("p", {id: "feature-elsewhere"}, host, "Also in: ");
+    let any = false;
+    const models = [model].concat(VX.data.models.map((m) => m.name).filter((n) => n !== model));
+    models.forEach((name) => {
+      const layers = Object.keys(((VX.data.feature_index || {}).models || {})[name] || {}).map(Number).sort((x, y) => x - y);
+      layers.forEach((l) => {
+        if (name === model && l === st.sel.layer) return;
+        const n = VX.searchIndex(name, l, hit).length;
+        if (!n) return;
+        any = true;
+        const a = VX.el("a", {class: "layer-link", "data-model": name, "data-layer": l}, p,
+                        (name === model ? "" : name + " ") + "L" + l + " (" + n + ")");
+        a.addEventListener("click", () => VX.selectModelLayer(name, l));
       });
-    }
+    });
+    if (!any) p.appendChild(document.createTextNode("no other layer"));
+  } else {
+    VX.el("p", {class: "muted", id: "feature-count"}, host, here.rows.length + " features shown" +
+          (here.n_features > here.rows.length ? " (the top " + here.rows.length + " of " + here.n_features +
+           " by c_score; the search covers all " + here.n_features + ")" : ""));
   }
   const scroll = VX.el("div", {class: "feature-scroll"}, host);
   const body = table(scroll, "feature-table", [{label: "feature", num: 1}, "top token", {label: "c_score", num: 1},
@@ -152,12 +241,13 @@ VX.drawFeatures = function () {
   rows.slice(0, 400).forEach((f) => {
     const tr = VX.el("tr", {"data-feature": f[0], "data-c-score": f[3] === null ? "" : f[3]}, body);
     cell(tr, (f[1] !== null && f[1] !== undefined ? "e" + f[1] + "/" : "") + f[0], "num");
-    markText(cell(tr, "", "tok"), f[2] === null ? "" : JSON.stringify(f[2]).slice(1, -1), q);
+    markText(cell(tr, "", "tok"), f[2] === null ? "" : VX.tokenText(f[2]), q);
     cell(tr, VX.fmt(f[3], 2), "num c-score");
     const td = cell(tr, "");
     (f[4] || []).forEach((t) => {
-      const s = VX.el("span", {class: "tok", title: "logit " + VX.fmt(t[1], 2)}, td);
-      markText(s, JSON.stringify(t[0]).slice(1, -1), q);
+      const s = VX.el("span", {class: "tok", title: t[1] === null ? "logit not on the page (not among the layer's top features)"
+                                                               : "logit " + VX.fmt(t[1], 2)}, td);
+      markText(s, VX.tokenText(t[0]), q);
     });
   });
 };

@@ -6,8 +6,13 @@
 var VX = window.VX || (window.VX = {});
 
 VX.data = JSON.parse(document.getElementById("vindex-data").textContent);
-VX.state = {a: null, b: null, compare: true, estimator: null, pooling: null, threshold: 0.3,
-            hideNull: true, view: "layers", sel: null, pair: null, query: ""};
+VX.defaults = Object.assign({poolings: ["last", "mean_nosink", "mean"], estimators: ["debiased", "biased"],
+                             edges: "matched", threshold: 0, hide_null: true, view: "layers"}, VX.data.defaults || {});
+VX.state = {a: null, b: null, compare: true, estimator: null, pooling: null, threshold: VX.defaults.threshold,
+            hideNull: VX.defaults.hide_null, view: VX.defaults.view, edges: VX.defaults.edges, sel: null, pair: null,
+            query: ""};
+VX.VIEWS = ["layers", "circuit", "heatmap"];
+VX.EDGES = ["matched", "best", "all"];
 
 VX.model = (name) => VX.data.models.find((m) => m.name === name);
 VX.shownA = () => VX.state.a;
@@ -42,6 +47,29 @@ VX.layersOnly = function (a, b) {
           cka: () => null, null95: () => null, p: () => null};
 };
 
+/* The layer pairs an edge mode draws, as a Set of "i,j" (null: every pair).
+ * matched: each layer with the other model's layer at the nearest normalized depth (both ways);
+ * best: each layer with its highest-CKA layer in the other model (both ways). */
+VX.edgeSet = function (M, mode) {
+  if (mode === "all" || M.empty) return null;
+  const out = new Set(), nA = M.layersA.length, nB = M.layersB.length;
+  const argbest = (n, score) => {
+    let k = -1, best = -Infinity;
+    for (let x = 0; x < n; x++) { const v = score(x); if (v !== null && v > best) { best = v; k = x; } }
+    return k;
+  };
+  const near = (d, depths) => argbest(depths.length, (x) => -Math.abs(depths[x] - d));
+  for (let i = 0; i < nA; i++) {
+    const j = mode === "matched" ? near(M.depthA[i], M.depthB) : argbest(nB, (x) => M.cka(i, x));
+    if (j >= 0) out.add(i + "," + j);
+  }
+  for (let j = 0; j < nB; j++) {
+    const i = mode === "matched" ? near(M.depthB[j], M.depthA) : argbest(nA, (x) => M.cka(x, j));
+    if (i >= 0) out.add(i + "," + j);
+  }
+  return out;
+};
+
 /* An edge / cell passes when CKA >= threshold and, with the null filter on, CKA > null p95. */
 VX.visible = function (M, i, j) {
   const v = M.cka(i, j);
@@ -70,22 +98,36 @@ function syncControls() {
   const st = VX.state, a = VX.shownA(), b = VX.shownB();
   const es = VX.entries(a, b);
   st.estimator = fillSelect(document.getElementById("estimator"), uniq(es.map((e) => e.estimator)).sort(), st.estimator,
-                            ["debiased", "biased"]);
+                            VX.defaults.estimators);
   st.pooling = fillSelect(document.getElementById("pooling"),
                           uniq(es.filter((e) => e.estimator === st.estimator).map((e) => e.pooling)).sort(), st.pooling,
-                          ["mean", "mean_nosink", "last"]);
+                          VX.defaults.poolings);
   const compare = document.getElementById("compare");
   compare.setAttribute("aria-pressed", String(st.compare));
   compare.disabled = VX.data.models.length < 2;
   document.getElementById("model-b").disabled = !st.compare;
+  const edges = document.getElementById("edges");
+  edges.addEventListener("change", () => { st.edges = edges.value; VX.render(); });
   document.querySelectorAll(".tabs button").forEach((btn) => btn.setAttribute("aria-pressed", String(btn.dataset.view === st.view)));
   document.getElementById("threshold-value").textContent = st.threshold.toFixed(2);
+  document.getElementById("edges").value = st.edges;
+  document.getElementById("edges").disabled = st.view === "heatmap";
 }
 
 VX.select = function (side, layer) {
   VX.state.sel = {side: side, layer: layer};
   VX.state.pair = null;
   VX.render();
+};
+
+/* Select a layer of any model: its side when it is shown, else it becomes model A. */
+VX.selectModelLayer = function (model, layer) {
+  const st = VX.state;
+  if (VX.shownA() === model) return VX.select("a", layer);
+  if (VX.shownB() === model) return VX.select("b", layer);
+  st.a = model;
+  document.getElementById("model-a").value = model;
+  VX.select("a", layer);
 };
 
 VX.selectPair = function (i, j) {
@@ -107,12 +149,15 @@ function dl(parent, pairs) {
   pairs.forEach(([k, v]) => {
     if (v === undefined || v === null || v === "") return;
     VX.el("dt", {}, d, k);
-    const dd = VX.el("dd", {}, d);
-    if (v && typeof v === "object" && !Array.isArray(v)) dl(dd, Object.entries(v));
+    const nested = v && typeof v === "object" && !Array.isArray(v);
+    const dd = VX.el("dd", nested ? {class: "nested"} : {}, d);
+    if (nested) dl(dd, Object.entries(v));
     else dd.textContent = Array.isArray(v) ? v.map((x) => (typeof x === "object" ? JSON.stringify(x) : x)).join(", ") : String(v);
   });
   return d;
 }
+
+const SHOWN_MODEL_KEYS = ["id", "revision", "family", "source", "n_layers", "d_model", "d_ffn", "n_heads", "vocab_size"];
 
 function drawProvenance(M) {
   const host = document.getElementById("provenance-body");
@@ -129,7 +174,8 @@ function drawProvenance(M) {
     dl(box, [["model id", info.id], ["revision", info.revision || "(none recorded)"], ["family", info.family],
              ["source", info.source], ["layers", info.n_layers], ["d_model", info.d_model], ["d_ffn", info.d_ffn],
              ["heads", info.n_heads], ["vocab", info.vocab_size], ["prompt sets", sets.join("; ")],
-             ["tables", Object.entries(m.tables || {}).map(([k, v]) => k + " (" + v.rows + " rows)").join(", ")]]);
+             ["tables", Object.entries(m.tables || {}).map(([k, v]) => k + " (" + v.rows + " rows)").join(", ")]]
+             .concat(Object.entries(info).filter(([k]) => !SHOWN_MODEL_KEYS.includes(k))));
     const ex = Object.entries(m.extraction || {});
     if (ex.length) { VX.el("h3", {}, box, "extraction"); dl(box, ex); }
   });
@@ -157,6 +203,7 @@ function saveHash() {
   if (st.estimator) q.set("est", st.estimator);
   if (st.pooling) q.set("pool", st.pooling);
   q.set("thr", st.threshold.toFixed(2)); q.set("null", st.hideNull ? "1" : "0"); q.set("view", st.view);
+  q.set("edges", st.edges);
   if (st.sel) q.set("sel", st.sel.side + ":" + st.sel.layer);
   try { history.replaceState(null, "", "#" + q.toString()); } catch (e) { /* sandboxed frames */ }
 }
@@ -171,7 +218,8 @@ function loadHash(names) {
   const thr = parseFloat(q.get("thr"));
   if (thr >= 0 && thr <= 1) st.threshold = thr;
   if (q.has("null")) st.hideNull = q.get("null") === "1";
-  if (q.get("view") === "heatmap" || q.get("view") === "layers") st.view = q.get("view");
+  if (VX.VIEWS.includes(q.get("view"))) st.view = q.get("view");
+  if (VX.EDGES.includes(q.get("edges"))) st.edges = q.get("edges");
   const m = /^([ab]):(\d+)$/.exec(q.get("sel") || "");
   if (m) st.sel = {side: m[1], layer: +m[2]};
 }
@@ -188,18 +236,25 @@ VX.render = function () {
     if (st.view === "heatmap") {
       chart.replaceChildren();
       VX.el("p", {class: "empty"}, chart, why + ".");
+    } else if (st.view === "circuit") {
+      VX.drawCircuit(chart, VX.layersOnly(VX.shownA(), VX.shownB()), st);
     } else {
       VX.drawLayers(chart, VX.layersOnly(VX.shownA(), VX.shownB()), st);
     }
     caption.textContent = why + "; click a layer to browse its features.";
   } else {
-    const shown = st.view === "heatmap" ? VX.drawHeatmap(chart, M, st) : VX.drawLayers(chart, M, st);
+    const shown = st.view === "heatmap" ? VX.drawHeatmap(chart, M, st)
+      : st.view === "circuit" ? VX.drawCircuit(chart, M, st) : VX.drawLayers(chart, M, st);
     const total = M.layersA.length * M.layersB.length;
-    caption.textContent = shown + " of " + total + " layer pairs pass CKA \u2265 " + st.threshold.toFixed(2) +
+    const what = st.view === "heatmap" || st.edges === "all" ? "layer pairs"
+      : (st.edges === "matched" ? "matched-depth pairs" : "best-match pairs") + " (" + VX.edgeSet(M, st.edges).size + " pairs)";
+    caption.textContent = shown + " of " + (st.view === "heatmap" || st.edges === "all" ? total + " " : "") + what +
+      " pass CKA \u2265 " + st.threshold.toFixed(2) +
       (st.hideNull && M.hasNull ? " and CKA > permutation null p95 (" + M.meta.permutations + " permutations)" : "") +
       (M.hasNull ? "" : "; no permutation null was computed");
     document.getElementById("hide-null").disabled = !M.hasNull;
   }
+  drawNotes(M);
   if (st.sel) {  // keep the selection valid after a model change
     const m = VX.model(st.sel.side === "a" ? VX.shownA() : VX.shownB());
     if (!m || !m.layers.includes(st.sel.layer)) st.sel = null;
@@ -208,6 +263,20 @@ VX.render = function () {
   drawProvenance(M);
   saveHash();
 };
+
+/* What the reader must know about the matrix shown: model A = model B, a pooling's known confound. */
+function drawNotes(M) {
+  const host = document.getElementById("chart-notes");
+  host.replaceChildren();
+  const a = VX.shownA(), b = VX.shownB();
+  if (VX.state.compare && a === b) {
+    VX.el("p", {class: "note warn", id: "same-model-note"}, host, "Model A and model B are both " + a +
+          ": this compares " + a + " with itself, so every layer matches itself with CKA 1. Choose another model B " +
+          "to compare two models.");
+  }
+  const note = M && (VX.data.pooling_notes || {})[M.meta.pooling];
+  if (note) VX.el("p", {class: "note", id: "pooling-note"}, host, "Note (" + M.meta.pooling + "): " + note + ".");
+}
 
 VX.boot = function () {
   const st = VX.state, names = VX.data.models.map((m) => m.name);
@@ -237,6 +306,8 @@ VX.boot = function () {
   const hn = document.getElementById("hide-null");
   hn.checked = st.hideNull;
   hn.addEventListener("change", () => { st.hideNull = hn.checked; VX.render(); });
+  const edges = document.getElementById("edges");
+  edges.addEventListener("change", () => { st.edges = edges.value; VX.render(); });
   document.querySelectorAll(".tabs button").forEach((btn) =>
     btn.addEventListener("click", () => { st.view = btn.dataset.view; VX.render(); }));
   VX.render();
