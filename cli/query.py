@@ -15,6 +15,7 @@ import click
 
 from vindex.errors import VindexError
 from .core import fail as core_fail
+from .core import show_progress
 
 FORMATS = ["table", "csv", "json", "parquet"]
 
@@ -24,15 +25,46 @@ def lake_option(f):
                         help="A vindex folder or lake root (repeat for several; default: $VINDEX_LAKE, else '.').")(f)
 
 
-def open_lake(lakes):
+def open_lake(lakes, quiet: bool = False):
+    """The connection of a command; DuckDB's own progress bar only with a terminal and without --quiet."""
     from vindex.query import connect
-    return connect(*(lakes or (".",)))
+    con = connect(*(lakes or (".",)))
+    if not show_progress(quiet):
+        con.execute("SET enable_progress_bar = false")
+    return con
 
 
 def fail(e: Exception) -> None:
-    """One clear line for user errors (VindexError, DuckDB errors), no traceback; exit 1."""
-    msg = str(e).split("\n\nAt:\n")[0]  # DuckDB appends the UDF's Python stack: drop it
+    """One clear line for user errors (VindexError, DuckDB errors), no traceback; exit 1. A refusal
+    DuckDB wraps ("Invalid Input Error: InvalidValue: ...", a UDF's stack) prints as the vindex
+    error it carries (`error_from_message`)."""
+    from vindex.errors import error_from_message
+    msg = str(error_from_message(str(e), ANALYSES) or str(e).split("\n\nAt:\n")[0])
     core_fail(msg.replace("Python exception occurred while executing the UDF: ", ""))
+
+
+# the SQL table functions whose own refusals start "<name>: " (error_from_message unwraps them)
+ANALYSES = ("cka_matrix", "cka_depth", "cka_token_matrix", "mutual_knn_matrix", "kmeans")
+
+
+def note(text: str) -> None:
+    """One `note:` line on stderr: a caveat that belongs with a printed result (not hidden by --quiet)."""
+    click.echo(f"note: {text}", err=True)
+
+
+def confound_notes(table, con=None) -> list[str]:
+    """The known confounds of a CKA result (docs: README "Defaults"): last-token pooling at shallow
+    depth (< 40%) is mostly the identity of the prompts' last token (punctuation); mean pooling
+    includes the first content token, an attention sink in models without a BOS token."""
+    out = []
+    pooling = table.column("pooling")[0].as_py() if table.num_rows and "pooling" in table.column_names else None
+    if pooling == "last":
+        out.append("last-token CKA below 40% depth mostly measures which token ends the prompts "
+                   "(punctuation identity); see pooling mean_nosink, or `vindex study`'s last-token control")
+    elif pooling == "mean":
+        out.append("mean pooling includes the first content token, an attention sink in models without a "
+                   "BOS token (SmolLM2), which can erase depth correspondence; mean_nosink drops it")
+    return out
 
 
 def user_errors():
@@ -97,7 +129,8 @@ def run_script(con, text: str, fmt: str, output: str | None, max_rows: int) -> N
 @click.option("--max-rows", default=40, show_default=True, type=click.IntRange(min=1),
               help="Rows shown by --format table.")
 @click.option("-i", "--interactive", is_flag=True, help="Open the shell even when stdin is not a terminal.")
-def sql(query, lakes, fmt, output, max_rows, interactive):
+@click.option("--quiet", is_flag=True, help="No progress bar (none either when stderr is not a terminal).")
+def sql(query, lakes, fmt, output, max_rows, interactive, quiet):
     """Run SQL over a lake: QUERY is SQL text or a .sql file; without QUERY, SQL piped on stdin or
     an interactive shell.
 
@@ -107,7 +140,7 @@ def sql(query, lakes, fmt, output, max_rows, interactive):
     vindex sql -l lake analysis.sql -f parquet -o out.parquet
     """
     try:
-        con = open_lake(lakes)
+        con = open_lake(lakes, quiet)
         if query is None:
             if not interactive and not sys.stdin.isatty():  # piped SQL: run it as a script
                 return run_script(con, sys.stdin.read(), fmt, output, max_rows)
@@ -165,13 +198,14 @@ def shell(con, max_rows: int = 40) -> None:
 @click.argument("model_a", required=False)
 @click.argument("model_b", required=False)
 @lake_option
-@click.option("--pooling", default="mean", show_default=True, help="Which pooled rows (pooled.pooling).")
+@click.option("--pooling", default="mean", show_default=True,
+              help="Which pooled rows (pooled.pooling); mean_nosink or last: see README, Defaults.")
 @click.option("--estimator", default="biased", show_default=True, type=click.Choice(["biased", "debiased"]))
 @click.option("--kernel", default="linear", show_default=True, help="linear, rbf or rbf:<fraction of median distance>.")
 @click.option("--preprocess", default="none", show_default=True, help="none, l2, clip or clip:<percentile>.")
 @click.option("--prompt-set", default=None, help="Only this prompt set (default: all the models share).")
 @click.option("--permutations", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Permutation null size (99 shows p < 0.01).")
+              help="Permutation null size (99 resolves p <= 0.01; 0: no null).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--depth", "by_depth", is_flag=True, help="Print the matched-depth diagonal and off-diagonal band instead.")
 @click.option("--band", default=0.15, show_default=True, type=float,
@@ -186,7 +220,8 @@ def shell(con, max_rows: int = 40) -> None:
                    "or ray://head:10001, auto, local (needs the `distributed` extra).")
 @click.option("-o", "--out", "--output", "out", type=click.Path(dir_okay=False),
               help="With --all / --ray: write the result table here as Parquet (query it with vindex sql).")
-@click.option("--quiet", is_flag=True, help="With --all / --ray: no progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no file notes (none either when stderr is not a "
+                                         "terminal); confound notes still print.")
 @click.option("--allow-partial", is_flag=True,
               help="Compare a prompt set whose build was cut off, over the prompts both models hold (else an error).")
 def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_set, permutations, seed, by_depth,
@@ -201,12 +236,12 @@ def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_
         return cka_all_command(model_a, model_b, lakes, all_pairs, ray, out, by_depth, plot, fmt,
                                dict(pooling=pooling, estimator=estimator, kernel=kernel, preprocess=preprocess,
                                     prompt_set=prompt_set, permutations=permutations, seed=seed,
-                                    progress=not quiet, allow_partial=allow_partial))
+                                    progress=show_progress(quiet), allow_partial=allow_partial), quiet)
     if not (model_a and model_b):
         raise click.UsageError("give MODEL_A and MODEL_B, or --all for every pair of the lake")
     from vindex.query import cka_depth, cka_matrix
     try:
-        con = open_lake(lakes)
+        con = open_lake(lakes, quiet)
         options = dict(pooling=pooling, estimator=estimator, kernel=kernel, preprocess=preprocess,
                        prompt_set=prompt_set, permutations=permutations, seed=seed, allow_partial=allow_partial)
         table = cka_matrix(con, model_a, model_b, **options)
@@ -221,13 +256,16 @@ def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_
             click.echo(grid_text(table))
         else:
             print_rows(con, table, None, fmt)
-        if plot:
+        if fmt in ("grid", "table"):   # csv/json are for machines: their rows carry the pooling
+            for text in confound_notes(table):
+                note(text)
+        if plot and not quiet:
             click.echo(f"heatmap: {plot}", err=True)
     except user_errors() as e:
         fail(e)
 
 
-def cka_all_command(model_a, model_b, lakes, all_pairs, ray, out, by_depth, plot, fmt, options):
+def cka_all_command(model_a, model_b, lakes, all_pairs, ray, out, by_depth, plot, fmt, options, quiet=False):
     """`vindex cka --all` / `--ray`: a thin shell over vindex.query.lake_cka.cka_all."""
     if by_depth or plot:
         raise click.UsageError("--depth and --plot take one pair without --all/--ray; query the -o table instead")
@@ -240,6 +278,9 @@ def cka_all_command(model_a, model_b, lakes, all_pairs, ray, out, by_depth, plot
                         pairs=None if all_pairs else [(model_a, model_b)], ray=ray, out=out, **options)
         if table.num_rows == 0:
             raise VindexError("no model pair could be compared (see the warnings above)")
+        if fmt in ("grid", "table"):
+            for text in confound_notes(table):
+                note(text)
         if fmt != "grid":
             import duckdb
             return print_rows(duckdb.connect(), table, None, fmt)
@@ -251,7 +292,8 @@ def cka_all_command(model_a, model_b, lakes, all_pairs, ray, out, by_depth, plot
         click.echo(_table_text(con.sql(
             "SELECT model_a, model_b, count(DISTINCT layer_a) AS layers_a, count(DISTINCT layer_b) AS layers_b, "
             "round(max(cka), 4) AS max_cka, round(avg(cka), 4) AS mean_cka FROM t GROUP BY ALL ORDER BY ALL"), 10_000))
-        click.echo(f"result: {out}" if out else "(add -o FILE.parquet to keep the full table)", err=True)
+        if not quiet:
+            click.echo(f"result: {out}" if out else "(add -o FILE.parquet to keep the full table)", err=True)
     except user_errors() as e:
         fail(e)
 
@@ -303,7 +345,9 @@ def print_rows(con, table, columns, fmt: str) -> None:
 @click.option("--max-iter", default=300, show_default=True, type=click.IntRange(min=1))
 @click.option("--against", default=None, help="A features column to compare the clusters with (NMI, AMI), e.g. label.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write every feature's cluster here (.parquet/.csv).")
-def cluster(model, lakes, layer, k, seed, max_iter, against, output):
+@click.option("--quiet", is_flag=True, help="No progress bar and no file note (none either when stderr is not a "
+                                         "terminal).")
+def cluster(model, lakes, layer, k, seed, max_iter, against, output, quiet):
     """k-means (k-means++ init) over MODEL's FFN feature vectors (features.vector), per layer.
 
     \b
@@ -311,7 +355,8 @@ def cluster(model, lakes, layer, k, seed, max_iter, against, output):
     """
     from vindex.query import cluster_features
     try:
-        con = open_lake(lakes)
+        con = open_lake(lakes, quiet)
+        check_layer(con, model, layer)
         clusters, summary = cluster_features(con, model, layer=layer, k=k, seed=seed, max_iter=max_iter,
                                              against=against)
         if output and output.endswith(".csv"):
@@ -321,10 +366,21 @@ def cluster(model, lakes, layer, k, seed, max_iter, against, output):
         rounded = ", ".join(f"round({c}, 4) AS {c}" if c in ("inertia", "nmi", "ami") else c
                             for c in summary.column_names)
         click.echo(_table_text(con.from_arrow(summary).project(rounded), 10_000))
-        if output:
+        if output and not quiet:
             click.echo(f"clusters: {output}", err=True)
     except user_errors() as e:
         fail(e)
+
+
+def check_layer(con, model: str, layer: int | None) -> None:
+    """InvalidValue naming the layers `model`'s features table has when `layer` is not one of them."""
+    if layer is None:
+        return
+    from vindex.errors import InvalidValue
+    lo, hi = con.execute("SELECT min(layer), max(layer) FROM files WHERE model = ? AND table_name = 'features'",
+                         [model]).fetchone()
+    if lo is not None and not lo <= layer <= hi:
+        raise InvalidValue(f"--layer {layer}: {model!r} has features on layers {lo}-{hi}")
 
 
 COMMANDS = [sql, cka, cluster]

@@ -130,6 +130,10 @@ def resolve_model(source: str | os.PathLike, *, trust_remote_code: bool = False,
         return _resolve_gguf_file(p, cache_dir, trust_remote_code, progress)
     if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
         return _resolve_hub(text, trust_remote_code)
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?", text):   # a bare Hub name, e.g. gpt2
+        raise NotFound(f"model source {text!r} not found: a Hub id needs its org, as org/name (gpt2 is "
+                       "openai-community/gpt2); it is no folder, .gguf file or offline model name "
+                       f"({', '.join(OFFLINE_MODELS)}) either")
     raise NotFound(f"model source {text!r} not found: it is not a folder, a .gguf file, a Hub id "
                    f"(org/name) or an offline model name ({', '.join(OFFLINE_MODELS)})")
 

@@ -14,15 +14,17 @@ computed over the prompts both models hold and a PartialData warning says how ma
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import duckdb
 import pyarrow as pa
 
-from vindex.errors import IncompleteData, InvalidValue, PartialData, error_from_message
+from vindex.errors import IncompleteData, InvalidValue, PartialData, VindexError, error_from_message
 
 from .arguments import check
-from .macros import INCOMPLETE_ADVICE, PromptSetInfo, incomplete_note
+from .macros import (DEFAULT_ESTIMATOR, DEFAULT_PERMUTATIONS, DEFAULT_POOLING, INCOMPLETE_ADVICE, PromptSetInfo,
+                     incomplete_note)
 from .views import connect
 
 
@@ -41,7 +43,19 @@ def _call(con, function: str, positional: list, named: dict) -> pa.Table:
     try:
         return con.execute(sql, [*positional, *named.values()]).to_arrow_table()
     except duckdb.Error as e:   # a refusal inside the query, in its own vindex class
-        raise (error_from_message(str(e), (function,)) or e) from None
+        error = error_from_message(str(e), (function,))
+        raise (_with_poolings(con, error) if error else e) from None
+
+
+def _with_poolings(con, error: VindexError) -> VindexError:
+    """A "no pooled rows with pooling = x" refusal, with the poolings the model does hold (queried
+    only on this error path, so a call that succeeds pays nothing for it)."""
+    m = re.search(r"model '(.+?)' has no pooled rows with pooling = ", str(error))
+    if not m:
+        return error
+    have = [r[0] for r in con.execute("SELECT DISTINCT pooling FROM pooled WHERE model = ? ORDER BY 1",
+                                      [m.group(1)]).fetchall()]
+    return type(error)(f"{error}; its poolings: {', '.join(have) or 'none'}")
 
 
 def _compare(con_or_sources, function: str, model_a: str, model_b: str, named: dict, allow_partial: bool,
@@ -79,9 +93,10 @@ def _say_partial(con, function, model_a, model_b, prompt_set, table, incomplete,
                       PartialData, stacklevel=4)
 
 
-def cka_matrix(con_or_sources, model_a: str, model_b: str, pooling: str = "mean", estimator: str = "biased",
+def cka_matrix(con_or_sources, model_a: str, model_b: str, pooling: str = DEFAULT_POOLING,
+               estimator: str = DEFAULT_ESTIMATOR,
                kernel: str = "linear", preprocess: str = "none", prompt_set: str | None = None,
-               permutations: int = 0, seed: int = 0, allow_partial: bool = False) -> pa.Table:
+               permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0, allow_partial: bool = False) -> pa.Table:
     """CKA of every layer of model_a with every layer of model_b over pooled activations (see docs/sql.md)."""
     return _compare(con_or_sources, "cka_matrix", model_a, model_b, dict(
         pooling=pooling, estimator=estimator, kernel=kernel, preprocess=preprocess, prompt_set=prompt_set,
@@ -89,9 +104,11 @@ def cka_matrix(con_or_sources, model_a: str, model_b: str, pooling: str = "mean"
         allow_partial)
 
 
-def cka_depth(con_or_sources, model_a: str, model_b: str, pooling: str = "mean", estimator: str = "biased",
+def cka_depth(con_or_sources, model_a: str, model_b: str, pooling: str = DEFAULT_POOLING,
+              estimator: str = DEFAULT_ESTIMATOR,
               kernel: str = "linear", preprocess: str = "none", prompt_set: str | None = None,
-              permutations: int = 0, seed: int = 0, band: float = 0.15, allow_partial: bool = False) -> pa.Table:
+              permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0, band: float = 0.15,
+              allow_partial: bool = False) -> pa.Table:
     """For each layer of model_a: CKA with the layer of model_b at the nearest normalized depth, and the
     mean CKA over the off-diagonal band |depth_a - depth_b| >= band."""
     return _compare(con_or_sources, "cka_depth", model_a, model_b, dict(
@@ -104,15 +121,46 @@ def cka_token_matrix(con_or_sources, model_a: str, model_b: str, batch_size: int
                      kernel: str = "linear", preprocess: str = "none", prompt_set: str | None = None,
                      include_special: bool = False, min_token_index: int = 0,
                      allow_partial: bool = False) -> pa.Table:
-    """Minibatch CKA over token rows for two models that share a tokenizer."""
+    """Minibatch CKA over token rows for two models that share a tokenizer (checked first, on one layer's
+    token ids: InvalidValue before any Gram is computed when they differ)."""
     fn = "cka_token_matrix"
-    return _compare(con_or_sources, fn, model_a, model_b, dict(
+    con = connection(con_or_sources)
+    _check_same_tokens(con, model_a, model_b, prompt_set, bool(include_special), min_token_index)
+    return _compare(con, fn, model_a, model_b, dict(
         batch_size=check(fn, "batch_size", batch_size), seed=check(fn, "seed", seed), kernel=kernel,
         preprocess=preprocess, prompt_set=prompt_set, include_special=bool(include_special),
         min_token_index=check(fn, "min_token_index", min_token_index)), allow_partial, rows="tokens")
 
 
-def mutual_knn_matrix(con_or_sources, model_a: str, model_b: str, k: int = 10, pooling: str = "mean",
+def _check_same_tokens(con, model_a: str, model_b: str, prompt_set, include_special: bool,
+                       min_token_index) -> None:
+    """InvalidValue when the two models hold other token ids at the same (prompt, position), read from
+    the first activations layer of each (the token_id column only): the macro would find it after
+    building every layer's Gram."""
+    layers = dict(con.execute("SELECT model, min(layer) FROM files WHERE table_name = 'activations' "
+                              "AND model IN ($1, $2) GROUP BY model", [model_a, model_b]).fetchall())
+    if len(layers) < 2 or model_a == model_b:
+        return   # an unknown model or one without activations: the macro's own check words it
+    rows = ("SELECT prompt_set, prompt_id, token_index, token_id FROM activations WHERE model = ? AND layer = ? "
+            "AND (? IS NULL OR prompt_set = ?) AND (? OR NOT special) AND token_index >= ?")
+    side = [prompt_set, prompt_set, include_special, int(min_token_index)]
+    differ = con.execute(f"""
+        WITH a AS ({rows}), b AS ({rows}),
+        both_hold AS (SELECT prompt_set, prompt_id FROM a INTERSECT SELECT prompt_set, prompt_id FROM b)
+        SELECT count(*) FILTER (WHERE a.token_id IS DISTINCT FROM b.token_id), count(*),
+               arg_min(prompt_id, a.token_id IS NOT DISTINCT FROM b.token_id)
+        FROM (FROM a SEMI JOIN both_hold USING (prompt_set, prompt_id)) AS a
+        FULL JOIN (FROM b SEMI JOIN both_hold USING (prompt_set, prompt_id)) AS b
+        USING (prompt_set, prompt_id, token_index)""",
+                         [model_a, layers[model_a], *side, model_b, layers[model_b], *side]).fetchone()
+    if differ[0]:
+        raise InvalidValue(f"cka_token_matrix: {model_a!r} and {model_b!r} do not share a tokenizer: {differ[0]} of "
+                           f"{differ[1]} token positions hold other token ids (first in prompt {differ[2]!r}); "
+                           "token-level CKA pairs the same token in both models: compare pooled rows with "
+                           "cka_matrix instead")
+
+
+def mutual_knn_matrix(con_or_sources, model_a: str, model_b: str, k: int = 10, pooling: str = DEFAULT_POOLING,
                       prompt_set: str | None = None, allow_partial: bool = False) -> pa.Table:
     """Mutual k-NN alignment (Huh et al. 2024) of every layer pair over pooled activations."""
     return _compare(con_or_sources, "mutual_knn_matrix", model_a, model_b,

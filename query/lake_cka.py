@@ -40,7 +40,7 @@ from vindex.summary import prompt_coverage
 
 from . import cka
 from .arguments import check
-from .macros import INCOMPLETE_ADVICE
+from .macros import DEFAULT_ESTIMATOR, DEFAULT_PERMUTATIONS, DEFAULT_POOLING, INCOMPLETE_ADVICE
 from .sources import ResolvedVindex, resolve_sources
 
 RESULT_SCHEMA = pa.schema([
@@ -191,9 +191,9 @@ def _rows(metas_a, metas_b, ia, ib, n, values: dict) -> pa.Table:
 
 
 # -- the job ----------------------------------------------------------------------------------------
-def cka_all(*sources, models=None, pairs=None, pooling: str = "mean", estimator: str = "biased",
+def cka_all(*sources, models=None, pairs=None, pooling: str = DEFAULT_POOLING, estimator: str = DEFAULT_ESTIMATOR,
             kernel: str = "linear", preprocess: str = "none", prompt_set: str | None = None,
-            permutations: int = 0, seed: int = 0, out=None, ray=None, runtime_env: dict | None = None,
+            permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0, out=None, ray=None, runtime_env: dict | None = None,
             progress: bool = True, allow_partial: bool = False) -> pa.Table:
     """CKA of every layer pair of every model pair in `sources` (vindex folders, lake roots, hf://).
 

@@ -25,6 +25,14 @@ from .arguments import sql_check
 from .sqltext import ident, literal
 
 CKA_OPTIONS = "estimator := 'biased', kernel := 'linear', preprocess := 'none'"
+# The model comparisons' defaults: one decision, its reasons in README.md "Defaults" (the scalar
+# cka()/cka_gram() keep the textbook biased estimator over exactly what they are given).
+# vindex.query.analyses, vindex.query.lake_cka and `vindex cka` take these same values.
+DEFAULT_POOLING = "mean"
+DEFAULT_ESTIMATOR = "biased"
+DEFAULT_PERMUTATIONS = 0
+COMPARE_OPTIONS = (f"pooling := '{DEFAULT_POOLING}', estimator := '{DEFAULT_ESTIMATOR}', kernel := 'linear', "
+                   "preprocess := 'none'")
 
 SCALAR_MACROS = [
     f"CREATE OR REPLACE MACRO cka(list_a, list_b, {CKA_OPTIONS}) AS "
@@ -230,16 +238,17 @@ ORDER BY p.layer_a, p.layer_b"""
 
 def cka_matrix_sql(models: list[ModelInfo]) -> str:
     return f"""
-CREATE OR REPLACE MACRO cka_matrix(model_a, model_b, pooling := 'mean', {CKA_OPTIONS}, prompt_set := NULL,
-                                   permutations := 0, seed := 0, allow_partial := false) AS TABLE
+CREATE OR REPLACE MACRO cka_matrix(model_a, model_b, {COMPARE_OPTIONS}, prompt_set := NULL,
+                                   permutations := {DEFAULT_PERMUTATIONS}, seed := 0, allow_partial := false) AS TABLE
 {cka_matrix_body(models)}
 """
 
 
 def cka_depth_sql(models: list[ModelInfo]) -> str:
     return f"""
-CREATE OR REPLACE MACRO cka_depth(model_a, model_b, pooling := 'mean', {CKA_OPTIONS}, prompt_set := NULL,
-                                  permutations := 0, seed := 0, band := 0.15, allow_partial := false) AS TABLE
+CREATE OR REPLACE MACRO cka_depth(model_a, model_b, {COMPARE_OPTIONS}, prompt_set := NULL,
+                                  permutations := {DEFAULT_PERMUTATIONS}, seed := 0, band := 0.15,
+                                  allow_partial := false) AS TABLE
 WITH
 m AS ({cka_matrix_body(models, 'cka_depth', ('band',))}),
 diag AS (SELECT *, row_number() OVER (PARTITION BY x.layer_a ORDER BY round(abs(x.depth_a - x.depth_b), 9), x.layer_b) AS r
@@ -293,7 +302,7 @@ ORDER BY a.layer, b.layer
 
 def mutual_knn_matrix_sql(models: list[ModelInfo]) -> str:
     return f"""
-CREATE OR REPLACE MACRO mutual_knn_matrix(model_a, model_b, k := 10, pooling := 'mean', prompt_set := NULL,
+CREATE OR REPLACE MACRO mutual_knn_matrix(model_a, model_b, k := 10, pooling := '{DEFAULT_POOLING}', prompt_set := NULL,
                                           allow_partial := false) AS TABLE
 WITH
 checks AS (SELECT {number_checks('mutual_knn_matrix', 'k')} AND {data_checks('mutual_knn_matrix', models)}

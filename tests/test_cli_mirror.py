@@ -22,10 +22,12 @@ CLI_ONLY = {
     "ls": {"as_json": "prints the rows as JSON instead of a table"},
     "sql": {"query": "the SQL that runs on the connection (text, a .sql file, stdin or a shell)",
             "fmt": "how the result is printed or saved", "output": "where the result is saved",
-            "max_rows": "rows printed by --format table", "interactive": "opens the shell"},
+            "max_rows": "rows printed by --format table", "interactive": "opens the shell",
+            "quiet": "turns off DuckDB's progress bar on the command's connection; connect draws none"},
     "cka": {"by_depth": "picks cka_depth instead of cka_matrix", "plot": "draws the matrix with vindex.query.plot",
             "fmt": "how the result is printed", "all_pairs": "picks cka_all over every pair of the lake"},
-    "cluster": {"output": "where every feature's cluster is saved"},
+    "cluster": {"output": "where every feature's cluster is saved",
+                "quiet": "turns off DuckDB's progress bar and the file note; cluster_features draws none"},
 }
 # keywords that are no option
 LIBRARY_ONLY = {

@@ -53,7 +53,7 @@ def test_shell(lake):
 def test_errors_are_one_clear_line(lake, tmp_path):
     r = run("sql", "-l", lake, "SELECT * FROM cka_matrix('toy-a', 'zz')")
     assert r.exit_code == 1
-    assert r.output.strip() == "error: Invalid Input Error: cka_matrix: unknown model 'zz'; the lake holds: toy-a, toy-b"
+    assert r.output.strip() == "error: cka_matrix: unknown model 'zz'; the lake holds: toy-a, toy-b"
     r = run("sql", "-l", tmp_path / "missing", "SELECT 1")
     assert r.exit_code == 1 and "no such folder" in r.output
     r = run("cka", "-l", lake, "toy-a", "toy-b", "--kernel", "poly")

@@ -32,6 +32,24 @@ class Vindex(ManifestView):
     def __repr__(self) -> str:
         return f"Vindex({self.name!r}, {str(self.root)!r}, tables={self.tables})"
 
+    def _repr_html_(self) -> str:
+        """A notebook's view: the model, its folder, and per table the files, rows and layers (from the
+        manifest alone: nothing is read)."""
+        from html import escape
+        model = self.manifest.get("model") or {}
+        rows = []
+        for name in self.tables:
+            files = self.manifest["tables"][name].get("files") or []
+            layers = sorted({(e.get("partition") or {}).get("layer") for e in files} - {None})
+            span = f"{layers[0]}-{layers[-1]}" if layers else "-"
+            rows.append(f"<tr><td>{escape(name)}</td><td>{len(files)}</td>"
+                        f"<td>{sum(e.get('rows', 0) for e in files)}</td><td>{span}</td></tr>")
+        return (f"<div><b>Vindex {escape(str(self.name))}</b> &middot; {escape(str(model.get('id')))} "
+                f"({model.get('n_layers')} layers, d_model {model.get('d_model')}) &middot; "
+                f"<code>{escape(str(self.root))}</code>"
+                "<table><tr><th>table</th><th>files</th><th>rows</th><th>layers</th></tr>"
+                + "".join(rows) + "</table></div>")
+
     def _table(self, table: str) -> dict:
         t = self.manifest["tables"].get(table)
         if not t or not t.get("files"):
