@@ -55,9 +55,14 @@ class LarqlFixture:
 
 # -- the file writers, straight from the format description -------------------------------------
 
-def write_down_meta_bin(path: Path, layers: list[LayerSource | None], top_k: int) -> None:
-    """Header (magic, version 1, num_layers, top_k), then per layer: u32 count + 8 + 8*top_k byte records."""
-    out = bytearray(struct.pack("<IIII", MAGIC, 1, len(layers), top_k))
+def write_down_meta_bin(path: Path, layers: list[LayerSource | None], top_k: int, literal_magic: bool = False) -> None:
+    """Header (magic, version 1, num_layers, top_k), then per layer: u32 count + 8 + 8*top_k byte records.
+
+    `literal_magic`: the magic as the four bytes b"DMET" (what some LarQL writers emit), not the
+    little-endian u32 0x444D4554 (b"TEMD" on disk).
+    """
+    out = bytearray((b"DMET" + struct.pack("<III", 1, len(layers), top_k)) if literal_magic
+                    else struct.pack("<IIII", MAGIC, 1, len(layers), top_k))
     for src in layers:
         if src is None or not src.in_down_meta:
             out += struct.pack("<I", 0)
@@ -182,10 +187,13 @@ def write_larql_fixture(folder, *, dtype: str = "f32", moe: bool = False, labels
                         ov_gate: bool = False, legacy_jsonl: bool = False, n_layers: int = 3, hidden: int = 8,
                         n_features: int = 12, num_experts: int = 3, features_per_expert: int = 4,
                         top_k: int = 4, vocab: int = 40, missing_meta_layer: int | None = None,
-                        seed: int = 0, checksums: bool = True) -> LarqlFixture:
+                        seed: int = 0, checksums: bool = True, shared_features: int = 0,
+                        literal_magic: bool = False) -> LarqlFixture:
     """A synthetic LarQL vindex. MoE fixtures keep layer 0 dense (as DeepSeek-style models do).
 
     `missing_meta_layer`: that layer's down_meta holds 0 records though index.json lists features.
+    `shared_features`: MoE layers end with that many shared-expert rows, as LarQL's non-streaming
+    build writes them (after the routed experts; num_features counts them, num_experts does not).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -195,7 +203,7 @@ def write_larql_fixture(folder, *, dtype: str = "f32", moe: bool = False, labels
     layers = []
     for layer in range(n_layers):
         if moe and layer > 0:
-            src = random_layer(rng, num_experts * features_per_expert, top_k, vocab, hidden)
+            src = random_layer(rng, num_experts * features_per_expert + shared_features, top_k, vocab, hidden)
             src.num_experts, src.features_per_expert = num_experts, features_per_expert
         else:
             src = random_layer(rng, n_features, top_k, vocab, hidden)
@@ -212,7 +220,7 @@ def write_larql_fixture(folder, *, dtype: str = "f32", moe: bool = False, labels
         write_down_meta_jsonl(folder / "down_meta.jsonl", dict(enumerate(layers)), text)
         down = "down_meta.jsonl"
     else:
-        write_down_meta_bin(folder / "down_meta.bin", layers, top_k)
+        write_down_meta_bin(folder / "down_meta.bin", layers, top_k, literal_magic=literal_magic)
         down = "down_meta.bin"
     fx = LarqlFixture(folder, {}, dtype, top_k, dict(enumerate(layers)), text)
     if labels:
@@ -225,7 +233,9 @@ def write_larql_fixture(folder, *, dtype: str = "f32", moe: bool = False, labels
                            extra={"model_config": {"model_type": "llama", "head_dim": 2, "num_q_heads": 4,
                                                    "num_kv_heads": 2, "rope_base": 10000.0,
                                                    "sliding_window": None, "tie_word_embeddings": False,
-                                                   **({"moe": {"num_experts": num_experts, "top_k": 2}}
+                                                   **({"moe": {"num_experts": num_experts, "top_k": 2,
+                                                               **({"shared_expert": True} if shared_features
+                                                                  else {})}}
                                                       if moe else {})}})
     return fx
 
@@ -358,7 +368,9 @@ def assert_matches_fixture(root, fx: LarqlFixture, gate_vectors: bool, layer_off
     for layer, src in fx.layers.items():
         for f in range(src.num_features):
             if src.num_experts:
-                key = (layer + layer_offset, f // src.features_per_expert, f % src.features_per_expert)
+                routed = src.num_experts * src.features_per_expert
+                key = ((layer + layer_offset, f // src.features_per_expert, f % src.features_per_expert)
+                       if f < routed else (layer + layer_offset, src.num_experts, f - routed))  # shared expert
             else:
                 key = (layer + layer_offset, None, f)
             r = got[key]
@@ -404,7 +416,12 @@ def check_ov_gate(vx, fx: LarqlFixture, layer_offset: int = 1) -> None:
         for rank, x in enumerate(ranked, 1):
             src = fx.layers[x["feature_layer"]]
             f = x["feature_idx"]
-            e, f = (f // src.features_per_expert, f % src.features_per_expert) if src.num_experts else (None, f)
+            if src.num_experts:
+                routed = src.num_experts * src.features_per_expert
+                e, f = (f // src.features_per_expert, f % src.features_per_expert) if f < routed \
+                    else (src.num_experts, f - routed)
+            else:
+                e = None
             r = got[(layer + layer_offset, head, x["feature_layer"] + layer_offset, e, f)]
             assert r["variant"] == "o"
             assert np.float32(r["coupling"]) == np.float32(x["coupling"])

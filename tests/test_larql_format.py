@@ -45,10 +45,12 @@ def test_down_meta_bin_errors(tmp_path):
 def test_feature_labels_both_key_styles(tmp_path):
     p = tmp_path / "feature_labels.json"
     p.write_text(json.dumps({"L3_F12": "capital", "4:7": "language"}))
-    assert labels.read_feature_labels(p) == {(3, 12): "capital", (4, 7): "language"}
-    p.write_text(json.dumps({"layer3/feature12": "x"}))
-    with pytest.raises(lf.LarqlFormatError, match=r"feature_labels\.json: key 'layer3/feature12' is neither"):
-        labels.read_feature_labels(p)
+    assert labels.read_feature_labels(p).labels == {(3, 12): "capital", (4, 7): "language"}
+    # a key that is not a feature key is skipped and reported (LarQL skips it silently), never fatal
+    p.write_text(json.dumps({"layer3/feature12": "x", "L1_F2": "y"}))
+    got = labels.read_feature_labels(p)
+    assert got.labels == {(1, 2): "y"}
+    assert len(got.skipped) == 1 and "key 'layer3/feature12' is neither" in got.skipped[0]
 
 
 def test_cluster_files(tmp_path):

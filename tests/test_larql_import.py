@@ -182,7 +182,9 @@ def test_missing_inputs(tmp_path):
         import_larql(tmp_path / "empty", tmp_path / "out", progress=False)
     fx = write_larql_fixture(tmp_path / "src")
     (fx.folder / "down_meta.bin").unlink()
-    with pytest.raises(NotFound, match=r"neither down_meta\.bin nor down_meta\.jsonl"):
+    index = json.loads((fx.folder / "index.json").read_text())
+    (fx.folder / "index.json").write_text(json.dumps({**index, "layers": []}))
+    with pytest.raises(NotFound, match=r"no readable down_meta and no FFN features"):
         import_larql(fx.folder, tmp_path / "out", progress=False)
 
 

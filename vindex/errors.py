@@ -27,6 +27,7 @@ can find the problem without reading a pyarrow traceback. Catch `VindexError` to
       CKAWarning               a CKA value is undefined and was returned as NULL
       CKAPairSkipped           a model pair of a lake could not be compared; the run went on
       PartialData              a result was computed over part of the data (allow_partial)
+      LarqlImportWarning       a LarQL import went on without part of its source (it says what)
 """
 
 
@@ -121,6 +122,10 @@ class CKAPairSkipped(VindexWarning):
 
 class PartialData(VindexWarning):
     """A result was computed over part of the data (allow_partial): the message says how many rows."""
+
+
+class LarqlImportWarning(VindexWarning):
+    """A LarQL import went on without part of its source (unparseable labels, no down_meta); the message says what."""
 
 
 def error_from_message(message: str, functions: tuple[str, ...] = ()) -> VindexError | None:

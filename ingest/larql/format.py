@@ -23,6 +23,7 @@ DOWN_META_JSONL = "down_meta.jsonl"
 GATE_VECTORS = "gate_vectors.bin"
 TOKENIZER = "tokenizer.json"
 FEATURE_LABELS = "feature_labels.json"
+FEATURE_LABELS_RICH = "feature_labels_rich.json"
 RELATION_CLUSTERS = "relation_clusters.json"
 FEATURE_CLUSTERS = "feature_clusters.jsonl"
 
@@ -30,6 +31,9 @@ FEATURE_CLUSTERS = "feature_clusters.jsonl"
 # (vindex.layers: the one block <-> layer convention, as `vindex build --weights` uses it).
 
 DOWN_META_MAGIC = 0x444D4554  # "DMET"; the bytes b"TEMD" on disk (little-endian u32)
+# Some LarQL writers put the literal bytes b"DMET" first (read as a little-endian u32: 0x54454D44);
+# LarQL's readers accept both, so this one does too. The rest of the file is little-endian either way.
+DOWN_META_MAGIC_LITERAL = 0x54454D44
 DOWN_META_VERSION = 1
 _HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("num_layers", "<u4"), ("top_k", "<u4")])
 
@@ -53,12 +57,29 @@ class LarqlLayer:
     def is_moe(self) -> bool:
         return bool(self.num_experts)
 
+    @property
+    def routed_features(self) -> int:
+        """Rows of the routed experts (num_experts x num_features_per_expert); 0 for a dense layer."""
+        return self.num_experts * self.num_features_per_expert if self.is_moe else 0
+
+    @property
+    def shared_features(self) -> int:
+        """Rows LarQL's non-streaming build appends after the routed experts: the shared expert's."""
+        return self.num_features - self.routed_features if self.is_moe else 0
+
     def split(self, flat: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        """Flat feature index -> (expert, feature within the expert); experts are contiguous."""
+        """Flat feature index -> (expert, feature within the expert); experts are contiguous.
+
+        Rows past the routed experts belong to the shared expert, which LarQL numbers
+        `num_experts` (one past the last routed expert); its features count from 0.
+        """
         flat = np.asarray(flat, dtype=np.int64)
         if not self.is_moe:
             return None, flat
-        return flat // self.num_features_per_expert, flat % self.num_features_per_expert
+        routed = self.routed_features
+        expert = np.where(flat < routed, flat // self.num_features_per_expert, self.num_experts)
+        feature = np.where(flat < routed, flat % self.num_features_per_expert, flat - routed)
+        return expert, feature
 
 
 @dataclass
@@ -86,6 +107,18 @@ class LarqlIndex:
     @property
     def checksums(self) -> dict[str, str]:
         return dict(self.raw.get("checksums") or {})
+
+    @property
+    def moe_intermediate_size(self) -> int | None:
+        moe = (self.raw.get("model_config") or {}).get("moe")
+        v = moe.get("moe_intermediate_size") if isinstance(moe, dict) else None
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+    def is_summary(self, li: LarqlLayer) -> bool:
+        """A summary-tier MoE layer (`--summary-features-per-expert K`): K rows per expert that are
+        SVD directions of the expert's W_gate, fewer than its moe_intermediate_size real rows."""
+        m = self.moe_intermediate_size
+        return bool(li.is_moe and m and li.num_features_per_expert < m)
 
 
 def _int_field(obj: dict, key: str, where: str, required: bool = True, minimum: int = 0) -> int | None:
@@ -121,6 +154,8 @@ def read_index(folder: str | Path) -> LarqlIndex:
     if not isinstance(layers, list):
         raise LarqlFormatError(f"{path}: `layers` must be a list, got {type(layers).__name__}")
     seen = set()
+    moe = (raw.get("model_config") or {}).get("moe") or {}
+    moe = moe if isinstance(moe, dict) else {}
     for i, entry in enumerate(layers):
         where = f"{path}: layers[{i}]"
         if not isinstance(entry, dict):
@@ -138,9 +173,14 @@ def read_index(folder: str | Path) -> LarqlIndex:
         seen.add(li.layer)
         if (li.num_experts is None) != (li.num_features_per_expert is None):
             raise LarqlFormatError(f"{where}: an MoE layer needs both num_experts and num_features_per_expert")
-        if li.is_moe and li.num_experts * li.num_features_per_expert != li.num_features:
+        if li.is_moe and li.shared_features < 0:
             raise LarqlFormatError(f"{where}: num_experts ({li.num_experts}) x num_features_per_expert "
-                                   f"({li.num_features_per_expert}) != num_features ({li.num_features})")
+                                   f"({li.num_features_per_expert}) != num_features ({li.num_features}): fewer rows than "
+                                   "the routed experts hold (only a shared expert's rows may follow them)")
+        if li.shared_features and moe.get("shared_expert") is False:
+            raise LarqlFormatError(f"{where}: num_features ({li.num_features}) exceeds num_experts "
+                                   f"({li.num_experts}) x num_features_per_expert ({li.num_features_per_expert}) "
+                                   "by the rows of a shared expert, but model_config.moe.shared_expert is false")
         index.layers.append(li)
     index.layers.sort(key=lambda li: li.layer)
     return index
@@ -229,9 +269,10 @@ class DownMetaBin:
         if size < _HEADER.itemsize:
             raise LarqlFormatError(f"{self.path}: {size} bytes is shorter than the 16-byte header (truncated)")
         header = np.fromfile(self.path, dtype=_HEADER, count=1)[0]
-        if int(header["magic"]) != DOWN_META_MAGIC:
+        if int(header["magic"]) not in (DOWN_META_MAGIC, DOWN_META_MAGIC_LITERAL):
             raise LarqlFormatError(f"{self.path}: magic 0x{int(header['magic']):08X} is not 0x{DOWN_META_MAGIC:08X} "
-                                   "(b'TEMD'); not a LarQL down_meta.bin")
+                                   "(b'TEMD'), nor the literal bytes b'DMET'; not a LarQL down_meta.bin")
+        self.magic_bytes = "DMET" if int(header["magic"]) == DOWN_META_MAGIC_LITERAL else "TEMD"
         if int(header["version"]) != DOWN_META_VERSION:
             raise LarqlFormatError(f"{self.path}: down_meta version {int(header['version'])} is not supported "
                                    f"(this reader knows {DOWN_META_VERSION})")

@@ -21,13 +21,14 @@ also hold (attn_weights.bin, embeddings.bin, ...) are never touched.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from vindex import __version__
-from vindex.errors import InvalidValue, ManifestError, NotFound, VindexError
+from vindex.errors import InvalidValue, LarqlImportWarning, ManifestError, NotFound, VindexError
 from vindex.layers import BLOCK_TO_LAYER, layer_of_block
 from vindex.manifest import MANIFEST, load_manifest
 from vindex.writer import VindexWriter
@@ -54,19 +55,35 @@ def import_larql(src, out, *, name: str | None = None, gate_vectors: bool = Fals
     source = resolve_source(src, revision=revision, gate_vectors=gate_vectors, progress=progress)
     folder = source.folder
     index = lf.read_index(folder)
-    down_name = lf.DOWN_META_BIN if (folder / lf.DOWN_META_BIN).is_file() else lf.DOWN_META_JSONL
-    if not (folder / down_name).is_file():
-        raise NotFound(f"{folder}: neither {lf.DOWN_META_BIN} nor {lf.DOWN_META_JSONL}; nothing to import "
-                       "(LarQL writes down_meta at every extract level)")
-    read = [lf.INDEX, down_name, lf.TOKENIZER, *LABEL_FILES, *[p.name for p in source.ov_files]]
+    missing: list[str] = []
+    down_name = next((n for n in (lf.DOWN_META_BIN, lf.DOWN_META_JSONL)
+                      if (folder / n).is_file() and (folder / n).stat().st_size > 0), None)
+    if down_name is None:
+        # LarQL's client / attn / embed / router slices carry no down_meta (or a 0-byte file):
+        # import what is there (the features index.json lists, gates, labels) and say so
+        empty = [n for n in (lf.DOWN_META_BIN, lf.DOWN_META_JSONL) if (folder / n).is_file()]
+        missing.append(f"down_meta ({'0-byte ' + empty[0] if empty else 'no down_meta.bin or down_meta.jsonl'}): "
+                       "top_token, top_token_id, c_score and top_tokens are null")
+        if not any(li.num_features for li in index.layers):
+            raise NotFound(f"{folder}: no readable down_meta and no FFN features in {lf.INDEX} `layers`; "
+                           "nothing to import")
+    read = [lf.INDEX, *([down_name] if down_name else []), lf.TOKENIZER, *LABEL_FILES,
+            *[p.name for p in source.ov_files]]
     verified = lf.verify_checksums(folder, index, read + ([lf.GATE_VECTORS] if gate_vectors else []), progress)
-    down = DownMeta(folder / down_name, index)
+    down = DownMeta(folder / down_name if down_name else None, index)
     gates = lf.GateVectors(folder / lf.GATE_VECTORS, index) if gate_vectors else None
     tokens = TokenText.load(folder / lf.TOKENIZER)
+    if tokens is None:
+        missing.append(f"{lf.TOKENIZER}: token strings are null (the ids are kept)")
     labels = FeatureLabels.load(folder)
+    for name, reasons in labels.skipped.items():
+        missing.append(f"{name}: {len(reasons)} entr{'y' if len(reasons) == 1 else 'ies'} skipped "
+                       f"({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})")
     ov = [read_ov_gate(p) for p in source.ov_files]
     layers = down.layer_numbers()
     labels.check(down.num_features)
+    for line in missing:
+        warnings.warn(LarqlImportWarning(f"{source.uri}: {line}"), stacklevel=2)
 
     writer = _open_writer(Path(out), name, index, source)
     old = {e["path"] for t in ("features", "ov_gate") for e in writer.manifest["tables"].pop(t, {}).get("files", [])}
@@ -77,9 +94,10 @@ def import_larql(src, out, *, name: str | None = None, gate_vectors: bool = Fals
     for layer in bar:
         entries = write_feature_layer(writer, index, down, layer, tokens, labels, gates)
         written.update(e["path"] for e in entries)
-    ov_meta = write_ov_gate(writer, index, ov)
+    ov_meta = write_ov_gate(writer, index, ov, target_text=_top_token_text(down, tokens))
     written.update(e["path"] for e in writer.manifest["tables"].get("ov_gate", {}).get("files", []))
-    writer.update(extraction=_extraction(index, source, down, gates is not None, verified, labels, ov_meta))
+    writer.update(extraction=_extraction(index, source, down, gates is not None, verified, labels, ov_meta,
+                                         missing))
     _remove_stale(writer.root, old - written)
     return writer.root
 
@@ -89,10 +107,16 @@ def import_larql(src, out, *, name: str | None = None, gate_vectors: bool = Fals
 class DownMeta:
     """down_meta.bin or legacy down_meta.jsonl, reconciled with index.json's per-layer counts."""
 
-    def __init__(self, path: Path, index: lf.LarqlIndex):
+    def __init__(self, path: Path | None, index: lf.LarqlIndex):
         self.path, self.index = path, index
         counts = {li.layer: li.num_features for li in index.layers}
-        if path.name == lf.DOWN_META_BIN:
+        self.bin = self.jsonl = None
+        self.summary_records: dict[int, int] = {}   # summary-tier layer -> down_meta records not paired
+        if path is None:   # no readable down_meta: index.json's layers, every feature without metadata
+            top_k = index.get("down_top_k")
+            self.top_k = top_k if isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 0 else 0
+            have = {}
+        elif path.name == lf.DOWN_META_BIN:
             self.bin, self.jsonl = lf.DownMetaBin(path), None
             if self.bin.num_layers != index.num_layers:
                 raise lf.LarqlFormatError(f"{path}: header says {self.bin.num_layers} layers, "
@@ -106,6 +130,11 @@ class DownMeta:
                                           f"(num_layers = {index.num_layers} in {index.path})")
             self.top_k = max((m.token_ids.shape[1] for m in self.jsonl.values()), default=0)
             have = {layer: m.num_features for layer, m in self.jsonl.items()}
+        for li in index.layers:
+            # a summary-tier layer's rows are SVD directions, not features: its down_meta records
+            # (whatever their count) describe down columns, so they are never paired with them
+            if index.is_summary(li):
+                self.summary_records[li.layer] = have.pop(li.layer, 0)
         for layer, n in counts.items():
             if have.get(layer, 0) not in (0, n):
                 raise lf.LarqlFormatError(f"{path}: layer {layer} holds {have[layer]} features, "
@@ -121,7 +150,9 @@ class DownMeta:
 
     def layer(self, layer: int) -> lf.DownMetaLayer:
         n = self.counts[layer]
-        m = self.bin.layer(layer) if self.bin is not None else self.jsonl.get(layer)
+        m = None
+        if layer not in self.summary_records:
+            m = self.bin.layer(layer) if self.bin is not None else (self.jsonl or {}).get(layer)
         if m is None or m.num_features == 0:  # no metadata at all for this layer: n rows of nulls
             k = self.top_k
             m = lf.DownMetaLayer(layer, np.zeros(n, np.int64), np.zeros(n, np.float32), np.zeros((n, k), np.int64),
@@ -153,7 +184,10 @@ class TokenText:
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         uniq, inverse = np.unique(ids, return_inverse=True)
-        missing = [int(i) for i in uniq if int(i) not in self.cache and 0 <= i < self.size]
+        # an id is known when the tokenizer has a token for it: added tokens may sit at or above
+        # get_vocab_size(), and ids past every token decode to "" (not text) and stay null
+        missing = [int(i) for i in uniq if int(i) not in self.cache and 0 <= i < 2 ** 32
+                   and self.tokenizer.id_to_token(int(i)) is not None]
         if missing:
             texts = self.tokenizer.decode_batch([[i] for i in missing], skip_special_tokens=True)
             self.cache.update((i, t.strip()) for i, t in zip(missing, texts))
@@ -272,10 +306,91 @@ def _model(index: lf.LarqlIndex) -> dict:
     return {k: v for k, v in model.items() if v is not None}
 
 
-def _extraction(index, source, down, gate_vectors, verified, labels, ov_meta) -> dict:
+def _top_token_text(down: DownMeta, tokens: TokenText | None):
+    """(LarQL layer, flat features) -> the features' top-token text (None without metadata)."""
+    def text(layer: int, flat: np.ndarray) -> np.ndarray:
+        out = np.full(len(flat), None, dtype=object)
+        if layer not in down.counts:
+            return out
+        m = down.layer(layer)
+        ok = (flat >= 0) & (flat < m.num_features)
+        ok[ok] &= m.has_meta[flat[ok]]
+        if m.top_token is not None:
+            out[ok] = [None if t is None else str(t).strip() for t in m.top_token[flat[ok]]]
+        if tokens is not None:
+            decoded = tokens(m.top_token_id[flat[ok]])
+            out[ok] = np.where(out[ok] != None, out[ok], decoded)  # noqa: E711 (elementwise)
+        return out
+    return text
+
+
+def _moe_meta(index: lf.LarqlIndex, down: DownMeta) -> dict | None:
+    """What the MoE layers hold beyond routed experts: a shared expert's rows, summary-tier rows."""
+    shared = {li.layer: li.shared_features for li in index.layers if li.shared_features}
+    summary = [li for li in index.layers if index.is_summary(li)]
+    if not shared and not summary:
+        return None
+    out = {}
+    if shared:
+        out["shared_expert"] = {
+            "expert": index.layers[0].num_experts if index.layers else None,
+            "features": {str(layer_of_block(k)): v for k, v in shared.items()},
+            "note": "LarQL's non-streaming build appends the shared expert's rows after the routed experts; "
+                    "they are stored as expert = num_experts (LarQL's own id for it), feature counted from 0"}
+    if summary:
+        out["summary_tier"] = {
+            "layers": [layer_of_block(li.layer) for li in summary],
+            "features_per_expert": sorted({li.num_features_per_expert for li in summary}),
+            "moe_intermediate_size": index.moe_intermediate_size,
+            "meaning": "each row of these layers is an SVD direction of one expert's W_gate "
+                       "(`--summary-features-per-expert K`), not a row of W_gate: features.vector holds that "
+                       "direction, and no down column belongs to it, so top_token, c_score and top_tokens are "
+                       "null there",
+            "down_meta_records_not_paired": {str(layer_of_block(k)): v for k, v in down.summary_records.items()}}
+    return out
+
+
+def _label_meta(labels: FeatureLabels, index: lf.LarqlIndex) -> dict:
+    """Label files, counts and each label's provenance (LarQL shows file labels tagged "(probe)")."""
+    by_source: dict[str, int] = {}
+    for feats in labels.source.values():
+        for src in feats.values():
+            by_source[src] = by_source.get(src, 0) + 1
+    n_cluster_only = sum(1 for layer, feats in labels.clusters.items() for f in feats
+                         if labels.relation is not None and f not in labels.labels.get(layer, {}))
+    if n_cluster_only:
+        by_source["cluster"] = n_cluster_only
+    out = {"files": labels.files, "n_labels": labels.count("labels"), "n_clustered": labels.count("clusters"),
+           "sources": by_source,
+           "source_note": "features.label comes from a label file (LarQL tags these \"(probe)\": confirmed by "
+                          "probing) or, where a feature has none, from its relation cluster's name"}
+    if labels.confidence:
+        out["confidence"] = {
+            "note": "the probe's confidence per labelled feature (feature_labels_rich.json or rich records), "
+                    "keyed by vindex layer, then 'feature' (dense) or 'expert:feature' (MoE)",
+            "by_layer": _confidence_by_layer(labels, index)}
+    if labels.skipped:
+        out["skipped"] = labels.skipped
+    return out
+
+
+def _confidence_by_layer(labels: FeatureLabels, index: lf.LarqlIndex) -> dict:
+    out = {}
+    for layer, feats in sorted(labels.confidence.items()):
+        li = index.layer(layer)
+        flat = np.array(sorted(feats), dtype=np.int64)
+        expert, feature = li.split(flat) if li is not None else (None, flat)
+        keys = [str(f) if expert is None else f"{e}:{f}" for e, f in
+                zip(expert if expert is not None else [None] * len(flat), feature)]
+        out[str(layer_of_block(layer))] = {k: feats[int(f)] for k, f in zip(keys, flat)}
+    return out
+
+
+def _extraction(index, source, down, gate_vectors, verified, labels, ov_meta, missing=()) -> dict:
     raw = index.raw
     larql = {k: raw.get(k) for k in ("version", "extract_level", "dtype", "down_top_k", "embed_scale",
-                                     "layer_bands", "family") if raw.get(k) is not None}
+                                     "layer_bands", "family", "quant", "fp4", "ffn_layout")
+             if raw.get(k) is not None}
     larql.update({k: v for k, v in (raw.get("source") or {}).items() if v is not None})
     larql["checksums_verified"] = verified
     ex = {"source": "larql", "tool": f"vindex-lake {__version__} import-larql", "imported_from": source.provenance,
@@ -285,10 +400,19 @@ def _extraction(index, source, down, gate_vectors, verified, labels, ov_meta) ->
           "unembedding": {"kind": "embedding", "tensor": None, "final_norm": None,
                           "note": "LarQL down_meta: logits = W_E . W_down[:, f] with the raw input embedding W_E "
                                   "(no embed scale, no final norm, no lm_head); c_score = top-1 logit"},
-          "down_meta": {"file": down.path.name, "top_k": down.top_k},
+          "down_meta": ({"file": down.path.name, "top_k": down.top_k,
+                         **({"magic": "b'DMET' (literal)"} if getattr(down.bin, "magic_bytes", "") == "DMET" else {})}
+                        if down.path is not None else None),
           "gate_vectors": ({"file": lf.GATE_VECTORS, "dtype": index.dtype, "column": "features.vector",
-                            "meaning": "row f of W_gate (W_in for GPT-2 style FFNs)"} if gate_vectors else None),
-          "labels": {"files": labels.files, "n_labels": labels.count("labels"), "n_clustered": labels.count("clusters")}}
+                            "meaning": "row f of W_gate (W_in for GPT-2 style FFNs)"
+                            + ("; in summary-tier layers an SVD direction (extraction.moe.summary_tier)"
+                               if any(index.is_summary(li) for li in index.layers) else "")} if gate_vectors else None),
+          "labels": _label_meta(labels, index)}
+    if missing:
+        ex["missing"] = list(missing)
+    moe = _moe_meta(index, down)
+    if moe is not None:
+        ex["moe"] = moe
     if labels.relation is not None:
         ex["clusters"] = labels.relation
     if ov_meta is not None:

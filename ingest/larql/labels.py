@@ -1,7 +1,8 @@
 """LarQL's label files: feature_labels.json, feature_clusters.jsonl and relation_clusters.json.
 
 LarQL labels FFN features two ways: by name (feature_labels.json, keyed "L<layer>_F<feature>" in
-its code and "<layer>:<feature>" in older documents) and by cluster (feature_clusters.jsonl gives
+its code and "<layer>:<feature>" in older documents, or a list of rich records; the probe's
+feature_labels_rich.json adds a confidence) and by cluster (feature_clusters.jsonl gives
 each feature a cluster index, relation_clusters.json names the clusters). Layers and features are
 LarQL's: 0-based blocks, flat feature indices (experts contiguous).
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from vindex.files import parse_json, read_json
 
-from .format import FEATURE_CLUSTERS, FEATURE_LABELS, RELATION_CLUSTERS, LarqlFormatError
+from .format import FEATURE_CLUSTERS, FEATURE_LABELS, FEATURE_LABELS_RICH, RELATION_CLUSTERS, LarqlFormatError
 
 KEY_LF = re.compile(r"^L(\d+)_F(\d+)$")
 _KEY_COLON = re.compile(r"^(\d+):(\d+)$")
@@ -25,20 +26,72 @@ def _load_json(path: Path):
     return read_json(path, LarqlFormatError)
 
 
-def read_feature_labels(path: str | Path) -> dict[tuple[int, int], str]:
-    """feature_labels.json -> {(layer, flat feature): label}; keys "L<l>_F<f>" or "<l>:<f>"."""
+@dataclass
+class LabelFile:
+    """What feature_labels.json (or feature_labels_rich.json) held, keyed (layer, flat feature).
+
+    `skipped` lists why entries were left out (a key that is not a feature key, a label that is
+    not a string); LarQL skips them silently, the importer warns.
+    """
+    labels: dict = field(default_factory=dict)
+    confidence: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _feature_key(key) -> tuple[int, int] | None:
+    m = KEY_LF.match(key) or _KEY_COLON.match(key) if isinstance(key, str) else None
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def read_feature_labels(path: str | Path) -> LabelFile:
+    """feature_labels.json in any form LarQL writes, entries that do not parse skipped (and listed).
+
+    - the flat map {"L<l>_F<f>" or "<l>:<f>": label} (the engine's format);
+    - the rich list [{"layer", "feature", "relation", "source", "confidence", "examples"}];
+    - feature_labels_rich.json, the probe's details: {"L<l>_F<f>": {"primary", "confidence", ...}}.
+    A file that is not JSON at all is one skipped entry, so a bad label file never stops an import.
+    """
     path = Path(path)
-    raw = _load_json(path)
-    if not isinstance(raw, dict):
-        raise LarqlFormatError(f"{path}: expected an object of feature key -> label")
-    out = {}
-    for key, label in raw.items():
-        m = KEY_LF.match(key) or _KEY_COLON.match(key)
-        if not m:
-            raise LarqlFormatError(f"{path}: key {key!r} is neither 'L<layer>_F<feature>' nor '<layer>:<feature>'")
+    out = LabelFile()
+    try:
+        raw = _load_json(path)
+    except LarqlFormatError as e:
+        out.skipped.append(str(e))
+        return out
+    if isinstance(raw, list):
+        items = []
+        for i, rec in enumerate(raw):
+            if not isinstance(rec, dict) or not isinstance(rec.get("layer"), int) or \
+                    not isinstance(rec.get("feature"), int) or rec["layer"] < 0 or rec["feature"] < 0:
+                out.skipped.append(f"entry {i}: not a {{layer, feature, relation}} record")
+                continue
+            items.append(((rec["layer"], rec["feature"]), f"entry {i}", rec))
+    elif isinstance(raw, dict):
+        items = []
+        for key, value in raw.items():
+            where = _feature_key(key)
+            if where is None:
+                out.skipped.append(f"key {key!r} is neither 'L<layer>_F<feature>' nor '<layer>:<feature>'")
+                continue
+            items.append((where, f"key {key!r}", value if isinstance(value, dict) else {"relation": value}))
+    else:
+        out.skipped.append(f"expected an object or a list, got {type(raw).__name__}")
+        return out
+    for where, name, rec in items:
+        label = rec.get("relation", rec.get("primary"))
         if label is not None and not isinstance(label, str):
-            raise LarqlFormatError(f"{path}: label of {key!r} must be a string, got {label!r}")
-        out[(int(m.group(1)), int(m.group(2)))] = label
+            out.skipped.append(f"{name}: label {label!r} is not a string")
+            continue
+        out.labels[where] = label
+        if _number(rec.get("confidence")) is not None:
+            out.confidence[where] = _number(rec["confidence"])
+        if isinstance(rec.get("source"), str):
+            out.source[where] = rec["source"]
     return out
 
 
@@ -80,21 +133,37 @@ def read_feature_clusters(path: str | Path) -> dict[tuple[int, int], int]:
 
 @dataclass
 class FeatureLabels:
-    """Labels and clusters from feature_labels.json, feature_clusters.jsonl, relation_clusters.json.
+    """Labels and clusters from feature_labels.json (+ _rich), feature_clusters.jsonl, relation_clusters.json.
 
-    Both per-feature maps are keyed {larql layer: {flat feature: value}}.
+    The per-feature maps are keyed {larql layer: {flat feature: value}}. Labels from a label file
+    are probe-confirmed in LarQL (it tags them "(probe)"); `source` keeps that tag (or a rich
+    record's own `source`), `confidence` the probe's confidence where a file gives one.
     """
     labels: dict = field(default_factory=dict)
     clusters: dict = field(default_factory=dict)
     relation: dict | None = None   # relation_clusters.json without the centres
     files: list[str] = field(default_factory=list)
+    confidence: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)   # file name -> reasons entries were left out
 
     @classmethod
     def load(cls, folder: Path) -> "FeatureLabels":
         fl = cls()
-        if (folder / FEATURE_LABELS).is_file():
-            fl.labels = _by_layer(read_feature_labels(folder / FEATURE_LABELS))
-            fl.files.append(FEATURE_LABELS)
+        for name in (FEATURE_LABELS, FEATURE_LABELS_RICH):
+            if not (folder / name).is_file():
+                continue
+            got = read_feature_labels(folder / name)
+            fl.files.append(name)
+            if got.skipped:
+                fl.skipped[name] = got.skipped
+            for key, label in got.labels.items():   # feature_labels.json's own label wins
+                layer, f = key
+                if name == FEATURE_LABELS or f not in fl.labels.get(layer, {}):
+                    fl.labels.setdefault(layer, {})[f] = label
+                fl.source.setdefault(layer, {}).setdefault(f, got.source.get(key, "probe"))
+            for (layer, f), c in got.confidence.items():
+                fl.confidence.setdefault(layer, {}).setdefault(f, c)
         if (folder / FEATURE_CLUSTERS).is_file():
             fl.clusters = _by_layer(read_feature_clusters(folder / FEATURE_CLUSTERS))
             fl.files.append(FEATURE_CLUSTERS)
@@ -112,7 +181,8 @@ class FeatureLabels:
 
     def check(self, num_features) -> None:
         """Every labelled feature must exist (else the labels belong to another extraction)."""
-        for name, by_layer in ((FEATURE_LABELS, self.labels), (FEATURE_CLUSTERS, self.clusters)):
+        for name, by_layer in (("/".join(f for f in self.files if f.startswith("feature_labels")), self.labels),
+                               (FEATURE_CLUSTERS, self.clusters)):
             for layer, feats in by_layer.items():
                 n = num_features(layer)
                 if feats and max(feats) >= n:

@@ -76,6 +76,7 @@ class OvGateRows:
     feature: np.ndarray
     coupling: np.ndarray
     total_coupling: np.ndarray
+    target_token: np.ndarray | None = None   # (n,) object: the row's `target_token`, None where absent
 
 
 def read_ov_gate(path: str | Path) -> OvGateRows:
@@ -85,6 +86,7 @@ def read_ov_gate(path: str | Path) -> OvGateRows:
     if header is None:
         raise LarqlFormatError(f"{path}: the first line is not an ov_gate_coupling header")
     cols = {k: [] for k in ("layer", "head", "feature_layer", "feature", "coupling", "total_coupling")}
+    targets = []
     with open(path, "rb") as f:
         next(f)
         for lineno, line in enumerate(f, 2):
@@ -110,12 +112,21 @@ def read_ov_gate(path: str | Path) -> OvGateRows:
                                        "is not a finite number")
             for key, v in zip(cols, row):
                 cols[key].append(v)
+            t = obj.get("target_token")
+            targets.append(t.strip() if isinstance(t, str) else None)
     return OvGateRows(path, header, **{k: np.asarray(v, dtype=np.float32 if "coupling" in k else np.int64)
-                                       for k, v in cols.items()})
+                                       for k, v in cols.items()},
+                      target_token=np.array(targets + [None], dtype=object)[:-1])
 
 
-def write_ov_gate(writer: VindexWriter, index: LarqlIndex, files: list[OvGateRows]) -> dict | None:
-    """ov-gate NDJSON rows -> `ov_gate` (variant 'o'), one shard per layer, rank 1 = strongest."""
+def write_ov_gate(writer: VindexWriter, index: LarqlIndex, files: list[OvGateRows],
+                  target_text=None) -> dict | None:
+    """ov-gate NDJSON rows -> `ov_gate` (variant 'o'), one shard per layer, rank 1 = strongest.
+
+    `target_text(larql_layer, flat_features)` gives the features' top-token text: each row's
+    `target_token` is checked against it (LarQL writes the coupled feature's top token there) and
+    the manifest records the agreement and the rows that differ.
+    """
     if not files:
         return None
     cols = {k: np.concatenate([getattr(f, k) for f in files])
@@ -154,6 +165,23 @@ def write_ov_gate(writer: VindexWriter, index: LarqlIndex, files: list[OvGateRow
             "coupling": cols["coupling"][sel], "total_coupling": cols["total_coupling"][sel],
             "rank": rank.astype(np.int32)}, partition={"layer": layer_of_block(layer)})
     h = files[0].header
-    return {"files": [f.path.name for f in files], "variant": "o", "top_k": h.get("top_k"),
+    meta = {"files": [f.path.name for f in files], "variant": "o", "top_k": h.get("top_k"),
             "formula": "coupling_f = ||W_gate[f, :] . W_O[:, h*head_dim:(h+1)*head_dim]||_2, same layer",
             "rounding": "LarQL rounds coupling to 3 decimals and total_coupling to 1"}
+    targets = np.concatenate([f.target_token if f.target_token is not None else np.full(len(f.layer), None)
+                              for f in files])
+    given = np.flatnonzero(targets != None)  # noqa: E711 (elementwise)
+    if len(given) and target_text is not None:
+        expected = np.full(len(targets), None, dtype=object)
+        for fl_ in np.unique(cols["feature_layer"][given]):
+            at = given[cols["feature_layer"][given] == fl_]
+            expected[at] = target_text(int(fl_), cols["feature"][at])
+        differ = [int(i) for i in given if expected[i] != targets[i]]
+        meta["target_token"] = {
+            "rows": int(len(given)), "agree": int(len(given) - len(differ)),
+            "meaning": "the coupled feature's top token: features.top_token at (feature_layer, expert, feature)",
+            "differ": [{"layer": int(cols["layer"][i] + BLOCK_TO_LAYER), "head": int(cols["head"][i]),
+                        "feature_layer": int(cols["feature_layer"][i] + BLOCK_TO_LAYER),
+                        "feature_flat": int(cols["feature"][i]), "target_token": targets[i],
+                        "top_token": expected[i]} for i in differ[:100]]}
+    return meta

@@ -18,8 +18,9 @@ from vindex.hub.location import HubLocation, is_hub_uri
 from . import format as lf
 from .ov_gate import ov_gate_header
 
+_BARE_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[^/\s]+)?$")
 _OV_NAME = re.compile(r"(ov[_-]?gate.*\.(jsonl|ndjson)|\.ndjson)$", re.IGNORECASE)
-LABEL_FILES = (lf.FEATURE_LABELS, lf.RELATION_CLUSTERS, lf.FEATURE_CLUSTERS)
+LABEL_FILES = (lf.FEATURE_LABELS, lf.FEATURE_LABELS_RICH, lf.RELATION_CLUSTERS, lf.FEATURE_CLUSTERS)
 LARQL_REPO_TYPES = ("model", "dataset")   # hf://org/name with no repo type: LarQL looks in this order
 
 
@@ -42,9 +43,15 @@ def resolve_source(src, *, revision: str | None = None, gate_vectors: bool = Fal
     uri = str(src)
     if is_hub_uri(uri):
         return fetch_from_hub(uri, revision=revision, gate_vectors=gate_vectors, progress=progress)
+    folder = Path(src)
+    if not folder.exists() and _BARE_REPO.match(uri):
+        # LarQL's bare `org/name`: not a folder here, so the Hub repo of that name (model, then dataset)
+        try:
+            return fetch_from_hub("hf://" + uri, revision=revision, gate_vectors=gate_vectors, progress=progress)
+        except NotFound as e:
+            raise NotFound(f"{uri}: no such folder, and on the Hub: {e}") from None
     if revision is not None:
         raise InvalidValue(f"revision={revision!r} only applies to hf:// sources, not the folder {uri!r}")
-    folder = Path(src)
     if not folder.is_dir():
         raise NotFound(f"{folder}: no such folder (a LarQL vindex is a folder holding index.json)")
     ov = sorted(p for p in folder.iterdir() if p.suffix in (".jsonl", ".ndjson") and p.is_file()
