@@ -8,6 +8,7 @@ look at. Skipped, with the reason, when Chromium or Playwright is missing (.ci/r
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from vindex.query import connect
 from vindex.view import view
 
-from toy_lakes import VIEW, write_toy_lake
+from toy_lakes import VIEW, VOCAB, write_toy_lake
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -262,3 +263,152 @@ def test_the_url_fragment_restores_a_view(browser, page_file, con):
         check_correspondence(pg, cka_sql(con, "alpha", "beta", "biased", "last"), 4, side="b")
         pg.click("#heatmap-svg rect.cell[data-i='2'][data-j='1']")
         assert "sel=a%3A2" in pg.evaluate("location.hash") or "sel=a:2" in pg.evaluate("location.hash")
+
+
+def matched_pairs(la, lb, na, nb):
+    """Each layer with the other model's layer at the nearest normalized depth, both ways (ties: the lower)."""
+    near = lambda d, others, n: min(others, key=lambda o: (abs(o / n - d), o))  # noqa: E731
+    return {(a, near(a / na, lb, nb)) for a in la} | {(near(b / nb, la, na), b) for b in lb}
+
+
+def drawn_edges(pg, svg="#layers-svg"):
+    return set(map(tuple, pg.eval_on_selector_all(f"{svg} line.edge", "ls => ls.map(l => [+l.dataset.i, +l.dataset.j])")))
+
+
+def test_defaults_are_the_studys_matched_depth_last_pooling_with_the_null(page, con):
+    """The page opens on last pooling (docs/study.md's measured order), debiased, matched-depth edges
+    and the null applied: a few edges, not a wash; the pooling's confound is noted."""
+    pg = page
+    assert pg.locator("#pooling").input_value() == "last" and pg.locator("#estimator").input_value() == "debiased"
+    assert pg.locator("#edges").input_value() == "matched" and pg.locator("#hide-null").is_checked()
+    cross = cka_sql(con, "alpha", "beta", "debiased", "last")
+    pairs = matched_pairs(range(5), range(7), 4, 6)
+    want = {p for p in pairs if cross[p][0] >= 0 and cross[p][0] > cross[p][1]}
+    assert drawn_edges(pg) == want and len(want) < len(cross) / 3
+    assert pg.locator("#chart-caption").text_content().startswith(f"{len(want)} of {len(pairs)} matched-depth pairs")
+    assert "token identity" in pg.locator("#pooling-note").text_content()
+    pg.select_option("#pooling", "mean")
+    assert "attention-sink" in pg.locator("#pooling-note").text_content()
+    shot(pg, "defaults")
+
+    pg.select_option("#edges", "best")        # best match only: each layer's argmax, both ways
+    pg.uncheck("#hide-null")
+    mean = cka_sql(con, "alpha", "beta", "debiased", "mean")
+    best = {(a, max(range(7), key=lambda b: mean[(a, b)][0])) for a in range(5)} | \
+           {(max(range(5), key=lambda a: mean[(a, b)][0]), b) for b in range(7)}
+    assert drawn_edges(pg) == {p for p in best if mean[p][0] >= 0}
+    shot(pg, "best-match")
+
+
+def test_circuit_view_flattens_heads_and_cka_by_depth(page, con):
+    pg = page
+    pg.click(".tabs button[data-view=circuit]")
+    assert pg.locator("#circuit-svg").count() == 1
+    cross = cka_sql(con, "alpha", "beta", "debiased", "last")
+    pairs = matched_pairs(range(5), range(7), 4, 6)
+    assert drawn_edges(pg, "#circuit-svg") == {p for p in pairs if cross[p][0] >= 0 and cross[p][0] > cross[p][1]}
+    # an arc per (head layer -> FFN layer) among the page's heads, coupling summed over them
+    payload_heads = pg.evaluate("VX.data.heads.alpha")
+    want = {}
+    for fl, heads in payload_heads.items():
+        for h in heads:
+            want[(h["layer"], int(fl))] = want.get((h["layer"], int(fl)), 0) + h["total_coupling"]
+    arcs = pg.eval_on_selector_all("#circuit-svg path.arc[data-model=alpha]",
+                                   "ps => ps.map(p => [+p.dataset.from, +p.dataset.to, +p.dataset.coupling])")
+    assert {(a, b): c for a, b, c in arcs} == pytest.approx(want)
+    pg.click("#cnode-b-3")
+    assert pg.locator("#layer-title").get_attribute("data-model") == "beta"
+    assert pg.locator("#circuit-svg line.edge.hot").count() >= 1
+    shot(pg, "circuit")
+
+
+def test_model_a_equal_to_model_b_is_said(page):
+    pg = page
+    assert pg.locator("#same-model-note").count() == 0
+    pg.select_option("#model-b", "alpha")
+    assert "compares alpha with itself" in pg.locator("#same-model-note").text_content()
+    shot(pg, "same-model")
+
+
+def test_provenance_lays_out_in_lines_not_one_word_per_line(browser, tmp_path):
+    """Long extraction settings (as a real build records them) wrap as lines of text, at two widths."""
+    long_extraction = {
+        "source": "gguf: smollm2-135m-instruct-q4_k_m.gguf, 4-bit, dequantized to float32 before capture",
+        "chat_template_applied_to_every_prompt_before_tokenization": False,
+        "pooling": {"mean_nosink": "mean over content tokens except the first (the attention sink of models "
+                                   "without a BOS token)", "last": "the last content token"},
+        "dtype": "float32", "unembedding": "W_E"}
+    lake = write_toy_lake(tmp_path / "lake", VIEW, extraction=long_extraction)
+    path = view(lake, out=tmp_path / "v.html", permutations=0, progress=False)
+    for width in (1280, 900):
+        for pg in open_offline(browser, path):
+            pg.set_viewport_size({"width": width, "height": 1000})
+            widths = pg.eval_on_selector_all("#provenance dd:not(.nested)", "ds => ds.map(d => d.getBoundingClientRect().width)")
+            assert min(widths) >= 150, widths      # a value column, not a sliver
+            lines = pg.eval_on_selector_all(
+                "#provenance dd:not(.nested)", "ds => ds.filter(d => d.textContent.length > 40).map(d => "
+                "[d.textContent, d.getBoundingClientRect().height / (1.25 * parseFloat(getComputedStyle(d).fontSize))])")
+            assert lines and all(n < 5 for _, n in lines), lines   # about 60 characters a line, not one word
+            assert "dequantized" in pg.locator("#provenance").text_content()
+            shot(pg, f"provenance-{width}")
+
+
+# tokens in scripts a machine may have no font for, and U+0378, which no font has (unassigned)
+MULTILINGUAL = ("\u65e5\u672c\u8a9e", "\u0939\u093f\u0928\u094d\u0926\u0940", "\u0645\u0631\u062d\u0628\u0627",
+                "caf\u00e9", "\u0378x", "zero\u200bwidth")
+
+
+@pytest.fixture(scope="module")
+def big_page(tmp_path_factory):
+    """Many features per layer, only the top 16 detailed: the search must still cover all of them."""
+    root = tmp_path_factory.mktemp("big-lake")
+    lake = write_toy_lake(root / "lake", VIEW, features=replace(VIEW.features, n=300, tokens=VOCAB + MULTILINGUAL))
+    return lake, view(lake, out=root / "v.html", permutations=0, max_features=16, progress=False)
+
+
+def test_feature_search_covers_every_feature_of_every_layer_and_model(browser, big_page):
+    lake, path = big_page
+    c = connect(lake, functions=False)
+    try:
+        def n_match(model, layer):
+            return c.sql(f"SELECT count(*) FROM features WHERE model = '{model}' AND layer = {layer} AND "
+                         "(lower(top_token) LIKE '%paris%' OR "
+                         "len(list_filter(top_tokens[1:5], t -> lower(t.token) LIKE '%paris%')) > 0)").fetchone()[0]
+        everywhere = {(m, l): n_match(m, l) for m, n in (("alpha", 4), ("beta", 6)) for l in range(n + 1)}
+    finally:
+        c.close()
+    for pg in open_offline(browser, path):
+        pg.click("#node-a-2")
+        assert pg.locator("#feature-table tbody tr").count() == 16
+        pg.fill("#feature-search", "paris")
+        assert everywhere[("alpha", 2)] > 16 // 4
+        assert pg.locator("#feature-table tbody tr").count() == everywhere[("alpha", 2)]
+        assert pg.locator("#feature-count").text_content().startswith(f"{everywhere[('alpha', 2)]} of 300 features")
+        links = pg.eval_on_selector_all("#feature-elsewhere a", "as => as.map(a => [a.dataset.model, +a.dataset.layer, a.textContent])")
+        assert {(m, l) for m, l, _ in links} == {k for k, v in everywhere.items() if v and k != ("alpha", 2)}
+        for m, l, text in links:
+            assert text.endswith(f"({everywhere[(m, l)]})")
+        pg.click("#feature-elsewhere a[data-model=beta][data-layer='5']")
+        assert pg.locator("#layer-title").get_attribute("data-model") == "beta"
+        assert pg.locator("#feature-table tbody tr").count() == everywhere[("beta", 5)]
+        shot(pg, "search-all")
+
+
+def test_tokens_no_font_covers_are_escapes_never_empty_boxes(browser, big_page):
+    _, path = big_page
+    for pg in open_offline(browser, path):
+        pg.click("#node-a-1")
+        for token in MULTILINGUAL:
+            pg.fill("#feature-search", token[:2] if token != "\u0378x" else "\u0378")
+            cells = pg.eval_on_selector_all("#feature-table td.tok", "ts => ts.map(t => t.textContent)")
+            shown = pg.evaluate("t => VX.tokenText(t)", token)
+            ok = pg.evaluate("t => [...t].map(c => VX.renders(c))", token)
+            for ch, drawn in zip(token, ok):       # each character: drawn raw when this browser has a glyph
+                assert (ch in shown) == drawn, (token, ch, shown)
+                if not drawn:
+                    assert f"\\u{{{ord(ch):04x}}}" in shown
+            assert shown in cells or not cells
+        assert pg.evaluate("VX.renders('\\u0378')") is False and pg.evaluate("VX.renders('\\u200b')") is False
+        assert pg.evaluate("VX.renders('a') && VX.renders('\u00e9')")
+        pg.fill("#feature-search", "")
+        shot(pg, "multilingual")

@@ -210,3 +210,22 @@ def test_a_pooling_no_model_has_is_noted_not_silently_empty(lake):
         con.close()
     assert p["cka"] == []
     assert any("alpha x beta" in n and "max" in n for n in p["notes"]), p["notes"]
+
+
+def test_feature_index_holds_every_feature_of_every_layer_and_model(lake, tables_payload):
+    """The search index: every features row (not only the capped top 10), its tokens by id."""
+    idx = tables_payload["feature_index"]
+    for name in ("alpha", "beta"):
+        rows = Vindex.open(lake / name).read("features").to_pylist()
+        got = idx["models"][name]
+        assert sum(len(r["feature"]) for r in got.values()) == len(rows)
+        for r in rows:
+            rec = got[str(r["layer"])]
+            k = rec["feature"].index(r["feature"])
+            assert rec["c"][k] == pytest.approx(r["c_score"], rel=1e-3)
+            assert idx["tokens"][rec["top"][k]] == r["top_token"]
+            assert [idx["tokens"][t] for t in rec["tops"][k]] == [x["token"] for x in r["top_tokens"][:2]]
+        for rec in got.values():   # strongest first, as the detailed rows
+            assert rec["c"] == sorted(rec["c"], reverse=True)
+    assert len(idx["tokens"]) == len(set(idx["tokens"]))   # each token's text once
+    assert tables_payload["defaults"]["poolings"][0] == "last" and tables_payload["defaults"]["edges"] == "matched"

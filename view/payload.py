@@ -200,8 +200,8 @@ def feature_index(con, scope: str, top_tokens: int) -> dict:
 
     {"tokens": [text, ...], "models": {model: {layer: {"feature": [..], "expert": [..] | None,
      "c": [c_score, ..], "top": [top_token id, ..], "tops": [[token id, ..], ..]}}}}, each layer's
-    features strongest c_score first. About 45 bytes a feature with 5 top tokens: columns, not
-    records, and each token's text written once.
+    features strongest c_score first. About 50 bytes a feature with 5 top tokens: columns, not
+    records, and each token's text written once; measured sizes in docs/view.md.
     """
     rel = con.sql(f"""
         SELECT model, layer, expert, feature, top_token, c_score,

@@ -246,10 +246,10 @@ VX.render = function () {
     const shown = st.view === "heatmap" ? VX.drawHeatmap(chart, M, st)
       : st.view === "circuit" ? VX.drawCircuit(chart, M, st) : VX.drawLayers(chart, M, st);
     const total = M.layersA.length * M.layersB.length;
-    const what = st.view === "heatmap" || st.edges === "all" ? "layer pairs"
-      : (st.edges === "matched" ? "matched-depth pairs" : "best-match pairs") + " (" + VX.edgeSet(M, st.edges).size + " pairs)";
-    caption.textContent = shown + " of " + (st.view === "heatmap" || st.edges === "all" ? total + " " : "") + what +
-      " pass CKA \u2265 " + st.threshold.toFixed(2) +
+    const every = st.view === "heatmap" || st.edges === "all";
+    const what = every ? total + " layer pairs"
+      : VX.edgeSet(M, st.edges).size + (st.edges === "matched" ? " matched-depth pairs" : " best-match pairs");
+    caption.textContent = shown + " of " + what + " pass CKA \u2265 " + st.threshold.toFixed(2) +
       (st.hideNull && M.hasNull ? " and CKA > permutation null p95 (" + M.meta.permutations + " permutations)" : "") +
       (M.hasNull ? "" : "; no permutation null was computed");
     document.getElementById("hide-null").disabled = !M.hasNull;
