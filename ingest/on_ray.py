@@ -225,7 +225,8 @@ def build_on_ray(source, out=None, *, address=None, actors: int | None = None,
         pool = {**pool, "actors": min(pool["actors"], len(todo))}   # an actor more than groups would idle
         results = _run_groups(ray, rows, str(root.resolve()), src, config, pool, progress=progress,
                               total=len(ps), done=n_done, desc=f"{name}/{ps.name} on ray")
-        expected = {t: {_shard(t, l, base + k) for k in todo for l in layers} for t in ("activations", "pooled")}
+        expected = {t: {w.shard_relpath(t, {"layer": l}, base + k) for k in todo for l in layers}
+                    for t in ("activations", "pooled")}
 
         def finish():
             extraction["hidden_states"] = results[0]["convention"]
@@ -246,11 +247,6 @@ def _group_row(group: list[list[int]], ps: PromptSet) -> dict:
     local = {i: j for j, i in enumerate(members)}
     return {"prompt_id": [ps.prompts[i].prompt_id for i in members], "text": [ps.prompts[i].text for i in members],
             "batches": [[local[i] for i in batch] for batch in group]}
-
-
-def _shard(table: str, layer: int, part: int) -> str:
-    from vindex.writer import shard_path
-    return shard_path(table, {"layer": layer}, part)
 
 
 def actor_pool(n_groups: int, actors: int | None, gpus_per_actor: float | None, cpus_per_actor: float) -> dict:

@@ -12,9 +12,10 @@ and, per model, a schema of the same views whose vector columns are typed FLOAT[
 are FLOAT[d] when every model has the same width, FLOAT[] (a list) otherwise.
 
 How the views stay fast: each (vindex, table) branch reads the explicit file list of its manifest
-with hive partitioning typed from the folder names (`layer=NN` -> INTEGER), so a filter on `layer`
-prunes files before any is opened, and the model column is a constant per branch, so a filter on
-`model` removes whole branches at plan time. `EXPLAIN ANALYZE` shows "Total Files Read".
+with hive partitioning typed from the folder names (`layer=3`, or an older vindex's `layer=03`, ->
+INTEGER), so a filter on `layer` prunes files before any is opened, and the model column is a
+constant per branch, so a filter on `model` removes whole branches at plan time. `EXPLAIN ANALYZE`
+shows "Total Files Read".
 
 How they stay right: before a view is made, every local shard it lists is checked against its
 manifest entry (size, sha256, and partition columns that agree with the folder names DuckDB takes

@@ -393,7 +393,7 @@ def test_file_listed_twice_in_one_table(toy_vindex):
     m["tables"]["pooled"]["files"].append(dict(m["tables"]["pooled"]["files"][0]))
     _save(toy_vindex, m)
     [(kind, path, msg)] = _kinds(toy_vindex)
-    assert kind == "duplicate" and path.endswith("layer=00/part-00000.parquet") and "count its rows twice" in msg
+    assert kind == "duplicate" and path.endswith("layer=0/part-00000.parquet") and "count its rows twice" in msg
 
 
 def test_file_listed_in_two_tables_and_under_two_spellings(toy_vindex):
@@ -431,7 +431,7 @@ def _poison(row: int, width: int, value: float):
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_nonfinite_vectors(tmp_path, dtype, value):
     root = write_toy_vindex(tmp_path / "toy", dtype=dtype)
-    rel = "data/pooled/layer=02/part-00000.parquet"
+    rel = "data/pooled/layer=2/part-00000.parquet"
     _rewrite(root, rel, "pooled", _poison(4, 8, value))
     [(kind, path, msg)] = _kinds(root)
     assert kind == "nonfinite" and path.endswith(rel) and "column 'act': 1 row(s) hold NaN or Inf (first: row 4)" in msg
@@ -440,7 +440,7 @@ def test_nonfinite_vectors(tmp_path, dtype, value):
 
 def test_nonfinite_scan_reads_a_batch_at_a_time(toy_vindex, monkeypatch):
     """The scan streams batches of SCAN_ROWS rows; a bad row past the first batch is found and numbered."""
-    rel = "data/activations/layer=01/part-00000.parquet"
+    rel = "data/activations/layer=1/part-00000.parquet"
     rows = pq.read_metadata(toy_vindex / rel).num_rows
     _rewrite(toy_vindex, rel, "activations", _poison(rows - 2, 8, np.nan))
     monkeypatch.setattr(integrity, "SCAN_ROWS", 3)

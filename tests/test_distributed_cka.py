@@ -183,6 +183,6 @@ def test_a_worker_error_surfaces_as_the_vindex_error(lake, tmp_path, ray_local):
     import shutil
     copy = tmp_path / "lake"
     shutil.copytree(lake, copy)
-    (copy / "m1/data/pooled/layer=02/part-00000.parquet").unlink()
-    with pytest.raises(NotFound, match="m1/data/pooled/layer=02/part-00000.parquet: listed in the manifest"):
+    (copy / "m1/data/pooled/layer=2/part-00000.parquet").unlink()
+    with pytest.raises(NotFound, match="m1/data/pooled/layer=2/part-00000.parquet: listed in the manifest"):
         cka_all(copy, models=["m0", "m1"], ray=True, progress=False)

@@ -83,7 +83,7 @@ def test_preempted_actor_rewrites_its_shards_without_duplicates(tiny_model, sing
         w.manifest["tables"][t]["files"] = [e for e in w.manifest["tables"][t]["files"]
                                             if not e["path"].endswith(f"part-{last:05d}.parquet")]
     w.commit()
-    (root / f"data/pooled/layer=01/part-{last:05d}.parquet").write_bytes(b"orphan from a killed run")
+    (root / f"data/pooled/layer=1/part-{last:05d}.parquet").write_bytes(b"orphan from a killed run")
     markers = tmp_path / "markers"
     markers.mkdir()
     build_on_ray(tiny_model, root, **BUILD, actors=1, gpus_per_actor=0, _fail_once=str(markers))
@@ -143,11 +143,11 @@ def test_staging_writer_never_writes_the_manifest_and_commit_checks_every_shard(
         s.commit()
         results.append(json.loads(json.dumps(s.staged())))
     assert (tmp_path / "v" / MANIFEST).read_bytes() == before
-    expected = {"pooled": {f"data/pooled/layer=01/part-0000{p}.parquet" for p in (0, 1)}}
+    expected = {"pooled": {f"data/pooled/layer=1/part-0000{p}.parquet" for p in (0, 1)}}
     with pytest.raises(CorruptShard, match="not reported"):
         commit_staged(VindexWriter.open(tmp_path / "v"),
-                      results, {"pooled": expected["pooled"] | {"data/pooled/layer=02/part-00000.parquet"}})
-    (tmp_path / "v/data/pooled/layer=01/part-00001.parquet").write_bytes(b"rewritten")
+                      results, {"pooled": expected["pooled"] | {"data/pooled/layer=2/part-00000.parquet"}})
+    (tmp_path / "v/data/pooled/layer=1/part-00001.parquet").write_bytes(b"rewritten")
     with pytest.raises(CorruptShard, match="part-00001.*written twice"):
         commit_staged(VindexWriter.open(tmp_path / "v"), results, expected)
     assert (tmp_path / "v" / MANIFEST).read_bytes() == before

@@ -33,7 +33,7 @@ def test_writer_output_matches_the_schema_files(toy_vindex):
 def test_partition_values_are_real_columns_and_parquet_options(toy_vindex):
     vx = Vindex.open(toy_vindex)
     e = vx.files("pooled", layer=2)[0]
-    assert e["path"] == "data/pooled/layer=02/part-00000.parquet"
+    assert e["path"] == "data/pooled/layer=2/part-00000.parquet"
     t = pq.read_table(vx.path(e))
     assert set(t.column("layer").to_pylist()) == {2}
     assert set(t.column("model").to_pylist()) == {"toy"}

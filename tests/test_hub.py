@@ -50,7 +50,7 @@ def test_pull_one_table_two_layers_byte_identical(hub_server, published, tmp_pat
     out = tmp_path / "pulled"
     res = pull(URI, tables=["pooled"], layers=[1, 2], out=out, progress=False)
     got = _files(out)
-    want = {p: b for p, b in _files(root).items() if p.startswith(("data/pooled/layer=01/", "data/pooled/layer=02/"))}
+    want = {p: b for p, b in _files(root).items() if p.startswith(("data/pooled/layer=1/", "data/pooled/layer=2/"))}
     assert got == want and len(want) == 2
     vx = Vindex.open(out)
     assert vx.tables == ["pooled"] and vx.layers("pooled") == [1, 2]
@@ -78,7 +78,7 @@ def _repo_path(r: dict) -> str:
 def test_interrupted_pull_resumes(hub_server, published, tmp_path):
     root, _ = published
     out = tmp_path / "pulled"
-    big = "data/activations/layer=02/part-00000.parquet"
+    big = "data/activations/layer=2/part-00000.parquet"
     hub_server.interrupt(REPO, big, after=300, times=1)   # the connection drops after 300 bytes,
     hub_server.fail(REPO, big)                            # then every retry fails: the pull gives up
     with pytest.raises(HubError, match="run.*again|resume") as ei:
@@ -101,7 +101,7 @@ def test_interrupted_pull_resumes(hub_server, published, tmp_path):
 
 def test_transient_failures_are_retried_and_resumed_in_one_pull(hub_server, published, tmp_path):
     root, _ = published
-    big = "data/activations/layer=02/part-00000.parquet"
+    big = "data/activations/layer=2/part-00000.parquet"
     hub_server.interrupt(REPO, big, after=300, times=2)   # dropped twice: each retry continues the last
     hub_server.fail(REPO, big, times=2)                   # then two 500 answers before the rest comes
     res = pull(URI, tables=["activations"], layers=[2], out=tmp_path / "pulled", progress=True)
@@ -115,17 +115,17 @@ def test_damaged_local_file_is_fetched_again(hub_server, published, tmp_path):
     root, _ = published
     out = tmp_path / "pulled"
     pull(URI, tables=["pooled"], out=out, progress=False)
-    victim = out / "data/pooled/layer=00/part-00000.parquet"
+    victim = out / "data/pooled/layer=0/part-00000.parquet"
     victim.write_bytes(b"x" * victim.stat().st_size)
     hub_server.clear_log()
     res = pull(URI, tables=["pooled"], out=out, progress=False)
-    assert [_repo_path(r) for r in _resolve_gets(hub_server)] == ["data/pooled/layer=00/part-00000.parquet"]
+    assert [_repo_path(r) for r in _resolve_gets(hub_server)] == ["data/pooled/layer=0/part-00000.parquet"]
     assert _files(out) == {p: b for p, b in _files(root).items() if p.startswith("data/pooled/")}
     assert len(res.reused) == 3
 
 
 def test_tampered_file_is_fetched_again(hub_server, published, tmp_path):
-    path = "data/pooled/layer=01/part-00000.parquet"
+    path = "data/pooled/layer=1/part-00000.parquet"
     good = hub_server.read_file(REPO, path)
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
@@ -138,16 +138,16 @@ def test_tampered_file_is_fetched_again(hub_server, published, tmp_path):
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "extend"])
 def test_tampered_file_is_rejected(hub_server, published, tmp_path, damage):
-    path = "data/pooled/layer=01/part-00000.parquet"
+    path = "data/pooled/layer=1/part-00000.parquet"
     good = hub_server.read_file(REPO, path)
     bad = {"flip": bytes([good[0] ^ 1]) + good[1:], "truncate": good[:-40], "extend": good + b"\0" * 10}[damage]
     hub_server.tamper(REPO, path, bad)                     # every answer is bad
     out = tmp_path / "pulled"
-    with pytest.raises(ChecksumError, match="layer=01.*(sha256|truncated|more than)") as ei:
+    with pytest.raises(ChecksumError, match="layer=1.*(sha256|truncated|more than)") as ei:
         pull(URI, tables=["pooled"], out=out, progress=False)
     assert "rejected" in str(ei.value)
     assert not (out / path).exists()                       # never kept, never used
-    assert not [p for p in (out / STAGING).rglob("*layer=01*") if p.is_file()]
+    assert not [p for p in (out / STAGING).rglob("*layer=1*") if p.is_file()]
     vx = Vindex.open(out)                                  # the rest is there and verified
     assert vx.layers("pooled") == [0, 2, 3] and verify(out) == []
 
@@ -215,10 +215,10 @@ def test_republish_after_a_change_uploads_only_that_file(hub_server, published):
     w.write_shard("pooled", {"prompt_set": ["default"] * 6, "prompt_id": list(range(6)), "pooling": ["mean"] * 6,
                              "act": np.ones((6, 8))}, partition={"layer": 2})
     res = publish(root, REPO, progress=False)
-    assert sorted(res.uploaded) == ["README.md", "data/pooled/layer=02/part-00000.parquet", "vindex.json"] or \
-        sorted(res.uploaded) == ["data/pooled/layer=02/part-00000.parquet", "vindex.json"]
-    assert hub_server.read_file(REPO, "data/pooled/layer=02/part-00000.parquet") == \
-        (root / "data/pooled/layer=02/part-00000.parquet").read_bytes()
+    assert sorted(res.uploaded) == ["README.md", "data/pooled/layer=2/part-00000.parquet", "vindex.json"] or \
+        sorted(res.uploaded) == ["data/pooled/layer=2/part-00000.parquet", "vindex.json"]
+    assert hub_server.read_file(REPO, "data/pooled/layer=2/part-00000.parquet") == \
+        (root / "data/pooled/layer=2/part-00000.parquet").read_bytes()
 
 
 def test_lake_repo_publish_and_pull_some_models(hub_server, tmp_path):
@@ -230,7 +230,7 @@ def test_lake_repo_publish_and_pull_some_models(hub_server, tmp_path):
     res = pull("hf://datasets/vindex-org/lake", models=["beta"], tables=["pooled"], out=tmp_path / "out",
                progress=False)
     assert [p.name for p in res.vindexes] == ["beta"]
-    assert sorted(_files(tmp_path / "out")) == [f"beta/data/pooled/layer=0{i}/part-00000.parquet" for i in range(3)]
+    assert sorted(_files(tmp_path / "out")) == [f"beta/data/pooled/layer={i}/part-00000.parquet" for i in range(3)]
     one = pull("hf://datasets/vindex-org/lake/alpha", tables=["prompts"], out=tmp_path / "alpha", progress=False)
     assert Vindex.open(one.path).name == "alpha"
     with pytest.raises(NotFound, match="gamma.*alpha, beta"):
@@ -253,7 +253,7 @@ def test_publish_to_a_branch_and_pull_it(hub_server, published, tmp_path):
     assert hub_server.read_file(REPO, "vindex.json") == (root / "vindex.json").read_bytes()   # main untouched
     res = pull(URI + "@v2", tables=["pooled"], layers=[0], progress=False)
     assert res.path.name == "v2" and _files(res.path) == {
-        p: b for p, b in _files(v2).items() if p.startswith("data/pooled/layer=00/")}
+        p: b for p, b in _files(v2).items() if p.startswith("data/pooled/layer=0/")}
     assert Vindex.open(res.path).manifest["pulled_from"]["revision"] == "v2"
 
 

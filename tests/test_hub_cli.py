@@ -44,7 +44,7 @@ def test_publish_pull_ls(hub_server, tmp_path):
 def test_pull_errors_are_one_line(hub_server, tmp_path):
     root = write_toy_vindex(tmp_path / "toy")
     run("publish", root, "--repo", "vindex-org/toy", "--quiet")
-    path = "data/pooled/layer=00/part-00000.parquet"
+    path = "data/pooled/layer=0/part-00000.parquet"
     hub_server.tamper("vindex-org/toy", path, b"not the file")
     r = CliRunner().invoke(main, ["pull", "vindex-org/toy", "--tables", "pooled", "--out", str(tmp_path / "o"),
                                   "--quiet"])

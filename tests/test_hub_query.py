@@ -37,8 +37,8 @@ def test_query_remote_in_place_reads_only_what_it_needs(hub_server, remote):
     np.testing.assert_allclose(np.array([r[1] for r in rows]), np.array(want["act"], dtype=np.float32))
     touched = set(_parquet_gets(hub_server))
     # layer 2's file, and at most the first file DuckDB binds the view's schema with: never the others
-    assert "data/pooled/layer=02/part-00000.parquet" in touched
-    assert touched <= {"data/pooled/layer=02/part-00000.parquet", "data/pooled/layer=00/part-00000.parquet"}
+    assert "data/pooled/layer=2/part-00000.parquet" in touched
+    assert touched <= {"data/pooled/layer=2/part-00000.parquet", "data/pooled/layer=0/part-00000.parquet"}
     repo_bytes = sum(f.size for f in hub_server.files(REPO).values())
     assert hub_server.bytes_sent() < repo_bytes / 2     # in place: no whole-repo download
 

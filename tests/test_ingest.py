@@ -165,7 +165,7 @@ def test_chat_template_marks_template_tokens_special(tiny_models, tmp_path):
 def test_shards_are_plain_parquet(tiny_models, prompt_file, tmp_path):
     """Readable without vindex: model/layer columns inside every file, vectors as fixed-size lists."""
     root = build(tiny_models("mistral"), tmp_path / "vx", prompts=prompt_file, layers="3", progress=False)
-    t = pq.read_table(root / "data" / "activations" / "layer=03" / "part-00000.parquet")
+    t = pq.read_table(root / "data" / "activations" / "layer=3" / "part-00000.parquet")
     assert set(t.column("layer").to_pylist()) == {3}
     assert t.schema.field("act").type.list_size == 32
     assert t.column("norm").type == "float"

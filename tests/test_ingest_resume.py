@@ -73,7 +73,7 @@ def test_resume_after_exception_equals_uninterrupted(setup, tmp_path, monkeypatc
     # group 1 committed; group 2 was written by the writer threads but never committed (the
     # failure came first), so its shards lie on disk as orphans the rerun overwrites
     assert len(partial.files("activations", layer=0)) == 1
-    assert (tmp_path / "vx" / "data" / "activations" / "layer=00" / "part-00001.parquet").is_file()
+    assert (tmp_path / "vx" / "data" / "activations" / "layer=0" / "part-00001.parquet").is_file()
 
     calls = count_forward_passes(monkeypatch)
     build(folder, tmp_path / "vx", prompts=prompts, **ARGS)

@@ -28,7 +28,7 @@ from vindex.query import cka_matrix, connect
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=:DeprecationWarning")  # inside huggingface_hub
 
-SHARD = "data/pooled/layer=02/part-00000.parquet"
+SHARD = "data/pooled/layer=2/part-00000.parquet"
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +87,7 @@ def test_bit_flips_in_a_pooled_shard_are_named_never_a_number(lake):
     rng = np.random.default_rng(14)
     for _ in range(12):
         _flip(f, rng)
-        with pytest.raises(ChecksumError, match=r"a/data/pooled/layer=02/part-00000\.parquet: sha256 .*vindex verify"):
+        with pytest.raises(ChecksumError, match=r"a/data/pooled/layer=2/part-00000\.parquet: sha256 .*vindex verify"):
             cka_matrix(lake, "a", "b")
         f.write_bytes(original)
     assert cka_matrix(lake, "a", "b").to_pydict() == want
@@ -97,14 +97,14 @@ def test_a_flip_after_a_warm_connect_is_caught_by_the_next(lake):
     connect(lake, functions=False)
     connect(lake, functions=False)       # warm: from the memo
     _flip(lake / "b" / SHARD, np.random.default_rng(0))
-    with pytest.raises(ChecksumError, match="layer=02"):
+    with pytest.raises(ChecksumError, match="layer=2"):
         connect(lake, functions=False)
 
 
 def test_a_rewritten_shard_of_another_size_is_named(lake):
     f = lake / "a" / SHARD
     f.write_bytes(f.read_bytes() + b"\0" * 16)
-    with pytest.raises(CorruptShard, match=r"layer=02/part-00000\.parquet: \d+ bytes on disk.*vindex verify"):
+    with pytest.raises(CorruptShard, match=r"layer=2/part-00000\.parquet: \d+ bytes on disk.*vindex verify"):
         cka_matrix(lake, "a", "b")
     with pytest.raises(CorruptShard, match="bytes on disk"):
         Vindex.open(lake / "a").read("pooled", layers=[2])
@@ -116,12 +116,12 @@ def test_a_shard_moved_to_another_layers_folder_is_not_read_as_that_layer(lake):
     root = lake / "a"
     m = _manifest(root)
     entries = {e["path"]: e for e in m["tables"]["pooled"]["files"]}
-    src, dst = root / "data/pooled/layer=03/part-00000.parquet", root / SHARD
+    src, dst = root / "data/pooled/layer=3/part-00000.parquet", root / SHARD
     shutil.copyfile(src, dst)
     entries[SHARD].update(bytes=dst.stat().st_size, sha256=sha256_file(dst))
     _save(root, m)
-    with pytest.raises(CorruptShard, match=r"layer=02/part-00000\.parquet: its column 'layer' holds 3, but its path "
-                                           r"says layer=02.*vindex verify"):
+    with pytest.raises(CorruptShard, match=r"layer=2/part-00000\.parquet: its column 'layer' holds 3, but its path "
+                                           r"says layer=2.*vindex verify"):
         connect(lake)
     with pytest.raises(CorruptShard, match="column 'layer' holds 3"):
         Vindex.open(root).read("pooled", layers=[2])
@@ -157,7 +157,7 @@ def test_lake_cka_reads_only_verified_shards(lake):
 
     want = cka_all(lake, progress=False).to_pydict()
     _flip(lake / "b" / SHARD, np.random.default_rng(3))
-    with pytest.raises(ChecksumError, match="b/data/pooled/layer=02"):
+    with pytest.raises(ChecksumError, match="b/data/pooled/layer=2"):
         cka_all(lake, progress=False)
     assert want["cka"]
 
@@ -250,7 +250,7 @@ def test_hub_shard_tampered_same_size_is_named_and_never_kept(hub_server, remote
     _same_size_tamper(hub_server, SHARD)
     con = connect(URI)
     assert con.sql("SELECT count(*) FROM pooled WHERE layer = 1").fetchone()[0] == 32
-    with pytest.raises(duckdb.Error, match=r"ChecksumError: hf://datasets/vindex-org/toy@\w+/data/pooled/layer=02/"
+    with pytest.raises(duckdb.Error, match=r"ChecksumError: hf://datasets/vindex-org/toy@\w+/data/pooled/layer=2/"
                                            r"part-00000\.parquet: sha256 .* does not match"):
         con.sql("SELECT act FROM pooled WHERE layer = 2").fetchall()
     e = next(e for e in _manifest(remote)["tables"]["pooled"]["files"] if e["path"] == SHARD)
@@ -262,8 +262,8 @@ def test_hub_shard_tampered_same_size_is_named_and_never_kept(hub_server, remote
 
 
 def test_hub_first_shard_tampered_fails_connect_with_a_named_error(hub_server, remote):
-    _same_size_tamper(hub_server, "data/pooled/layer=00/part-00000.parquet")
-    with pytest.raises(ChecksumError, match=r"layer=00/part-00000\.parquet: sha256 .* does not match"):
+    _same_size_tamper(hub_server, "data/pooled/layer=0/part-00000.parquet")
+    with pytest.raises(ChecksumError, match=r"layer=0/part-00000\.parquet: sha256 .* does not match"):
         connect(URI)
 
 
@@ -272,7 +272,7 @@ def test_hub_lake_cka_checks_what_it_fetches(hub_server, remote):
 
     other = write_toy_vindex(remote.parent / "other", name="other", n_prompts=32, d=16, seed=7)
     _same_size_tamper(hub_server, SHARD)
-    with pytest.raises(ChecksumError, match=r"layer=02/part-00000\.parquet: sha256"):
+    with pytest.raises(ChecksumError, match=r"layer=2/part-00000\.parquet: sha256"):
         cka_all(URI, other, progress=False)
 
 

@@ -71,22 +71,22 @@ def test_path_escaping_the_vindex(toy_vindex, bad):
 
 
 def test_listed_shard_absent(toy_vindex):
-    (toy_vindex / "data/pooled/layer=01/part-00000.parquet").unlink()
+    (toy_vindex / "data/pooled/layer=1/part-00000.parquet").unlink()
     [(kind, path, _)] = _kinds(toy_vindex)
-    assert kind == "missing" and path.endswith("layer=01/part-00000.parquet")
+    assert kind == "missing" and path.endswith("layer=1/part-00000.parquet")
 
 
 def test_checksum_mismatch_same_size(toy_vindex):
-    f = toy_vindex / "data/pooled/layer=02/part-00000.parquet"
+    f = toy_vindex / "data/pooled/layer=2/part-00000.parquet"
     b = bytearray(f.read_bytes())
     b[len(b) // 2] ^= 0xFF
     f.write_bytes(bytes(b))
     [(kind, path, msg)] = _kinds(toy_vindex)
-    assert kind == "checksum" and path.endswith("layer=02/part-00000.parquet") and "sha256" in msg
+    assert kind == "checksum" and path.endswith("layer=2/part-00000.parquet") and "sha256" in msg
 
 
 def test_truncated_parquet(toy_vindex):
-    f = toy_vindex / "data/activations/layer=00/part-00000.parquet"
+    f = toy_vindex / "data/activations/layer=0/part-00000.parquet"
     f.write_bytes(f.read_bytes()[:100])
     [(kind, path, msg)] = _kinds(toy_vindex)
     assert kind == "size" and "truncated" in msg
@@ -95,10 +95,10 @@ def test_truncated_parquet(toy_vindex):
 
 
 def test_truncated_parquet_with_matching_manifest_is_corrupt_not_a_traceback(toy_vindex):
-    f = toy_vindex / "data/activations/layer=00/part-00000.parquet"
+    f = toy_vindex / "data/activations/layer=0/part-00000.parquet"
     f.write_bytes(f.read_bytes()[:100])
     m = _manifest(toy_vindex)
-    e = next(e for e in m["tables"]["activations"]["files"] if e["path"].endswith("layer=00/part-00000.parquet"))
+    e = next(e for e in m["tables"]["activations"]["files"] if e["path"].endswith("layer=0/part-00000.parquet"))
     e["bytes"] = 100
     e["sha256"] = vindex.files.sha256_file(f)
     _save(toy_vindex, m)
@@ -112,13 +112,13 @@ def test_wrong_vector_width(toy_vindex, tmp_path):
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
-    f = toy_vindex / "data/pooled/layer=03/part-00000.parquet"
+    f = toy_vindex / "data/pooled/layer=3/part-00000.parquet"
     t = pq.read_table(f)
     narrow = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(t.num_rows * 4, dtype=np.float16)), 4)
     t = t.set_column(t.schema.get_field_index("act"), pa.field("act", narrow.type, nullable=False), narrow)
     pq.write_table(t, f, **PARQUET_OPTIONS)
     m = _manifest(toy_vindex)
-    e = next(e for e in m["tables"]["pooled"]["files"] if "layer=03" in e["path"])
+    e = next(e for e in m["tables"]["pooled"]["files"] if "layer=3" in e["path"])
     e["bytes"], e["sha256"] = f.stat().st_size, vindex.files.sha256_file(f)
     _save(toy_vindex, m)
     [(kind, _, msg)] = _kinds(toy_vindex)
@@ -134,19 +134,19 @@ def test_row_count_mismatch(toy_vindex):
 
 
 def test_orphan_shard_reported(toy_vindex):
-    shutil.copy(toy_vindex / "data/pooled/layer=00/part-00000.parquet",
-                toy_vindex / "data/pooled/layer=00/part-00001.parquet")
+    shutil.copy(toy_vindex / "data/pooled/layer=0/part-00000.parquet",
+                toy_vindex / "data/pooled/layer=0/part-00001.parquet")
     [(kind, _, _)] = _kinds(toy_vindex)
     assert kind == "orphan"
 
 
 def test_cli_verify_exits_nonzero_with_a_message_per_problem(toy_vindex):
-    (toy_vindex / "data/pooled/layer=01/part-00000.parquet").unlink()
-    (toy_vindex / "data/pooled/layer=02/part-00000.parquet").write_bytes(b"junk")
+    (toy_vindex / "data/pooled/layer=1/part-00000.parquet").unlink()
+    (toy_vindex / "data/pooled/layer=2/part-00000.parquet").write_bytes(b"junk")
     r = CliRunner().invoke(main, ["verify", str(toy_vindex)])
     assert r.exit_code == 1
-    assert "layer=01/part-00000.parquet: [missing]" in r.output
-    assert "layer=02/part-00000.parquet: [size]" in r.output
+    assert "layer=1/part-00000.parquet: [missing]" in r.output
+    assert "layer=2/part-00000.parquet: [size]" in r.output
     assert "2 problem(s)" in r.output
 
 

@@ -32,7 +32,7 @@ SCAN_ROWS = 16_384                            # rows per batch of the NaN/Inf sc
 class Problem:
     path: str      # the file (or vindex.json) the problem is about
     kind: str      # manifest | unsafe-path | duplicate | missing | size | checksum | corrupt | schema |
-    #                other-table | rows | partition | layers | nonfinite | orphan
+    #                other-table | rows | partition | layers | nonfinite | orphan | twin
     message: str
 
     def __str__(self) -> str:
@@ -61,7 +61,7 @@ def _verify_vindex(path: str | Path, checksums: bool) -> list[Problem]:
         return [Problem(str(root / MANIFEST), kind, str(e))]
     # the manifest's own contradictions that the per-file checks below do not already report
     problems = [Problem(str(root / MANIFEST), kind, msg) for kind, msg in consistency_problems(m)
-                if kind == "vectors"]
+                if kind in ("vectors", "twin")]
     listed = set()
     seen: dict[str, str] = {}      # the listed file (resolved) -> the table listing it first
     n_layers = m["model"].get("n_layers")

@@ -7,6 +7,8 @@ rename), so a reader sees the old or the new manifest, never a mix.
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -165,16 +167,18 @@ def _merge_table(tables: dict, table: str, bt: dict, mt: dict, where: str) -> No
             continue
         dt[k] = v
     others.update(added)
-    dt["files"] = sorted(others.values(), key=lambda e: e["path"])
+    dt["files"] = sorted(others.values(), key=lambda e: path_order(e["path"]))
 
 
 def consistency_problems(m: dict) -> list[tuple[str, str]]:
     """What a schema-valid manifest can still get wrong about its shards, as (kind, message) pairs:
     a file listed twice (its rows would count twice), a file outside its table's folder
     (`data/<table>/`: another table's shard), a stored layer above model.n_layers (depth = layer /
-    n_layers would be wrong), required vector columns with no declared vector_width."""
+    n_layers would be wrong), required vector columns with no declared vector_width, and one shard
+    listed under an older vindex's padded folder and the new one (`layer=03`, `layer=3`): a twin."""
     out: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
+    twins: dict[tuple, str] = {}
     n_layers = (m.get("model") or {}).get("n_layers")
     for table, t in (m.get("tables") or {}).items():
         files = t.get("files") or []
@@ -184,6 +188,14 @@ def consistency_problems(m: dict) -> list[tuple[str, str]]:
                 out.append(("duplicate", f"{e['path']} is listed twice (table {seen[key]!r}, then {table!r}); "
                                          "its rows would count twice"))
             seen.setdefault(key, table)
+            # the same shard under an old padded folder and the new one (layer=03, layer=3): two files
+            plain = posixpath.normpath(key)
+            twin = (table, _unpadded(plain, e.get("partition") or {}))
+            if twin in twins and twins[twin] != plain:
+                out.append(("twin", f"{e['path']} and {twins[twin]} are one shard of table {table!r} "
+                                    "listed twice, under an older vindex's padded folder and the new one; "
+                                    "its rows would count twice"))
+            twins.setdefault(twin, plain)
             if not key.startswith(f"data/{table}/"):
                 out.append(("other-table", f"{e['path']} is listed under table {table!r} but lies outside "
                                            f"data/{table}/"))
@@ -196,6 +208,20 @@ def consistency_problems(m: dict) -> list[tuple[str, str]]:
             out.append(("vectors", f"table {table!r} holds vector shards ({', '.join(required)}) but declares "
                                    "no vector_width"))
     return out
+
+
+def path_order(path: str) -> tuple:
+    """Sort key of a shard path: its numbers by value, so `layer=2` comes before `layer=10` as
+    `layer=02` did before `layer=10` (and a padded name sorts with its unpadded twin)."""
+    return tuple(int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", path))), path
+
+
+def _unpadded(path: str, partition: dict) -> str:
+    """`path` with its integer partition folders as the writer names them now (`layer=03` -> `layer=3`)."""
+    for k, v in partition.items():
+        if isinstance(v, int) and not isinstance(v, bool):
+            path = path.replace(f"/{k}={v:02d}/", f"/{k}={v}/")
+    return path
 
 
 def partition_values(entries, key: str = "layer") -> list:

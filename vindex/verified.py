@@ -5,10 +5,10 @@
     cached_copy(entry, fetch, where)       # a remote shard, fetched into the verified local cache
 
 What "sound" means: the file is a regular file of the manifest's size whose sha256 is the
-manifest's, and its own partition columns hold the partition its path (`layer=02`) and its
-manifest entry name. The last check matters because DuckDB takes a partition column from the
-folder name (hive partitioning): a shard copied into another layer's folder would otherwise be
-read as that layer.
+manifest's, and its own partition columns hold the partition its path (`layer=2`, or `layer=02`
+in an older vindex) and its manifest entry name. The last check matters because DuckDB takes a
+partition column from the folder name (hive partitioning): a shard copied into another layer's
+folder would otherwise be read as that layer.
 
 Verify once, remember: hashing is the cost (one pass over the file), so the result is remembered
 per file identity: path, size, mtime_ns, inode, device and ctime_ns, as `os.fstat` reports them for
@@ -190,10 +190,9 @@ def _same(file_value, said) -> bool:
     if isinstance(file_value, bool) or file_value is None:
         return False
     if isinstance(file_value, int) and isinstance(said, str):
-        try:
-            return int(said) == file_value
-        except ValueError:
-            return False
+        # the folder names the writer makes: `layer=3`, or `layer=03` in a vindex written before
+        # folders were unpadded (vindex.writer.shard_path); DuckDB reads either as the integer
+        return file_value >= 0 and said in (str(file_value), f"{file_value:02d}")
     return type(file_value) is type(said) and file_value == said
 
 

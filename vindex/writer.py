@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from .errors import InvalidValue, ManifestError, SchemaMismatch
 from .files import atomic_path, safe_join, sha256_file
 from .lock import WriteLock, WriterSession, stale_temp_files
-from .manifest import MANIFEST, merge_manifest, new_manifest, parse_manifest, save_manifest
+from .manifest import MANIFEST, merge_manifest, new_manifest, parse_manifest, path_order, save_manifest
 from .schema import arrow_schema, check_schema, partition_columns, vector_columns
 
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -56,8 +56,15 @@ def parquet_options(schema: pa.Schema, vectors: list[str]) -> dict:
             "use_content_defined_chunking": False}
 
 
-def shard_path(table: str, partition: dict, part: int) -> str:
-    """The deterministic relative path of a shard (so a retried write replaces, not duplicates)."""
+def shard_path(table: str, partition: dict, part: int, *, padded: bool = False) -> str:
+    """The deterministic relative path of a shard (so a retried write replaces, not duplicates).
+
+    Integer partitions are written unpadded (`layer=3`): every reader that takes partition columns
+    from folder names with its default options (DuckDB, polars, pyarrow.dataset) infers `3` as an
+    integer, while `layer=03` made DuckDB read `layer` as VARCHAR '03'. Vindexes written before
+    this used `padded` names (two digits, `layer=03`); `legacy_shard_path` gives that spelling,
+    which every reader of a vindex still accepts.
+    """
     keys = partition_columns(table)
     if set(partition) != set(keys):
         raise InvalidValue(f"table {table!r} is partitioned by {keys}, got partition {partition}")
@@ -67,7 +74,7 @@ def shard_path(table: str, partition: dict, part: int) -> str:
         if isinstance(v, (int, np.integer)):
             if v < 0:
                 raise InvalidValue(f"partition value {k}={v} must be >= 0")
-            folders.append(f"{k}={int(v):02d}")
+            folders.append(f"{k}={int(v):02d}" if padded else f"{k}={int(v)}")
         elif isinstance(v, str) and _SAFE_VALUE.match(v) and v not in (".", ".."):
             folders.append(f"{k}={v}")
         else:
@@ -75,6 +82,12 @@ def shard_path(table: str, partition: dict, part: int) -> str:
     if not isinstance(part, (int, np.integer)) or part < 0:
         raise InvalidValue(f"part must be a non-negative integer, got {part!r}")
     return "/".join(["data", table, *folders, f"part-{int(part):05d}.parquet"])
+
+
+def legacy_shard_path(table: str, partition: dict, part: int) -> str | None:
+    """The path an older vindex gave this shard (`layer=03`), or None where it is `shard_path`'s."""
+    rel = shard_path(table, partition, part, padded=True)
+    return None if rel == shard_path(table, partition, part) else rel
 
 
 def vector_array(values, width: int, dtype: str, column: str) -> pa.FixedSizeListArray:
@@ -248,9 +261,20 @@ class VindexWriter:
         return self.manifest["tables"].setdefault(table, {"files": []})
 
     # -- shards ---------------------------------------------------------------------------
+    def shard_relpath(self, table: str, partition: dict | None = None, part: int = 0) -> str:
+        """Where this vindex keeps (or will write) a shard: `shard_path`, or its old padded spelling
+        when the manifest lists the shard there (resuming a build an older version started), so a
+        rewrite replaces the listed file and never adds a second copy of its rows. A table may
+        then hold both spellings; `vindex.query` types the layer from either."""
+        rel = shard_path(table, partition or {}, part)
+        old = legacy_shard_path(table, partition or {}, part)
+        if old is not None and any(e["path"] == old for e in self.manifest["tables"].get(table, {}).get("files", [])):
+            return old
+        return rel
+
     def has_shard(self, table: str, partition: dict | None = None, part: int = 0) -> bool:
         """True when the manifest lists the shard and its file is on disk with the recorded size."""
-        rel = shard_path(table, partition or {}, part)
+        rel = self.shard_relpath(table, partition, part)
         for e in self.manifest["tables"].get(table, {}).get("files", []):
             if e["path"] == rel:
                 p = safe_join(self.root, rel)
@@ -265,7 +289,7 @@ class VindexWriter:
         are filled in when absent; vector columns may be 2-D numpy arrays.
         """
         partition = dict(partition or {})
-        rel = shard_path(table, partition, part)
+        rel = self.shard_relpath(table, partition, part)
         data = self.conform(table, rows, partition, where=f"{self.root}/{rel}")
         final = safe_join(self.root, rel)
         if self._session is None:    # built directly, not by open/create: join so no one cleans our temp file
@@ -289,7 +313,7 @@ class VindexWriter:
             else:
                 index[e["path"]] = len(files)
                 files.append(e)
-        files.sort(key=lambda e: e["path"])
+        files.sort(key=lambda e: path_order(e["path"]))
         if commit:
             self.commit()
 

@@ -20,7 +20,7 @@ import fault_harness as fh
 GROUP = "hostile Hub"
 REPO = "vindex-org/toy"
 URI = f"hf://datasets/{REPO}"
-SHARD = "data/pooled/layer=02/part-00000.parquet"
+SHARD = "data/pooled/layer=2/part-00000.parquet"
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=:DeprecationWarning")
 
