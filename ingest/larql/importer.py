@@ -333,7 +333,7 @@ def _moe_meta(index: lf.LarqlIndex, down: DownMeta) -> dict | None:
     out = {}
     if shared:
         out["shared_expert"] = {
-            "expert": index.layers[0].num_experts if index.layers else None,
+            "expert": next(li.num_experts for li in index.layers if li.shared_features),
             "features": {str(layer_of_block(k)): v for k, v in shared.items()},
             "note": "LarQL's non-streaming build appends the shared expert's rows after the routed experts; "
                     "they are stored as expert = num_experts (LarQL's own id for it), feature counted from 0"}

@@ -113,7 +113,7 @@ def read_ov_gate(path: str | Path) -> OvGateRows:
             for key, v in zip(cols, row):
                 cols[key].append(v)
             t = obj.get("target_token")
-            targets.append(t.strip() if isinstance(t, str) else None)
+            targets.append(t.strip() or None if isinstance(t, str) else None)   # "" = no top token
     return OvGateRows(path, header, **{k: np.asarray(v, dtype=np.float32 if "coupling" in k else np.int64)
                                        for k, v in cols.items()},
                       target_token=np.array(targets + [None], dtype=object)[:-1])
