@@ -9,7 +9,8 @@ and a rerun overwrites, because shard names are deterministic: data/<table>/<key
 Several writers (processes, or writer objects) may add to one vindex at once, e.g. `vindex build`
 and `vindex weights`, or two builds of different prompt sets. Each commit takes the vindex's write
 lock (`vindex.lock`), re-reads vindex.json and merges this writer's changes into it
-(`manifest.merge_manifest`), so no writer's tables or prompt sets are lost. `transaction()` holds
+(`manifest.merge_manifest`), so no writer's tables or prompt sets are lost, then refreshes the
+folder's dataset card (README.md, `vindex.hub.card.write_card`). `transaction()` holds
 the lock across a read-decide-write step (reserving part numbers). Readers never lock.
 """
 from __future__ import annotations
@@ -206,6 +207,14 @@ class VindexWriter:
         with self.lock:
             self._refresh()
             self._disk = save_manifest(self.root, self.manifest)
+            self._write_card()
+
+    def _write_card(self) -> None:
+        """Refresh the folder's dataset card (README.md) from the manifest just committed, so that
+        `datasets.load_dataset(folder)` reads the vindex from its first commit (vindex.hub.card;
+        atomic, skipped when unchanged; bench/bench_card.py measures its cost per commit)."""
+        from .hub.card import write_card
+        write_card(self.root, self.manifest)
 
     @contextmanager
     def transaction(self):
