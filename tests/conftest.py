@@ -1,6 +1,10 @@
 """Shared fixtures: a toy vindex (toy_lakes), the local Hub, one local Ray."""
 from __future__ import annotations
 
+import gc
+import os
+import subprocess
+
 import pytest
 
 from hub_server import hub_server, hub_server_session  # noqa: F401  (local Hub for hf:// tests)
@@ -25,3 +29,30 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size_kib) -> a fresh tmpfs of that size; resize(kib); grow() -> 64 MiB; unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("a real full disk needs a tmpfs, and mounting one needs root")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+
+    def mount(kib: int):
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mnt)],
+                           capture_output=True, text=True, check=False)
+        if r.returncode:
+            pytest.skip(f"`mount -t tmpfs` is not allowed here: {r.stderr.strip()}")
+        return mnt
+
+    def resize(kib):
+        subprocess.run(["mount", "-o", f"remount,size={kib}k", str(mnt)], check=True)
+
+    def grow():
+        resize(64 * 1024)
+    try:
+        yield mount, resize, grow
+    finally:
+        gc.collect()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -8,10 +8,8 @@ allows it here: otherwise the cases are skipped, with the reason.
 """
 from __future__ import annotations
 
-import gc
 import os
 import shutil
-import subprocess
 
 import pytest
 
@@ -35,31 +33,6 @@ def _need_kb(root) -> int:
     return n // 1024
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """mount(size_kib) -> a fresh tmpfs of that size; resize(kib); grow() -> 64 MiB; unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("a real full disk needs a tmpfs, and mounting one needs root")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-
-    def mount(kib: int):
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mnt)],
-                           capture_output=True, text=True, check=False)
-        if r.returncode:
-            pytest.skip(f"`mount -t tmpfs` is not allowed here: {r.stderr.strip()}")
-        return mnt
-
-    def resize(kib):
-        subprocess.run(["mount", "-o", f"remount,size={kib}k", str(mnt)], check=True)
-
-    def grow():
-        resize(64 * 1024)
-    try:
-        yield mount, resize, grow
-    finally:
-        gc.collect()
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _sound_after_failure(v: fh.Verdict, out) -> None:
