@@ -26,6 +26,7 @@ from fsspec.spec import AbstractFileSystem
 from vindex.errors import ChecksumError, ManifestError, NotFound, UnsafePath, VindexError
 from vindex.files import safe_join
 from vindex.hub.location import is_hub_uri
+from vindex.lake import lake_members
 from vindex.manifest import MANIFEST, ManifestView, load_manifest
 
 
@@ -87,7 +88,7 @@ def _resolve_local(path: Path) -> list[ResolvedVindex]:
     if _has_manifest(path):
         return [ResolvedVindex(load_manifest(path), str(path.resolve()), str(path))]
     found = []
-    for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for child in lake_members(path):
         if _has_manifest(child, lake=path):
             try:
                 found.append(ResolvedVindex(load_manifest(child), str(child.resolve()), str(child)))

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..errors import ChecksumError, HubError, NotFound, VindexError
 from ..files import safe_join, sha256_file
 from .remote import CARD, HubLocation, hub_call, endpoint, hub_api, hub_timeout
+from ..lake import lake_members
 from ..manifest import MANIFEST, load_manifest
 
 COMMIT_BATCH = 1000                # files per commit: the Hub rejects very large commits
@@ -48,11 +49,9 @@ def local_vindexes(path: str | Path) -> list[tuple[str, Path]]:
     root = Path(path)
     if (root / MANIFEST).is_file():
         return [("", root)]
-    if root.is_dir():
-        subs = [(p.name, p) for p in sorted(root.iterdir())
-                if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
-        if subs:
-            return subs
+    subs = [(p.name, p) for p in lake_members(root) if (p / MANIFEST).is_file()]
+    if subs:
+        return subs
     raise NotFound(f"{root}: neither a vindex (no {MANIFEST}) nor a lake of vindex folders")
 
 
