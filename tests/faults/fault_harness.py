@@ -334,3 +334,20 @@ class Scoreboard:
 
 
 BOARD = Scoreboard()
+
+
+def committed_files_sound(v: "Verdict", out, after: str, commit_finished: bool = False) -> None:
+    """After a failure (`after`: 'the kill', 'the failure'): the manifest, if any, lists only files
+    that are there and intact. No manifest is fine unless a commit had finished (`commit_finished`)."""
+    from vindex import verify
+    if not (out / "vindex.json").exists():
+        if commit_finished:
+            v.note(DATA_LOST, "a manifest commit had finished, yet there is no vindex.json")
+        else:
+            v.note(HANDLED, f"nothing was committed before {after}")
+        return
+    bad = [p for p in verify(out) if p.kind != "orphan"]
+    if bad:
+        v.note(DATA_LOST, f"after {after}, committed files are damaged or missing: " + "; ".join(map(str, bad[:3])))
+    else:
+        v.note(HANDLED, f"after {after}: every committed file verifies")

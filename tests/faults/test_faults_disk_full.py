@@ -35,19 +35,6 @@ def _need_kb(root) -> int:
 
 
 
-def _sound_after_failure(v: fh.Verdict, out) -> None:
-    from vindex import verify
-    if not (out / "vindex.json").exists():
-        v.note(fh.HANDLED, "nothing was committed before the disk filled")
-        return
-    bad = [p for p in verify(out) if p.kind != "orphan"]
-    if bad:
-        v.note(fh.DATA_LOST, "after the failure, committed files are damaged or missing: "
-               + "; ".join(map(str, bad[:3])))
-    else:
-        v.note(fh.HANDLED, "after the failure every committed file verifies")
-
-
 def _resumed(v: fh.Verdict, out, reference, run) -> None:
     from vindex import verify
     if v.cli("rerun with space", run):
@@ -70,7 +57,7 @@ def test_disk_full_during_build(verdict, tiny, references, small_disk, tmp_path,
     verdict.injected(f"vindex build onto a {kib} KiB tmpfs (the build needs about {_need_kb(ref.root)} KiB)")
     out = mount(kib) / "vx"
     _full_run(verdict, fault_child.fork(build_argv(tiny, out), 0, tmp_path, "full"))
-    _sound_after_failure(verdict, out)
+    fh.committed_files_sound(verdict, out, "the failure")
     grow()
     _resumed(verdict, out, ref.root, fault_child.fork(build_argv(tiny, out), 0, tmp_path, "rerun"))
     verdict.done()
@@ -90,7 +77,7 @@ def test_disk_full_during_weights(verdict, tiny, references, small_disk, tmp_pat
     verdict.injected(f"vindex weights onto a tmpfs holding the build ({used} KiB) with {extra} KiB free "
                      f"(the weight tables need about {more} KiB)")
     _full_run(verdict, fault_child.fork(weights_argv(tiny, out), 0, tmp_path, "full"))
-    _sound_after_failure(verdict, out)
+    fh.committed_files_sound(verdict, out, "the failure")
     grow()
     _resumed(verdict, out, ref.root, fault_child.fork(weights_argv(tiny, out), 0, tmp_path, "rerun"))
     verdict.done()
@@ -112,7 +99,7 @@ def test_disk_full_during_pull(verdict, hub_server, small_disk, tmp_path, i):
     out = mount(kib) / "pulled"
     argv = ["pull", f"hf://datasets/{REPO}", "--out", str(out), "--quiet"]
     _full_run(verdict, CliRunner().invoke(main, argv))
-    _sound_after_failure(verdict, out)
+    fh.committed_files_sound(verdict, out, "the failure")
     grow()
     _resumed(verdict, out, source, CliRunner().invoke(main, argv))
     verdict.done()

@@ -36,21 +36,6 @@ def _kill_point(op: str, i: int, points: int) -> int:
     return fh.rng("kill", op, i).randint(1, points)
 
 
-def _committed_is_sound(v: fh.Verdict, out, run: fault_child.ChildRun) -> None:
-    """After the kill: the manifest (if any) lists only files that are there and intact."""
-    from vindex import verify
-    if not (out / "vindex.json").exists():
-        if any("after manifest commit" in e for e in run.events):
-            v.note(fh.DATA_LOST, "a manifest commit had finished, yet there is no vindex.json")
-        return
-    bad = [p for p in verify(out) if p.kind != "orphan"]
-    if bad:
-        v.note(fh.DATA_LOST, "after the kill, committed files are damaged or missing: "
-               + "; ".join(map(str, bad[:3])))
-    else:
-        v.note(fh.HANDLED, "after the kill: every committed file verifies")
-
-
 def _killed(v: fh.Verdict, run: fault_child.ChildRun, k: int) -> None:
     v.injected(f"SIGKILL at event {k}: {run.last_event()}")
     if not run.killed:
@@ -77,7 +62,7 @@ def test_kill_build_then_resume(verdict, tiny, references, tmp_path, i):
     out = tmp_path / "vx"
     run = fault_child.fork(build_argv(tiny, out), k, tmp_path, "killed")
     _killed(verdict, run, k)
-    _committed_is_sound(verdict, out, run)
+    fh.committed_files_sound(verdict, out, "the kill", any("after manifest commit" in e for e in run.events))
     resume = fault_child.fork(build_argv(tiny, out), 0, tmp_path, "resume")
     if verdict.cli("resume", resume):
         _resume_content(verdict, out, ref.root)
@@ -92,7 +77,7 @@ def test_kill_weights_then_resume(verdict, tiny, references, tmp_path, i):
     shutil.copytree(references("build").root, out)
     run = fault_child.fork(weights_argv(tiny, out), k, tmp_path, "killed")
     _killed(verdict, run, k)
-    _committed_is_sound(verdict, out, run)
+    fh.committed_files_sound(verdict, out, "the kill", any("after manifest commit" in e for e in run.events))
     resume = fault_child.fork(weights_argv(tiny, out), 0, tmp_path, "resume")
     if verdict.cli("resume", resume):
         _resume_content(verdict, out, ref.root)
@@ -177,7 +162,7 @@ def test_kill_pull_then_resume(verdict, hub_server, source, tmp_path, i):
     run = fault_child.spawn([*argv, "--workers", workers], k, tmp_path, "killed")
     _killed(verdict, run, k)
     verdict.injected(f"(--workers {workers})")
-    _committed_is_sound(verdict, out, run)
+    fh.committed_files_sound(verdict, out, "the kill", any("after manifest commit" in e for e in run.events))
     if verdict.cli("pull again", CliRunner().invoke(main, argv)):
         _resume_content(verdict, out, source, "pull again")
         verdict.content("pull again: bytes", fh.file_digest(out, "*.parquet"), fh.file_digest(source, "*.parquet"))
