@@ -36,7 +36,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vindex.errors import CorruptShard, SchemaMismatch, VindexError
+from vindex.errors import CorruptShard, SchemaMismatch
 from vindex.schema import TABLES, partition_columns, table_spec, vector_columns
 from vindex.summary import prompt_coverage
 from vindex.verified import verify_shards
@@ -77,7 +77,7 @@ def create_views(con: duckdb.DuckDBPyConnection, vindexes: list[ResolvedVindex])
     con.execute(f"CREATE OR REPLACE VIEW models AS {models_sql(vindexes)}")
     con.execute(f"CREATE OR REPLACE VIEW prompt_sets AS {prompt_sets_sql(vindexes)}")
     con.execute(f"CREATE OR REPLACE VIEW files AS {files_sql(vindexes)}")
-    present = {(v.name, t): stored_columns(con, v, t) for v in vindexes for t in TABLES if v.entries(t)}
+    present = {(v.name, t): stored_columns(v, t) for v in vindexes for t in TABLES if v.entries(t)}
     for table in TABLES:
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {table_sql(table, vindexes, present)}")
     for v in vindexes:
@@ -117,40 +117,28 @@ def shard_location(v: ResolvedVindex, relpath: str) -> str:
     return glob_literal(url) if v.filesystem is None else url
 
 
-def stored_columns(con: duckdb.DuckDBPyConnection, v: ResolvedVindex, table: str) -> set[str]:
-    """The columns of the table's first shard. Shards written before a nullable column joined the
-    schema (schemas/ grow additively) lack it; the view fills it with NULL instead of failing."""
+def stored_columns(v: ResolvedVindex, table: str) -> set[str]:
+    """The columns of the table's first shard, read from its Parquet footer. Shards written before a
+    nullable column joined the schema (schemas/ grow additively) lack it; the view fills it with NULL
+    instead of failing. The footer also tells the stored vector width, which must be the manifest's
+    vector_width (every shard of a table is written with the declared width, so the first one tells):
+    SchemaMismatch naming the file otherwise."""
     first = v.entries(table)[0]["path"]
     url = v.url(first)
     local = url
     if v.filesystem is not None and hasattr(v.filesystem, "shard"):
         local = v.filesystem.shard(url)     # fetched and verified here, so a bad shard is a named error
-    check_vector_width(v, table, url, local)
-    try:
-        rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({literal(shard_location(v, first))}, "
-                           "hive_partitioning = false)").fetchall()
-    except duckdb.Error as e:
-        raise VindexError(f"{url}: cannot read the shard's schema ({str(e).splitlines()[0]}); run `vindex verify`") \
-            from None
-    return {r[0] for r in rows}
-
-
-def check_vector_width(v: ResolvedVindex, table: str, url: str, local) -> None:
-    """The manifest's vector_width must be the width the shards store (all of a table's shards are
-    written with the declared width, so the first one tells): SchemaMismatch naming the file."""
-    width = v.table(table).get("vector_width")
-    if not width or not vector_columns(table):
-        return
     try:
         schema = pq.read_schema(local)
     except (pa.ArrowException, OSError) as e:
-        raise CorruptShard(f"{url}: not a readable Parquet file ({e}); run `vindex verify`") from None
+        raise CorruptShard(f"{url}: cannot read the shard's schema ({e}); run `vindex verify`") from None
+    width = v.table(table).get("vector_width")
     for name in vector_columns(table):
-        if name in schema.names and pa.types.is_fixed_size_list(schema.field(name).type) \
-                and schema.field(name).type.list_size != width:
-            raise SchemaMismatch(f"{url}: column {name!r} stores vectors of width {schema.field(name).type.list_size}, "
-                                 f"but the manifest declares vector_width {width} for table {table!r}; "
-                                 "run `vindex verify`")
+        kind = schema.field(name).type if name in schema.names else None
+        if width and kind is not None and pa.types.is_fixed_size_list(kind) and kind.list_size != width:
+            raise SchemaMismatch(f"{url}: column {name!r} stores vectors of width {kind.list_size}, but the "
+                                 f"manifest declares vector_width {width} for table {table!r}; run `vindex verify`")
+    return set(schema.names)
 
 
 def table_sql(table: str, vindexes: list[ResolvedVindex], present: dict | None = None) -> str:
