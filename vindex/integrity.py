@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from .errors import SchemaMismatch, VindexError
 from .files import safe_join, sha256_file
 from .lake import lake_members
-from .manifest import MANIFEST, consistency_problems, load_manifest, partition_values
+from .manifest import MANIFEST, consistency_problems, load_manifest
 from .schema import TABLES, arrow_schema, check_schema, table_spec, vector_columns
 
 _LAYER_COLUMNS = ("layer", "feature_layer")   # columns holding a vindex layer (0 .. n_layers)
@@ -61,7 +61,7 @@ def _verify_vindex(path: str | Path, checksums: bool) -> list[Problem]:
         return [Problem(str(root / MANIFEST), kind, str(e))]
     # the manifest's own contradictions that the per-file checks below do not already report
     problems = [Problem(str(root / MANIFEST), kind, msg) for kind, msg in consistency_problems(m)
-                if kind in ("vectors", "twin")]
+                if kind in ("vectors", "twin", "layers")]
     listed = set()
     seen: dict[str, str] = {}      # the listed file (resolved) -> the table listing it first
     n_layers = m["model"].get("n_layers")
@@ -69,7 +69,6 @@ def _verify_vindex(path: str | Path, checksums: bool) -> list[Problem]:
     for table, t in m["tables"].items():
         schema = arrow_schema(table, t.get("vector_width"), t.get("vector_dtype") or "float16") \
             if t.get("vector_width") else arrow_schema(table)
-        problems += _layer_range(root, table, t.get("files", []), n_layers)
         for e in t.get("files", []):
             listed.add(e["path"])
             key = _listed_key(root, e["path"])
@@ -95,15 +94,6 @@ def _listed_key(root: Path, relpath: str) -> str:
         return str(safe_join(root, relpath))
     except VindexError:
         return relpath
-
-
-def _layer_range(root: Path, table: str, entries: list[dict], n_layers: int | None) -> list[Problem]:
-    """The manifest's layer partitions of `table` must lie in 0 .. model.n_layers."""
-    layers = partition_values(entries)
-    if n_layers is None or not layers or max(layers) <= n_layers:
-        return []
-    return [Problem(str(root / MANIFEST), "layers", f"table {table!r} stores layer {max(layers)}, but model.n_layers "
-                    f"is {n_layers} (layers run 0 .. n_layers); n_layers is wrong or the shard is another model's")]
 
 
 def _other_table(actual: pa.Schema, table: str) -> str | None:
@@ -184,7 +174,7 @@ def _verify_file(root: Path, table: str, e: dict, schema: pa.Schema, checksums: 
         if len(col) and not pc.all(pc.equal(col, pa.scalar(v, col.type))).as_py():
             out.append(Problem(str(f), "partition", f"column {k!r} holds values other than {v!r} (the path's partition)"))
     partitioned = set(e.get("partition") or {})
-    for k in _LAYER_COLUMNS:   # layer columns the manifest does not hold as partitions (its own: _layer_range)
+    for k in _LAYER_COLUMNS:   # layer columns the manifest does not hold as partitions (its own: consistency_problems)
         if n_layers is None or k in partitioned or k not in actual.names:
             continue
         try:

@@ -201,7 +201,8 @@ def consistency_problems(m: dict) -> list[tuple[str, str]]:
                                            f"data/{table}/"))
         layers = partition_values(files)
         if isinstance(n_layers, int) and layers and max(layers) > n_layers:
-            out.append(("layers", f"table {table!r} stores layer {max(layers)}, but model.n_layers is {n_layers}"))
+            out.append(("layers", f"table {table!r} stores layer {max(layers)}, but model.n_layers is {n_layers} "
+                                  "(layers run 0 .. n_layers); n_layers is wrong or the shard is another model's"))
         required = [f["name"] for f in table_spec(table)["fields"]
                     if f["name"] in vector_columns(table) and not f.get("nullable")]
         if files and required and not t.get("vector_width"):
