@@ -166,6 +166,11 @@ class ChildRun:
     def killed(self) -> bool:
         return self.code == -signal.SIGKILL
 
+    @property
+    def commit_finished(self) -> bool:
+        """Whether a manifest commit had finished before the child died."""
+        return any("after manifest commit" in e for e in self.events)
+
     def last_event(self) -> str:
         return self.events[-1] if self.events else "(no event: killed before the first)"
 

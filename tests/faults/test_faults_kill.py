@@ -58,13 +58,16 @@ def _resume_content(v: fh.Verdict, out, reference, label="resume") -> None:
 @pytest.mark.parametrize("i", range(N["build"]))
 def test_kill_build_then_resume(verdict, tiny, references, tmp_path, i):
     ref = references("build")
-    k = _kill_point("build", i, ref.points)
-    out = tmp_path / "vx"
-    run = fault_child.fork(build_argv(tiny, out), k, tmp_path, "killed")
+    _kill_then_resume(verdict, build_argv(tiny, tmp_path / "vx"), tmp_path / "vx", ref,
+                      _kill_point("build", i, ref.points), tmp_path)
+
+
+def _kill_then_resume(verdict, argv, out, ref, k: int, tmp_path) -> None:
+    """Kill the job at event k, check what it committed, rerun it and compare with the reference."""
+    run = fault_child.fork(argv, k, tmp_path, "killed")
     _killed(verdict, run, k)
-    fh.committed_files_sound(verdict, out, "the kill", any("after manifest commit" in e for e in run.events))
-    resume = fault_child.fork(build_argv(tiny, out), 0, tmp_path, "resume")
-    if verdict.cli("resume", resume):
+    fh.committed_files_sound(verdict, out, "the kill", run.commit_finished)
+    if verdict.cli("resume", fault_child.fork(argv, 0, tmp_path, "resume")):
         _resume_content(verdict, out, ref.root)
     verdict.done()
 
@@ -72,16 +75,9 @@ def test_kill_build_then_resume(verdict, tiny, references, tmp_path, i):
 @pytest.mark.parametrize("i", range(N["weights"]))
 def test_kill_weights_then_resume(verdict, tiny, references, tmp_path, i):
     ref = references("weights")
-    k = _kill_point("weights", i, ref.points)
     out = tmp_path / "vx"
     shutil.copytree(references("build").root, out)
-    run = fault_child.fork(weights_argv(tiny, out), k, tmp_path, "killed")
-    _killed(verdict, run, k)
-    fh.committed_files_sound(verdict, out, "the kill", any("after manifest commit" in e for e in run.events))
-    resume = fault_child.fork(weights_argv(tiny, out), 0, tmp_path, "resume")
-    if verdict.cli("resume", resume):
-        _resume_content(verdict, out, ref.root)
-    verdict.done()
+    _kill_then_resume(verdict, weights_argv(tiny, out), out, ref, _kill_point("weights", i, ref.points), tmp_path)
 
 
 # -- the Hub ------------------------------------------------------------------------------------------
@@ -162,7 +158,7 @@ def test_kill_pull_then_resume(verdict, hub_server, source, tmp_path, i):
     run = fault_child.spawn([*argv, "--workers", workers], k, tmp_path, "killed")
     _killed(verdict, run, k)
     verdict.injected(f"(--workers {workers})")
-    fh.committed_files_sound(verdict, out, "the kill", any("after manifest commit" in e for e in run.events))
+    fh.committed_files_sound(verdict, out, "the kill", run.commit_finished)
     if verdict.cli("pull again", CliRunner().invoke(main, argv)):
         _resume_content(verdict, out, source, "pull again")
         verdict.content("pull again: bytes", fh.file_digest(out, "*.parquet"), fh.file_digest(source, "*.parquet"))
