@@ -14,6 +14,7 @@ can find the problem without reading a pyarrow traceback. Catch `VindexError` to
         UnsupportedArchitecture    a model type vindex cannot ingest
         UnsupportedWeights         a checkpoint layout with no tensor-name map
         DegenerateInput            input a measure is undefined on (e.g. a constant layer)
+        UnknownSite                an activation site vindex does not know, or the model lacks
       IncompleteData           an analysis would use part of the data (an interrupted build);
                                allow_partial accepts it
       NotFound                 a model, table, layer or file that is not there
@@ -77,6 +78,10 @@ class UnsupportedWeights(InvalidValue):
 
 class DegenerateInput(InvalidValue):
     """The input is one a measure is undefined on (e.g. a constant layer, fewer than 2 rows)."""
+
+
+class UnknownSite(InvalidValue):
+    """An activation site name vindex does not know, or one the model's family does not have."""
 
 
 class IncompleteData(VindexError):
