@@ -41,6 +41,9 @@ DOMAINS = {
     "max_iter": Domain(1, INT_MAX, True),
     "min_token_index": Domain(0, INT_MAX, True),
     "layer": Domain(0, INT_MAX, True),
+    "dims": Domain(1, INT_MAX, True),
+    "variance": Domain(0, 1, False, low_open=True, why="the share of a side's variance the kept SVD directions "
+                                                       "explain"),
     "band": Domain(0, 1, False, low_open=True, why="|depth_a - depth_b| lies in [0, 1]; 0 would count the "
                                                    "diagonal itself as off-diagonal"),
 }

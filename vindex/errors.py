@@ -28,6 +28,7 @@ can find the problem without reading a pyarrow traceback. Catch `VindexError` to
       CKAWarning               a CKA value is undefined and was returned as NULL
       CKAPairSkipped           a model pair of a lake could not be compared; the run went on
       PartialData              a result was computed over part of the data (allow_partial)
+      MeasureWarning           a measure was computed on reduced input (SVCCA/PWCCA's truncation capped)
       LarqlImportWarning       a LarQL import went on without part of its source (it says what)
 """
 
@@ -127,6 +128,11 @@ class CKAPairSkipped(VindexWarning):
 
 class PartialData(VindexWarning):
     """A result was computed over part of the data (allow_partial): the message says how many rows."""
+
+
+class MeasureWarning(VindexWarning):
+    """A measure was computed on reduced input: SVCCA/PWCCA kept fewer SVD directions than asked (n <= d); the
+    message says how many."""
 
 
 class LarqlImportWarning(VindexWarning):
