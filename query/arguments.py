@@ -41,6 +41,8 @@ DOMAINS = {
     "max_iter": Domain(1, INT_MAX, True),
     "min_token_index": Domain(0, INT_MAX, True),
     "layer": Domain(0, INT_MAX, True),
+    "max_stages": Domain(1, INT_MAX, True),
+    "n_stages": Domain(1, INT_MAX, True),
     "dims": Domain(1, INT_MAX, True),
     "variance": Domain(0, 1, False, low_open=True, why="the share of a side's variance the kept SVD directions "
                                                        "explain"),

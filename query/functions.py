@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from . import cka
 from . import cluster, knn
+from . import influence, stages
 from .arguments import check
 from .macros import ModelInfo, PromptSetInfo, macros
 from .vectors import double_lists, row_arrays, row_key_fields, row_keys, row_labels, row_matrices, scalars
@@ -334,6 +335,8 @@ UDFS = [
      "STRUCT(cluster INTEGER[], distance DOUBLE[], inertia DOUBLE, iterations INTEGER)"),
     ("nmi", _label_score(cluster.nmi, "nmi"), "DOUBLE"),
     ("ami", _label_score(cluster.ami, "ami"), "DOUBLE"),
+    *influence.UDFS,
+    *stages.UDFS,
 ]
 
 
@@ -348,7 +351,8 @@ def register_functions(con) -> None:
             pass
         # 'special': the UDFs see NULL rows and may return NULL (an undefined CKA), and say so
         con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow", null_handling="special")
-    for sql in macros(lake_models(con)):
+    models = lake_models(con)
+    for sql in macros(models) + influence.macros(models) + stages.macros(models):
         con.execute(sql)
 
 
