@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from . import cka
 from . import cluster, knn
-from . import influence, stages
+from . import influence, layer_stages
 from .arguments import check
 from .macros import ModelInfo, PromptSetInfo, macros
 from .vectors import double_lists, row_arrays, row_key_fields, row_keys, row_labels, row_matrices, scalars
@@ -336,7 +336,7 @@ UDFS = [
     ("nmi", _label_score(cluster.nmi, "nmi"), "DOUBLE"),
     ("ami", _label_score(cluster.ami, "ami"), "DOUBLE"),
     *influence.UDFS,
-    *stages.UDFS,
+    *layer_stages.UDFS,
 ]
 
 
@@ -352,7 +352,7 @@ def register_functions(con) -> None:
         # 'special': the UDFs see NULL rows and may return NULL (an undefined CKA), and say so
         con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow", null_handling="special")
     models = lake_models(con)
-    for sql in macros(models) + influence.macros(models) + stages.macros(models):
+    for sql in macros(models) + influence.macros(models) + layer_stages.macros(models):
         con.execute(sql)
 
 
