@@ -12,6 +12,7 @@ cluster`), lake_cka (all-pairs CKA, optionally on Ray), plot (heatmaps). docs/sq
 every view and function.
 """
 from .analyses import cka_depth, cka_matrix, cka_token_matrix, kmeans, mutual_knn_matrix
+from .analyses import cka_influence, cka_influence_summary, stages
 from .cka import minibatch_cka, permutation_test  # vindex.query.cka.cka: the module keeps its name
 from .cluster import ami, nmi
 from .views import connect
@@ -20,5 +21,6 @@ from .knn import mutual_knn
 from .sources import ResolvedVindex, resolve_source, resolve_sources
 
 __all__ = ["connect", "cka_matrix", "cka_depth", "cka_token_matrix", "mutual_knn_matrix", "kmeans",
-           "minibatch_cka", "permutation_test", "mutual_knn", "nmi", "ami", "cluster_features", "FeatureClusters",
+           "minibatch_cka", "permutation_test",
+           "cka_influence", "cka_influence_summary", "stages", "mutual_knn", "nmi", "ami", "cluster_features", "FeatureClusters",
            "ResolvedVindex", "resolve_source", "resolve_sources"]

@@ -59,7 +59,7 @@ def _with_poolings(con, error: VindexError) -> VindexError:
 
 
 def _compare(con_or_sources, function: str, model_a: str, model_b: str, named: dict, allow_partial: bool,
-             rows: str = "prompts") -> pa.Table:
+             rows: str = "prompts", positional: tuple = ()) -> pa.Table:
     """Run a two-model table function: IncompleteData for an incomplete prompt set without
     allow_partial (the macro's own check, in Python's error class); with it, a PartialData warning
     whenever fewer rows were compared than the models' prompt sets plan."""
@@ -74,7 +74,7 @@ def _compare(con_or_sources, function: str, model_a: str, model_b: str, named: d
     if incomplete and not allow_partial:
         raise IncompleteData(f"{function}: {incomplete} ({INCOMPLETE_ADVICE}); pass allow_partial=True "
                              "(--allow-partial) to compare the prompts both models hold")
-    table = _call(con, function, [model_a, model_b], {**named, "allow_partial": allow_partial})
+    table = _call(con, function, [model_a, model_b, *positional], {**named, "allow_partial": allow_partial})
     if allow_partial and table.num_rows:
         _say_partial(con, function, model_a, model_b, prompt_set, table, incomplete, rows)
     return table
@@ -173,3 +173,38 @@ def kmeans(con_or_sources, model: str, layer: int | None = None, k: int = 8, see
     return _call(connection(con_or_sources), "kmeans", [model],
                  dict(layer=None if layer is None else check("kmeans", "layer", layer), k=check("kmeans", "k", k),
                       seed=check("kmeans", "seed", seed), max_iter=check("kmeans", "max_iter", max_iter)))
+
+
+def cka_influence(con_or_sources, model_a: str, model_b: str, layer_a: int, layer_b: int,
+                  pooling: str = DEFAULT_POOLING, estimator: str = DEFAULT_ESTIMATOR, prompt_set: str | None = None,
+                  allow_partial: bool = False) -> pa.Table:
+    """Per prompt: the leave-one-out (jackknife) change of CKA between layer_a of model_a and layer_b of
+    model_b, from the Grams in O(n^2) (vindex.query.influence); influence < 0: the prompt pulls CKA down."""
+    fn = "cka_influence"
+    return _compare(con_or_sources, fn, model_a, model_b, dict(pooling=pooling, estimator=estimator,
+                                                               prompt_set=prompt_set), allow_partial,
+                    positional=(check(fn, "layer", layer_a), check(fn, "layer", layer_b)))
+
+
+def cka_influence_summary(con_or_sources, model_a: str, model_b: str, layer_a: int, layer_b: int,
+                          pooling: str = DEFAULT_POOLING, estimator: str = DEFAULT_ESTIMATOR,
+                          prompt_set: str | None = None, permutations: int = 999, seed: int = 0,
+                          allow_partial: bool = False) -> pa.Table:
+    """cka_influence summarised per prompt category, with a label-permutation null of each mean."""
+    fn = "cka_influence_summary"
+    return _compare(con_or_sources, fn, model_a, model_b, dict(
+        pooling=pooling, estimator=estimator, prompt_set=prompt_set,
+        permutations=check(fn, "permutations", permutations), seed=check(fn, "seed", seed)), allow_partial,
+        positional=(check(fn, "layer", layer_a), check(fn, "layer", layer_b)))
+
+
+def stages(con_or_sources, model: str, pooling: str = DEFAULT_POOLING, estimator: str = DEFAULT_ESTIMATOR,
+           prompt_set: str | None = None, max_stages: int = 8, n_stages: int | None = None, permutations: int = 99,
+           seed: int = 0) -> pa.Table:
+    """A model's layers cut into contiguous stages from its own layer-by-layer CKA (vindex.query.layer_stages):
+    one row per stage, the count chosen by the gap statistic against smooth-decay surrogates (or n_stages)."""
+    fn = "stages"
+    return _call(connection(con_or_sources), fn, [model], dict(
+        pooling=pooling, estimator=estimator, prompt_set=prompt_set, max_stages=check(fn, "max_stages", max_stages),
+        n_stages=None if n_stages is None else check(fn, "n_stages", n_stages),
+        permutations=check(fn, "permutations", permutations), seed=check(fn, "seed", seed)))

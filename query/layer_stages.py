@@ -23,7 +23,11 @@ S* is distributed like S.
 The count: the gap statistic (Tibshirani, Walther & Hastie 2001) against those surrogates,
 
     Gap(k) = mean_b log SSE*_k(b) - log SSE_k,   s_k = sd_b(log SSE*_k) sqrt(1 + 1/B),
-    k_hat  = the smallest k with Gap(k) >= Gap(k+1) - s_{k+1}
+    k_hat  = the smallest k with Gap(k) >= Gap(k_max) - s_k_max,   k_max = argmax_k Gap(k)
+
+(the "global SE max" rule of Dudoit & Fridlyand 2002, `cluster::clusGap(method = "globalSEmax")`;
+Tibshirani's first-local-maximum rule stops at k = 1 for several equal stages, whose first cut
+explains little more than the smooth decay does)
 
 and its support: p = (1 + #{R^2*_k_hat >= R^2_k_hat}) / (1 + B) (Phipson & Smyth 2010); no p for
 k_hat = 1 (one stage is no structure). `n_stages` fixes k instead (its p is computed the same way).
@@ -178,7 +182,8 @@ def fit_stages(S, max_stages: int = DEFAULT_MAX_STAGES, permutations: int = DEFA
         res.gap = logs.mean(axis=0) - np.log(sse + floor)
         res.gap_se = logs.std(axis=0) * np.sqrt(1 + 1 / permutations)
     if n_stages is None:
-        k = next((k for k in range(1, K) if res.gap[k - 1] >= res.gap[k] - res.gap_se[k]), K)
+        top = int(np.argmax(res.gap))
+        k = int(np.argmax(res.gap >= res.gap[top] - res.gap_se[top])) + 1
         res.criterion = "gap"
     else:
         k, res.criterion = n_stages, "given"
