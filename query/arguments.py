@@ -38,6 +38,7 @@ DOMAINS = {
     "batch_size": Domain(4, INT_MAX, True, why="minibatch CKA needs batches of >= 4 rows: unbiased HSIC "
                                                  "divides by b-3"),
     "k": Domain(1, INT_MAX, True),
+    "folds": Domain(2, INT_MAX, True, why="k-fold cross-validation needs two folds at least"),
     "max_iter": Domain(1, INT_MAX, True),
     "min_token_index": Domain(0, INT_MAX, True),
     "layer": Domain(0, INT_MAX, True),
