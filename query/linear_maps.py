@@ -1,5 +1,6 @@
 """Rosetta maps, the math: a linear map from one model's layer to another's, fitted on prompt rows,
 scored on held-out prompts, and compared with the same fit on shuffled rows (its null).
+(`vindex.query.rosetta` is the table function over these; this module is named for what it holds.)
 
 Shapes: X (n, d_a) and Y (n, d_b) are row-aligned (prompt i is row i on both sides); float64.
 A map is affine, y = x W + b, W (d_a, d_b), b (d_b); every method fits it on centred rows
