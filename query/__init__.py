@@ -13,6 +13,7 @@ every view and function.
 """
 from .analyses import cka_depth, cka_matrix, cka_token_matrix, kmeans, mutual_knn_matrix
 from .analyses import cka_influence, cka_influence_summary, stages
+from .analyses import measure_depth
 from .cka import minibatch_cka, permutation_test  # vindex.query.cka.cka: the module keeps its name
 from .cluster import ami, nmi
 from .views import connect
@@ -24,3 +25,4 @@ __all__ = ["connect", "cka_matrix", "cka_depth", "cka_token_matrix", "mutual_knn
            "minibatch_cka", "permutation_test",
            "cka_influence", "cka_influence_summary", "stages", "mutual_knn", "nmi", "ami", "cluster_features", "FeatureClusters",
            "ResolvedVindex", "resolve_source", "resolve_sources"]
+__all__ += ["measure_depth"]

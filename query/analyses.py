@@ -208,3 +208,16 @@ def stages(con_or_sources, model: str, pooling: str = DEFAULT_POOLING, estimator
         pooling=pooling, estimator=estimator, prompt_set=prompt_set, max_stages=check(fn, "max_stages", max_stages),
         n_stages=None if n_stages is None else check(fn, "n_stages", n_stages),
         permutations=check(fn, "permutations", permutations), seed=check(fn, "seed", seed)))
+
+
+def measure_depth(con_or_sources, model_a: str, model_b: str, measure: str = "pwcca", pooling: str = DEFAULT_POOLING,
+                  prompt_set: str | None = None, permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0, k: int = 10,
+                  dims: int | None = None, variance: float = 0.99, allow_partial: bool = False) -> pa.Table:
+    """A measure beyond CKA (procrustes, shape_metric, svcca, pwcca, rsa, cknna: vindex.query.measures) for
+    each layer of model_a and model_b's layer at the nearest normalized depth, with its permutation null."""
+    fn = "measure_depth"
+    return _compare(con_or_sources, fn, model_a, model_b, dict(
+        measure=measure, pooling=pooling, prompt_set=prompt_set,
+        permutations=check(fn, "permutations", permutations), seed=check(fn, "seed", seed), k=check(fn, "k", k),
+        dims=None if dims is None else check(fn, "dims", dims), variance=check(fn, "variance", variance)),
+        allow_partial)

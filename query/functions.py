@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import cka
+from . import measure_sql
 from . import cluster, knn
 from . import influence, layer_stages
 from .arguments import check
@@ -337,6 +338,7 @@ UDFS = [
     ("ami", _label_score(cluster.ami, "ami"), "DOUBLE"),
     *influence.UDFS,
     *layer_stages.UDFS,
+    *measure_sql.UDFS,
 ]
 
 
@@ -352,7 +354,7 @@ def register_functions(con) -> None:
         # 'special': the UDFs see NULL rows and may return NULL (an undefined CKA), and say so
         con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow", null_handling="special")
     models = lake_models(con)
-    for sql in macros(models) + influence.macros(models) + layer_stages.macros(models):
+    for sql in macros(models) + influence.macros(models) + layer_stages.macros(models) + measure_sql.macros(models):
         con.execute(sql)
 
 

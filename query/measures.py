@@ -155,7 +155,8 @@ def rdm_ranks(X: np.ndarray) -> np.ndarray:
         raise DegenerateInput(f"rsa: row {row} is constant across features: its correlation distance is undefined")
     Z /= norms[:, None]
     iu, ju = np.triu_indices(X.shape[0], 1)
-    rdm = 1.0 - (Z @ Z.T)[iu, ju]
+    # rounded to 12 decimals: distances equal but for float rounding (repeated rows) rank as ties
+    rdm = np.round(1.0 - (Z @ Z.T)[iu, ju], 12)
     ranks = rankdata(rdm)
     ranks -= ranks.mean()
     norm = np.linalg.norm(ranks)
