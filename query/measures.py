@@ -281,7 +281,7 @@ class Result:
     def summary(self) -> dict:
         """value, null_mean, null_p05, null_p95 and p_value = (1 + #{null as alike or more}) / (1 + N)
         (Phipson & Smyth 2010); None without a null."""
-        out = {"value": self.value, "null_mean": None, "null_p05": None, "null_p95": None, "p_value": None}
+        out = {"value": float(self.value), "null_mean": None, "null_p05": None, "null_p95": None, "p_value": None}
         if len(self.null):
             flip = -1.0 if self.measure in DISTANCES else 1.0
             s = null_summary(flip * self.value, flip * self.null)
