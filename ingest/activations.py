@@ -208,10 +208,17 @@ class HiddenStates:
                                                               rtol=1e-4, atol=1e-5))
         return hs
 
+    def read(self, ids: np.ndarray, attn: np.ndarray):
+        """({("resid_post", layer): [B, T, d]}, {}) for every layer: the `SiteStates.read` interface
+        (no routers read on this path)."""
+        return {("resid_post", l): h for l, h in enumerate(self.run(ids, attn))}, {}
+
     def convention(self) -> dict:
         """The hidden-state convention, for the manifest."""
         return {
             "source": "transformers output_hidden_states",
+            "resid_post_last_layer": ("post final norm (output_hidden_states)" if self.final_norm_on_last
+                                      else "raw residual stream"),
             "layer_0": "embedding output (after any embedding scaling the model applies)",
             "layer_i": "output of block i (residual stream), i = 1..n_layers",
             "final_norm": type(self.final_norm).__name__ if self.final_norm is not None else None,
@@ -270,3 +277,55 @@ def check_poolings(poolings) -> tuple[str, ...]:
     if unknown or not poolings:
         raise InvalidValue(f"poolings {list(poolings)}: unknown {unknown}; available: {', '.join(POOLINGS)}")
     return poolings
+
+
+class SiteStates:
+    """Runs the model's backbone with forward hooks (`sites.SiteHooks`) reading every (site, layer) of
+    `reads`, and (`routing_layers`) the MoE routers (`sites.RouterHooks`), instead of asking for
+    `output_hidden_states`. Used when a build asks for any site besides resid_post; resid_post alone
+    stays on `HiddenStates` (the same values but the last layer's final norm; measured equally fast).
+
+    Convention: every resid_post row is the raw residual stream, the last layer's too (TransformerLens's
+    hook_resid_post), while `output_hidden_states` returns the last layer after the final norm.
+    """
+
+    def __init__(self, model, family: str, reads, routing_layers=(), device=None):
+        import torch
+
+        from .sites import RouterHooks, SiteHooks
+        self.torch = torch
+        self.model = model
+        self.backbone = getattr(model, "base_model", model)
+        self.device = device or next(model.parameters()).device
+        self.family = family
+        self.sites = SiteHooks(model, family, reads=reads)
+        self.routers = RouterHooks(model, family, routing_layers) if routing_layers else None
+        self.final_norm_on_last = False
+
+    def read(self, ids: np.ndarray, attn: np.ndarray):
+        """({(site, layer): [B, T, width]}, {layer: (router logits [B*T, E], weights [B*T, k], experts [B*T, k])})."""
+        torch = self.torch
+        input_ids = torch.from_numpy(ids).to(self.device)
+        mask = torch.from_numpy(attn.astype(np.int64)).to(self.device)
+        self.sites.captured = {}
+        with self.sites:
+            if self.routers is not None:
+                self.routers.captured = {}
+                self.routers.__enter__()
+            try:
+                with torch.inference_mode():
+                    self.backbone(input_ids=input_ids, attention_mask=mask, use_cache=False, return_dict=True)
+            finally:
+                if self.routers is not None:
+                    self.routers.__exit__(None, None, None)
+        return self.sites.captured, (self.routers.captured if self.routers is not None else {})
+
+    def convention(self) -> dict:
+        return {
+            "source": "forward hooks on the Hugging Face modules (vindex.ingest.sites, TransformerLens names)",
+            "layer_0": "embedding output (resid_post only; TransformerLens blocks.0.hook_resid_pre)",
+            "layer_i": "block i's sites, i = 1..n_layers (TransformerLens block i-1)",
+            "resid_post_last_layer": "raw residual stream (no final norm, as TransformerLens's hook_resid_post)",
+            "last_layer_post_final_norm": False,
+            "note": "every resid_post row is the raw residual stream, the last layer's too",
+        }

@@ -25,8 +25,15 @@ SUPPORTED_MODEL_TYPES = {
     "gemma3_text": "gemma3",   # the text-only Gemma 3 (270M, 1B; what GGUF files load as)
     "gpt2": "gpt2",
     "bert": "bert",            # BERT, MiniLM, sentence-transformers encoders
+    # mixture-of-experts decoders (transformers 5: experts fused into 3-D tensors, a top-k router
+    # at mlp.gate); their builds also write the `routing` table
+    "qwen2_moe": "qwen2_moe",  # Qwen1.5-MoE, Qwen2-MoE: softmax top-k + a gated shared expert
+    "mixtral": "mixtral",      # Mixtral: softmax over the top-k
+    "deepseek_v3": "deepseek_v3",  # DeepSeek-V3 / Kimi-K2 style: sigmoid group-limited top-k, shared experts,
+                                   # the first blocks dense (first_k_dense_replace)
 }
 ENCODER_FAMILIES = {"bert"}
+MOE_FAMILIES = {"qwen2_moe", "mixtral", "deepseek_v3"}
 
 
 def family_of(model_type: str | None, where: str) -> str:

@@ -2,6 +2,8 @@
 
     ps = load_prompts("default")          # 256 prompts: 64 factual, coding, reasoning, translation
     ps = load_prompts("my_prompts.csv")   # JSONL, CSV, Parquet or a text file (one prompt a line)
+    ps = load_prompts(["2 + 2 =", "The capital of France is"], name="mine")   # or in memory: a list of
+    # strings or dicts, a polars / pandas DataFrame, a datasets.Dataset
     ps.name, ps.sha256, len(ps), ps.prompts[0].text
 
 A prompt set is identified by a content hash (`sha256` over its canonical JSON lines of
@@ -62,15 +64,25 @@ class PromptSet:
                 "category": [p.category for p in self.prompts], "text": [p.text for p in self.prompts]}
 
 
-def load_prompts(spec: str | Path | PromptSet, name: str | None = None) -> PromptSet:
-    """A shipped set by name, or a JSONL / CSV / Parquet / text file of prompts.
+def load_prompts(spec, name: str | None = None) -> PromptSet:
+    """A shipped set by name, a JSONL / CSV / Parquet / text file of prompts, or prompts in memory.
 
-    Files: a `text` (or `prompt`) column, optional `category` and `prompt_id` (unique
+    Files and tables: a `text` (or `prompt`) column, optional `category` and `prompt_id` (unique
     non-negative integers; row order otherwise). A .txt file holds one prompt per line.
-    `name` overrides the set's name (default: the shipped name or the file's stem).
+    In memory: a list of strings, a list of dicts (the same keys), a polars or pandas DataFrame or
+    a `datasets.Dataset` (the same columns).
+    `name` overrides the set's name (default: the shipped name, the file's stem, or "prompts").
     """
     if isinstance(spec, PromptSet):
         return spec if name is None else PromptSet(_check_name(name), spec.prompts, spec.source)
+    rows = _memory_rows(spec)
+    if rows is not None:
+        kind, rows = rows
+        return _build(rows, name or "prompts", f"in memory ({kind})")
+    if not isinstance(spec, (str, Path)):
+        raise InvalidValue(f"prompts of type {type(spec).__name__}: give a shipped set name ({', '.join(SHIPPED)}), "
+                           "a file (JSONL, CSV, Parquet, .txt), a list of strings or dicts, a polars/pandas "
+                           "DataFrame or a datasets.Dataset")
     text = str(spec)
     if text in SHIPPED:
         ref = resources.files("vindex.ingest").joinpath("prompt_sets", f"{text}.jsonl")
@@ -92,6 +104,28 @@ def load_prompts(spec: str | Path | PromptSet, name: str | None = None) -> Promp
     else:
         raise InvalidValue(f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .csv, .tsv, .parquet or .txt")
     return _build(rows, name or _NAME.sub("-", path.stem).strip("-.") or "prompts", str(path))
+
+
+def _memory_rows(spec) -> tuple[str, list[dict]] | None:
+    """(kind, rows) of prompts given in memory, or None when `spec` is not such an object."""
+    if isinstance(spec, (list, tuple)):
+        bad = next((i for i, r in enumerate(spec) if not isinstance(r, (str, dict))), None)
+        if bad is not None:
+            raise InvalidValue(f"prompts: item {bad} is a {type(spec[bad]).__name__}; a list of prompts holds "
+                               "strings, or dicts with a 'text' (or 'prompt') key")
+        return "list", [r if isinstance(r, dict) else {"text": r} for r in spec]
+    module = type(spec).__module__.split(".")[0]
+    if module in ("polars", "pandas") and hasattr(spec, "columns"):
+        columns = [str(c) for c in spec.columns]
+        rows = spec.to_dicts() if module == "polars" else spec.to_dict(orient="records")
+        kind = f"{module} DataFrame"
+    elif module == "datasets" and hasattr(spec, "column_names"):
+        columns, rows, kind = list(spec.column_names), spec.to_list(), "datasets.Dataset"
+    else:
+        return None
+    if not any(c in columns for c in _TEXT_COLUMNS):
+        raise InvalidValue(f"prompts ({kind}): no 'text' (or 'prompt') column; its columns are {columns}")
+    return kind, rows
 
 
 def _check_name(name: str) -> str:
@@ -159,5 +193,6 @@ def _build(rows: list[dict], name: str, source: str) -> PromptSet:
             raise InvalidValue(f"{source}: row {i}: prompt_id {pid} is negative, too large or repeated")
         seen.add(pid)
         cat = r.get("category")
+        cat = None if isinstance(cat, float) and cat != cat else cat    # a pandas NaN: no category
         prompts.append(Prompt(pid, str(cat) if cat not in (None, "") else None, text))
     return PromptSet(name, tuple(prompts), source)

@@ -87,15 +87,26 @@ _BERT = {
     "mlp_post": Point("intermediate", "output"),
     "resid_post": Point("", "output"),
 }
+# MoE blocks (transformers 5) keep their experts as fused 3-D tensors run inside one module: there is
+# no per-expert W_down module whose input a hook could read, so mlp_post is not a site of theirs.
+# mlp_out is the whole MoE block's output (routed experts + any shared expert), as in TL.
+_MOE = {k: v for k, v in _PRE_NORM.items() if k != "mlp_post"}
+_MOE_WHY = ("its experts are fused 3-D tensors inside one module (transformers 5), so no hook can read one "
+            "expert's mlp_post; the routing table records which experts run")
 _WHY_MISSING = {"bert": "BERT's blocks are post-norm (each sub-layer's sum is normalised), so the site has no "
-                        "pre-norm meaning"}
+                        "pre-norm meaning",
+                "qwen2_moe": _MOE_WHY, "mixtral": _MOE_WHY, "deepseek_v3": _MOE_WHY}
 
 FAMILY_SITES: dict[str, dict[str, Point]] = {
     "llama": _PRE_NORM, "mistral": _PRE_NORM, "qwen2": _PRE_NORM, "qwen3": _PRE_NORM, "gemma": _PRE_NORM,
     "gemma2": _SANDWICH, "gemma3": _SANDWICH,
     "gpt2": _GPT2,
     "bert": _BERT,
+    "qwen2_moe": _MOE, "mixtral": _MOE, "deepseek_v3": _MOE,
 }
+# where each MoE family's router sits in a block: a module returning (logits [N, E], weights [N, k],
+# experts [N, k]) for the N = B*T tokens (transformers 5's TopKRouter classes)
+ROUTERS = {"qwen2_moe": "mlp.gate", "mixtral": "mlp.gate", "deepseek_v3": "mlp.gate"}
 _BLOCK_LISTS = ("model.layers", "layers", "transformer.h", "h", "encoder.layer", "bert.encoder.layer",
                 "model.language_model.layers", "language_model.model.layers")
 
@@ -225,6 +236,40 @@ class SiteHooks:
                 new = apply(kwargs["hidden_states"])
                 return (args, {**kwargs, "hidden_states": new}) if edit is not None else None
             self._handles.append(module.register_forward_pre_hook(on_input, with_kwargs=True))
+
+
+def router(model, family: str, layer: int):
+    """The router module of vindex layer `layer` (block layer - 1), or None for a dense block of an MoE
+    model (DeepSeek-V3's first blocks, Qwen2-MoE's mlp_only_layers)."""
+    m = _submodule(blocks(model)[layer - 1], ROUTERS[family])
+    return m if m is not None and hasattr(m, "top_k") else None
+
+
+class RouterHooks:
+    """Forward hooks on the routers of `layers` (MoE blocks only): after a forward pass
+    `captured[layer] = (logits [N, E], weights [N, k], experts [N, k])` as the router returned them,
+    for the N = B*T tokens in row-major order."""
+
+    def __init__(self, model, family: str, layers: Iterable[int]):
+        from vindex.errors import NotMoE
+        if family not in ROUTERS:
+            raise NotMoE(f"routing: the {family} family has no experts (MoE families: {', '.join(ROUTERS)})")
+        self.model, self.family = model, family
+        self.modules = {l: m for l in layers if l >= 1 for m in [router(model, family, l)] if m is not None}
+        self.captured: dict[int, tuple] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> RouterHooks:
+        for layer, m in self.modules.items():
+            def on_output(mod, args, output, layer=layer):
+                self.captured[layer] = tuple(o.detach() for o in output[:3])
+            self._handles.append(m.register_forward_hook(on_output))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
 
 
 def _submodule(root, path: str):

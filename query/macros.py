@@ -142,8 +142,9 @@ PROMPT_KEY = "r.prompt_set || chr(31) || r.prompt_id::VARCHAR"
 # a side's rows, restricted to `common` with allow_partial
 IN_COMMON = f"(NOT allow_partial OR {PROMPT_KEY} IN (SELECT c.k FROM common AS c))"
 
-# rows of one side, for a pooled-activation analysis: the WHERE and a description for errors
-POOLED_WHERE = "r.pooling = pooling AND (prompt_set IS NULL OR r.prompt_set = prompt_set)"
+# rows of one side, for a pooled-activation analysis: the WHERE and a description for errors. The model
+# comparisons read the residual stream (site resid_post; a build with --sites adds other sites' rows)
+POOLED_WHERE = "r.site = 'resid_post' AND r.pooling = pooling AND (prompt_set IS NULL OR r.prompt_set = prompt_set)"
 POOLED_WHAT = "'pooling = ' || pooling || coalesce(' and prompt_set = ' || prompt_set, '')"
 
 
@@ -264,7 +265,7 @@ ORDER BY d.layer_a
 """
 
 
-TOKEN_WHERE = ("(include_special OR NOT r.special) AND r.token_index >= min_token_index "
+TOKEN_WHERE = ("r.site = 'resid_post' AND (include_special OR NOT r.special) AND r.token_index >= min_token_index "
                "AND (prompt_set IS NULL OR r.prompt_set = prompt_set)")
 TOKEN_WHAT = "'include_special = ' || include_special || ', min_token_index = ' || min_token_index || " \
              "coalesce(' and prompt_set = ' || prompt_set, '')"

@@ -37,12 +37,42 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vindex.errors import CorruptShard, SchemaMismatch
-from vindex.schema import TABLES, partition_columns, table_spec, vector_columns
+from vindex.schema import TABLES, defaults_if_absent, partition_columns, table_spec, vector_columns
 from vindex.summary import prompt_coverage
 from vindex.verified import verify_shards
 
 from .sources import HubShards, ResolvedVindex, resolve_sources
 from .sqltext import duckdb_type, ident, literal
+
+# What a shard written before a column existed means by it (schemas/ `default_if_absent`): activations
+# and pooled written before sites existed hold resid_post, whose TransformerLens hook name follows from
+# the layer (layer 0, the embedding output, is blocks.0.hook_resid_pre)
+ABSENT_SQL = {
+    "site": "'resid_post'",
+    "hook": "CASE WHEN layer = 0 THEN 'blocks.0.hook_resid_pre' ELSE 'blocks.' || (layer - 1)::VARCHAR || "
+            "'.hook_resid_post' END",
+}
+# views derived from the tables: what a reader asks of feature_stats and routing
+DERIVED_VIEWS = {
+    # per feature over a prompt set: the parts' sums added up (Welford is not needed: float64 sums)
+    "feature_summary": """
+SELECT model, prompt_set, layer, expert, feature, sum(n_tokens) AS n_tokens,
+       sum("sum") / sum(n_tokens) AS mean, sum(sum_abs) / sum(n_tokens) AS mean_abs,
+       max("max") AS max, min("min") AS min,
+       sum(n_above) / sum(n_tokens) AS frequency, sum(n_topk) / sum(n_tokens) AS topk_frequency
+FROM feature_stats GROUP BY model, prompt_set, layer, expert, feature""",
+    # per expert and MoE layer over a prompt set: its share of the routed slots (n_routed / (n_tokens * k);
+    # 1 / n_experts each under perfect balance) and its mean weight
+    "expert_load": """
+WITH r AS (SELECT model, prompt_set, layer, expert, weight, prompt_id, token_index, max(rank) OVER
+           (PARTITION BY model, prompt_set, layer) AS k FROM routing)
+SELECT model, prompt_set, layer, expert, count(*) AS n_routed,
+       count(DISTINCT (prompt_id, token_index)) AS n_tokens,
+       count(*) / any_value(t.n * r.k) AS load, avg(weight) AS mean_weight
+FROM r JOIN (SELECT model AS m, prompt_set AS ps, layer AS l, count(DISTINCT (prompt_id, token_index)) AS n
+             FROM routing GROUP BY ALL) AS t ON t.m = r.model AND t.ps = r.prompt_set AND t.l = r.layer
+GROUP BY model, prompt_set, layer, expert""",
+}
 
 # DuckDB catalog names a model-name schema must not shadow
 _RESERVED_SCHEMAS = {"main", "temp", "system", "information_schema", "pg_catalog", "memory"}
@@ -64,7 +94,7 @@ def connect(*sources, database: str = ":memory:", functions: bool = True) -> duc
     create_views(con, vindexes)
     if functions:
         from .functions import register_functions
-        register_functions(con)
+        register_functions(con, vindexes)
     return con
 
 
@@ -80,6 +110,8 @@ def create_views(con: duckdb.DuckDBPyConnection, vindexes: list[ResolvedVindex])
     present = {(v.name, t): stored_columns(v, t) for v in vindexes for t in TABLES if v.entries(t)}
     for table in TABLES:
         con.execute(f"CREATE OR REPLACE VIEW {table} AS {table_sql(table, vindexes, present)}")
+    for view, sql in DERIVED_VIEWS.items():
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql}")
     for v in vindexes:
         if v.name.lower() in _RESERVED_SCHEMAS:
             warnings.warn(f"model {v.name!r}: no per-model schema (the name is reserved in DuckDB); "
@@ -133,12 +165,28 @@ def stored_columns(v: ResolvedVindex, table: str) -> set[str]:
     except (pa.ArrowException, OSError) as e:
         raise CorruptShard(f"{url}: cannot read the shard's schema ({e}); run `vindex verify`") from None
     width = v.table(table).get("vector_width")
+    names = set(schema.names)
+    absent = defaults_if_absent(table)
+    if absent and len(v.entries(table)) > 1 and not set(absent) <= names:
+        # a vindex written before a column existed and extended since: its shards differ (new ones
+        # are listed last, by part); the branch then reads by name and fills the old shards' gaps
+        try:
+            last = set(pq.read_schema(v.url(v.entries(table)[-1]["path"]) if v.filesystem is None
+                                      else v.filesystem.shard(v.url(v.entries(table)[-1]["path"]))).names)
+        except (pa.ArrowException, OSError) as e:
+            raise CorruptShard(f"{v.url(v.entries(table)[-1]['path'])}: cannot read the shard's schema ({e}); "
+                               "run `vindex verify`") from None
+        if last != names:
+            names |= last | {MIXED}
     for name in vector_columns(table):
         kind = schema.field(name).type if name in schema.names else None
         if width and kind is not None and pa.types.is_fixed_size_list(kind) and kind.list_size != width:
             raise SchemaMismatch(f"{url}: column {name!r} stores vectors of width {kind.list_size}, but the "
                                  f"manifest declares vector_width {width} for table {table!r}; run `vindex verify`")
-    return set(schema.names)
+    return names
+
+
+MIXED = "\0mixed"   # in stored_columns: the shards differ in the columns they hold (read by name)
 
 
 def table_sql(table: str, vindexes: list[ResolvedVindex], present: dict | None = None) -> str:
@@ -180,14 +228,18 @@ def branch_sql(table: str, v: ResolvedVindex, vector_sql_type: str | None, store
             target = vector_sql_type or (f"FLOAT[{width}]" if width else "FLOAT[]")
             select.append(f"{ident(name)}::{target} AS {ident(name)}" if width and (stored is None or name in stored)
                           else f"NULL::{target} AS {ident(name)}")
+        elif name in ABSENT_SQL and "default_if_absent" in col and stored is not None and name not in stored:
+            select.append(f"{ABSENT_SQL[name]} AS {ident(name)}")
+        elif name in ABSENT_SQL and "default_if_absent" in col:
+            select.append(f"coalesce({ident(name)}, {ABSENT_SQL[name]}) AS {ident(name)}")
         elif stored is not None and name not in stored and col.get("nullable") and name not in partition_columns(table):
             select.append(f"NULL::{duckdb_type(col['type'])} AS {ident(name)}")
         else:
             select.append(ident(name))
-    return f"SELECT {', '.join(select)} FROM {read_parquet_sql(table, v)}"
+    return f"SELECT {', '.join(select)} FROM {read_parquet_sql(table, v, by_name=stored is not None and MIXED in stored)}"
 
 
-def read_parquet_sql(table: str, v: ResolvedVindex) -> str:
+def read_parquet_sql(table: str, v: ResolvedVindex, by_name: bool = False) -> str:
     """read_parquet over the manifest's files, partition columns typed from the folder names (which
     `verify_local_shards` / `HubShards` checked against the files' own columns)."""
     urls = [shard_location(v, e["path"]) for e in v.entries(table)]
@@ -203,7 +255,7 @@ def read_parquet_sql(table: str, v: ResolvedVindex) -> str:
     types = {f["name"]: duckdb_type(f["type"]) for f in table_spec(table)["fields"]}
     hive_types = ", ".join(f"{literal(k)}: {types[k]}" for k in keys)
     return (f"read_parquet({literal(urls)}, hive_partitioning = true, hive_types = {{{hive_types}}}, "
-            "hive_types_autocast = false)")
+            f"hive_types_autocast = false{', union_by_name = true' if by_name else ''})")
 
 
 def empty_table_sql(table: str) -> str:

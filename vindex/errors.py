@@ -15,6 +15,10 @@ can find the problem without reading a pyarrow traceback. Catch `VindexError` to
         UnsupportedWeights         a checkpoint layout with no tensor-name map
         DegenerateInput            input a measure is undefined on (e.g. a constant layer)
         UnknownSite                an activation site vindex does not know, or the model lacks
+        NotMoE                     an MoE option (routing) on a model without experts
+        ResumeMismatch             a resumed build's arguments differ from the earlier build's (it says what changed)
+        DeviceUnavailable          a device that is not there (--device cuda without CUDA)
+      MissingProvenance        a model object lacks what vindex must record and will not guess (a tokenizer, a name)
       IncompleteData           an analysis would use part of the data (an interrupted build);
                                allow_partial accepts it
       NotFound                 a model, table, layer or file that is not there
@@ -83,6 +87,23 @@ class DegenerateInput(InvalidValue):
 
 class UnknownSite(InvalidValue):
     """An activation site name vindex does not know, or one the model's family does not have."""
+
+
+class NotMoE(InvalidValue):
+    """An MoE option (routing) was given for a model whose family has no experts."""
+
+
+class ResumeMismatch(InvalidValue):
+    """A build would resume one made with other arguments (other sites, layers, prompts ...); the message
+    says what changed and offers resume=False (--no-resume)."""
+
+
+class DeviceUnavailable(InvalidValue):
+    """The device asked for is not available here (e.g. --device cuda on a machine without CUDA)."""
+
+
+class MissingProvenance(VindexError):
+    """A model object lacks something vindex must record and will not guess: its tokenizer, or a name."""
 
 
 class IncompleteData(VindexError):

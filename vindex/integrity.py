@@ -22,7 +22,7 @@ from .errors import SchemaMismatch, VindexError
 from .files import safe_join, sha256_file
 from .lake import lake_members
 from .manifest import MANIFEST, consistency_problems, load_manifest
-from .schema import TABLES, arrow_schema, check_schema, table_spec, vector_columns
+from .schema import TABLES, arrow_schema, check_schema, defaults_if_absent, table_spec, vector_columns
 
 _LAYER_COLUMNS = ("layer", "feature_layer")   # columns holding a vindex layer (0 .. n_layers)
 SCAN_ROWS = 16_384                            # rows per batch of the NaN/Inf scan (bounds its memory)
@@ -151,7 +151,7 @@ def _verify_file(root: Path, table: str, e: dict, schema: pa.Schema, checksums: 
     except (pa.ArrowException, OSError) as err:
         return [Problem(str(f), "corrupt", f"not a readable Parquet file: {err}")]
     try:
-        check_schema(actual, schema, where=f"table {table!r}")
+        check_schema(actual, schema, where=f"table {table!r}", absent_ok=defaults_if_absent(table))
     except SchemaMismatch as err:
         other = _other_table(actual, table)
         if other:

@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from .errors import InvalidValue, SchemaMismatch
 
-TABLES = ("prompts", "activations", "pooled", "features", "ov_gate", "layer_stats", "patching", "ablations", "steering", "maps")
+TABLES = ("prompts", "activations", "pooled", "features", "ov_gate", "layer_stats", "feature_acts", "feature_stats",
+          "routing", "patching", "ablations", "steering", "maps")
 VECTOR_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 _SCALARS = {
     "string": pa.string(), "bool": pa.bool_(), "int16": pa.int16(), "int32": pa.int32(),
@@ -85,18 +86,26 @@ def vector_columns(table: str) -> list[str]:
     return list(table_spec(table)["vector_columns"])
 
 
-def check_schema(actual: pa.Schema, expected: pa.Schema, where: str) -> None:
-    """Raise SchemaMismatch naming the first column that differs (name, type or width)."""
+def defaults_if_absent(table: str) -> dict[str, str]:
+    """Columns that shards written before they joined the schema may lack, with what such a shard
+    means by them (`default_if_absent` in schemas/: activations and pooled written before sites
+    existed hold resid_post only). Readers fill them in; `check_schema` accepts their absence."""
+    return {f["name"]: f["default_if_absent"] for f in table_spec(table)["fields"] if "default_if_absent" in f}
+
+
+def check_schema(actual: pa.Schema, expected: pa.Schema, where: str, absent_ok=()) -> None:
+    """Raise SchemaMismatch naming the first column that differs (name, type or width).
+    `absent_ok`: columns an older shard may lack (`defaults_if_absent`)."""
     exp = {f.name: f.type for f in expected}
     act = {f.name: f.type for f in actual}
-    missing = [n for n in exp if n not in act]
+    missing = [n for n in exp if n not in act and n not in absent_ok]
     extra = [n for n in act if n not in exp]
     if missing:
         raise SchemaMismatch(f"{where}: missing column(s) {missing}")
     if extra:
         raise SchemaMismatch(f"{where}: unexpected column(s) {extra}")
     for name, t in exp.items():
-        if not act[name].equals(t):
+        if name in act and not act[name].equals(t):
             a, e = act[name], t
             if pa.types.is_fixed_size_list(a) and pa.types.is_fixed_size_list(e) and a.list_size != e.list_size:
                 raise SchemaMismatch(f"{where}: column {name!r} has vector width {a.list_size}, "
