@@ -9,66 +9,19 @@ UDF names start with `vindex_` where a macro is the documented face; docs/sql.md
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pyarrow as pa
 
 from . import cka
 from . import measure_sql
-from . import cluster, knn
+from . import cluster, gram_cache, knn
 from . import influence, layer_stages
 from .arguments import check
 from .macros import ModelInfo, PromptSetInfo, macros
+from .parallel import map_layers, single_threaded_blas
 from .vectors import double_lists, row_arrays, row_key_fields, row_keys, row_labels, row_matrices, scalars
 
 NULL_STRUCT = "STRUCT(null_mean DOUBLE, null_p95 DOUBLE, p_value DOUBLE)"
-
-
-# -- parallel layers, single-threaded BLAS ------------------------------------------------------
-_BLAS = {"controller": None, "depth": 0, "limiter": None, "lock": threading.Lock()}
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """Context limiting BLAS to one thread. A UDF runs inside DuckDB's worker threads, next to
-    DuckDB's other work: multi-threaded BLAS on these small GEMMs (n x d with n ~ 256) then spins at
-    its barriers (10x slower than one thread on a busy 2-core machine). Layers run in parallel
-    instead (map_layers). Re-entrant across DuckDB's threads (the last one out restores BLAS);
-    without threadpoolctl it does nothing."""
-    state = _BLAS
-    with state["lock"]:
-        if state["controller"] is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-                state["controller"] = ThreadpoolController()
-            except ImportError:
-                state["controller"] = False
-        if state["controller"] and state["depth"] == 0:
-            state["limiter"] = state["controller"].limit(limits=1, user_api="blas")
-        state["depth"] += 1
-    try:
-        yield
-    finally:
-        with state["lock"]:
-            state["depth"] -= 1
-            if state["depth"] == 0 and state["limiter"] is not None:
-                state["limiter"].restore_original_limits()
-                state["limiter"] = None
-
-
-def map_layers(fn, items) -> list:
-    """[fn(x) for x in items], on up to cpu_count threads with single-threaded BLAS (numpy releases
-    the GIL in GEMMs and array arithmetic, so layers really run side by side)."""
-    items = list(items)
-    with single_threaded_blas():
-        if len(items) < 2 or (os.cpu_count() or 1) < 2:
-            return [fn(x) for x in items]
-        with ThreadPoolExecutor(min(len(items), os.cpu_count() or 1)) as pool:
-            return list(pool.map(fn, items))
 
 
 # -- CKA ----------------------------------------------------------------------------------------
@@ -186,6 +139,46 @@ udf_layer_minibatch_gram = _keyed(
     "cka_token_matrix")
 udf_layer_knn_graph = _keyed(lambda X, k: knn.unit_knn_graph(X, check("mutual_knn_matrix", "k", k)),
                              "mutual_knn_matrix")
+
+
+MODEL_GRAMS = f"STRUCT(layer INTEGER, x {LAYER_GRAM})[]"
+
+
+def udf_model_grams(vindexes: dict):
+    """The UDF vindex_model_grams(model, pooling, prompt_set, estimator, kernel, preprocess, fn) ->
+    MODEL_GRAMS: the model's layers with rows for the spec, each with its Gram from the Gram cache
+    (`gram_cache.model_grams`: stored, or computed from the shards and stored), as the matrix macros'
+    per-layer rows. `vindexes`: the connection's, by name (a model not among them gives NULL). An
+    undefined Gram (a constant layer) is NULL with a CKAWarning; one that cannot be formed raises
+    InvalidValue; `fn` names the macro in both."""
+    def udf(model, pooling, prompt_set, estimator, kernel, preprocess, fn) -> pa.Array:
+        n_rows = len(model)
+        lists = []
+        for m, pool, ps, est, ker, pre, f in zip(*(scalars(c, n_rows) for c in (
+                model, pooling, prompt_set, estimator, kernel, preprocess, fn))):
+            v = vindexes.get(m)
+            if v is None or pool is None:
+                lists.append(None)
+                continue
+            spec = gram_cache.GramSpec(pool, ps, cka.options(est, ker, pre))
+            layers = [(meta, g) for meta, g in gram_cache.model_grams(v, spec) if meta["status"] != "empty"]
+            for meta, _ in layers:
+                label = f"{f}: model {m} layer {meta['layer']}"
+                if meta["status"] == "invalid":
+                    raise cka.InvalidValue(f"{label}: {meta['note']}")
+                if meta["status"] == "undefined":
+                    cka.warn_undefined(label, cka.DegenerateInput(meta["note"]))
+            lists.append(layers)
+        flat = [item for layers in lists if layers for item in layers]
+        x = pa.StructArray.from_arrays(
+            [double_lists([g for _, g in flat])] + [pa.array([meta[k] for meta, _ in flat], t) for k, t in
+                                                    (("key", pa.int64()), ("n", pa.int32()), ("n_distinct", pa.int32()))],
+            names=["g", "rows_key", "n", "n_distinct"])
+        rows = pa.StructArray.from_arrays([pa.array([meta["layer"] for meta, _ in flat], pa.int32()), x],
+                                          names=["layer", "x"])
+        offsets = np.concatenate([[0], np.cumsum([len(layers or ()) for layers in lists])]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), rows, mask=pa.array([layers is None for layers in lists]))
+    return udf
 
 
 def udf_minibatch_cka(a, b, batch_size, seed, kernel, preprocess) -> pa.Array:
@@ -342,25 +335,32 @@ UDFS = [
 ]
 
 
-def register_functions(con) -> None:
-    """Create the vindex SQL functions on `con` (again on a connection that has them: replaced)."""
+def register_functions(con, vindexes=()) -> None:
+    """Create the vindex SQL functions on `con` (again on a connection that has them: replaced).
+    `vindexes` (`sources.ResolvedVindex`, as `connect` found them): models whose CKA matrices read
+    the Gram cache."""
     import duckdb
 
-    for name, fn, ret in UDFS:
+    grams = {v.name: v for v in vindexes}
+    # vindex_model_grams has all-constant arguments: 'side effects' keeps DuckDB from folding (calling)
+    # it while it plans a branch it then prunes
+    for name, fn, ret, effects in [(*u, False) for u in UDFS] + [
+            ("vindex_model_grams", udf_model_grams(grams), MODEL_GRAMS, True)]:
         try:
             con.remove_function(name)
         except duckdb.Error:
             pass
         # 'special': the UDFs see NULL rows and may return NULL (an undefined CKA), and say so
-        con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow", null_handling="special")
-    models = lake_models(con)
+        con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow", null_handling="special",
+                            side_effects=effects)
+    models = lake_models(con, grams)
     for sql in macros(models) + influence.macros(models) + layer_stages.macros(models) + measure_sql.macros(models):
         con.execute(sql)
 
 
-def lake_models(con) -> list[ModelInfo]:
+def lake_models(con, grams=()) -> list[ModelInfo]:
     """The models of a connection made by `connect` (none on a bare DuckDB connection), each with its
-    prompt sets (the `prompt_sets` view)."""
+    prompt sets (the `prompt_sets` view); those named in `grams` read the Gram cache."""
     import duckdb
     try:
         rows = con.execute("SELECT model, n_layers FROM models ORDER BY model").fetchall()
@@ -372,4 +372,4 @@ def lake_models(con) -> list[ModelInfo]:
     by_model: dict[str, list] = {}
     for model, *info in sets:
         by_model.setdefault(model, []).append(PromptSetInfo(*info))
-    return [ModelInfo(name, int(n), name in schemas, tuple(by_model.get(name, ()))) for name, n in rows]
+    return [ModelInfo(name, int(n), name in schemas, tuple(by_model.get(name, ())), name in grams) for name, n in rows]

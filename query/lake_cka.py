@@ -7,11 +7,13 @@
 
 The computation is the SQL layer's `cka_matrix`, organised for a whole lake:
 
-1. one task per (model, layer): read that layer's `pooled` shards (local files or hf:// through
-   HfFileSystem), keep `pooling` (and `prompt_set`) rows, sort them by (prompt_set, prompt_id) and
-   fingerprint them (`cka.sort_rows`, as the SQL layer does), and compute the centred, unit-norm
-   Gram g = HKH/||HKH||_F, packed (`cka.packed_unit_gram`, the SQL layer's Gram).
-   Cost: models x layers x n^2 d.
+1. each model's Grams from the Gram cache (`query.gram_cache`), and one task per (model, layer)
+   whose shards have none stored (`gram_cache.layer_gram`): read that layer's `pooled` shards (local
+   files or hf:// through HfFileSystem), keep `pooling` (and `prompt_set`) rows, sort them by
+   (prompt_set, prompt_id) and fingerprint them (`cka.sort_rows`, as the SQL layer does), and
+   compute the centred, unit-norm Gram g = HKH/||HKH||_F, packed (`cka.packed_unit_gram`, the SQL
+   layer's Gram); the driver stores what was computed. Cost, cold: models x layers x n^2 d; warm:
+   reading the stored Grams.
 2. one task per model: stack its layers' Grams into one matrix (per row key), once for all its pairs.
 3. one task per model pair: CKA(a, b) = <g_a, g_b> (Kornblith et al. 2019, eq. 4, as the cosine of
    centred Grams) for all layer pairs at once, G_A G_B^T, and with permutations > 0 the null of
@@ -32,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vindex.errors import CKAPairSkipped, IncompleteData, InvalidValue, NotFound, PartialData
 from vindex.summary import prompt_coverage
 
-from . import cka
+from . import cka, gram_cache
 from .arguments import check
+from .gram_cache import GramSpec, layer_gram
 from .macros import DEFAULT_ESTIMATOR, DEFAULT_PERMUTATIONS, DEFAULT_POOLING, INCOMPLETE_ADVICE
 from .sources import ResolvedVindex, resolve_sources
 
@@ -52,55 +54,8 @@ RESULT_SCHEMA = pa.schema([
 ])
 
 
-# -- step 1: one (model, layer) -> its unit centred Gram -------------------------------------------
-def layer_gram(model: str, layer: int, n_layers: int, files: list[tuple[str, dict]], filesystem, pooling: str,
-               prompt_set: str | None, opts: cka.Options) -> tuple[dict, np.ndarray | None]:
-    """Read one layer's pooled shards and return (meta, g), g the packed unit Gram
-    (`cka.packed_unit_gram`) or None.
-
-    meta: model, layer, depth (layer / n_layers, as the SQL layer), n, key (`cka.sort_rows`'
-    fingerprint of the sorted (prompt_set, prompt_id) rows, the SQL layer's rows_key: two layers are
-    comparable only when their keys agree) and note (why g is None, if it is).
-    """
-    parts = [_read_pooled(url, entry, filesystem) for url, entry in files]
-    t = pa.concat_tables(parts) if parts else None
-    meta = {"model": model, "layer": int(layer), "depth": layer / n_layers, "n": 0, "key": None, "note": None}
-    if t is not None:
-        mask = pc.equal(t["pooling"], pooling)
-        if prompt_set is not None:
-            mask = pc.and_(mask, pc.equal(t["prompt_set"], prompt_set))
-        t = t.filter(mask)
-    if t is None or t.num_rows == 0:
-        meta["note"] = f"{model} layer {layer}: no pooled rows with pooling = {pooling!r}" + \
-            (f" and prompt_set = {prompt_set!r}" if prompt_set is not None else "")
-        return meta, None
-    order, key, n_distinct = cka.sort_rows([t["prompt_set"].to_numpy(), t["prompt_id"].to_numpy()])
-    t = t.take(order)
-    meta.update(n=t.num_rows, key=key)
-    if n_distinct != t.num_rows:
-        meta["note"] = (f"{model} layer {layer}: a prompt appears twice ({t.num_rows} rows); filter by "
-                        "prompt_set or pooling")
-        return meta, None
-    act = t["act"].combine_chunks()
-    X = act.flatten().to_numpy(zero_copy_only=False).reshape(t.num_rows, -1).astype(np.float64)
-    try:
-        return meta, cka.packed_unit_gram(X, opts)
-    except (cka.DegenerateInput, InvalidValue) as e:   # a constant layer, or n < 2: CKA is NULL
-        meta["note"] = f"{model} layer {layer}: {e}"
-        meta["undefined"] = True
-        return meta, None
-
-
-def _read_pooled(url: str, entry: dict, filesystem) -> pa.Table:
-    columns = ["prompt_set", "prompt_id", "pooling", "act"]
-    if filesystem is None:
-        from vindex.reader import read_shard
-        return read_shard(Path(url), entry, columns=columns)
-    try:
-        with filesystem.open(url, "rb") as f:
-            return pq.read_table(f, columns=columns)
-    except FileNotFoundError:
-        raise NotFound(f"{url}: listed in the manifest but missing") from None
+# -- step 1: each model's unit centred Grams, from the Gram cache -----------------------------------
+# (`gram_cache.model_grams`: one `layer_gram` task per (model, layer) whose shards have no stored Gram)
 
 
 # -- step 2: one model's Grams stacked, once -------------------------------------------------------
@@ -226,20 +181,21 @@ def cka_all(*sources, models=None, pairs=None, pooling: str = DEFAULT_POOLING, e
             notes.append(f"{m}: no pooled table; its pairs are skipped")
         layers[m] = ls
     pairs = [p for p in pairs if layers[p[0]] and layers[p[1]]]
-    jobs = [(m, l, by_name[m].n_layers, _layer_files(by_name[m], l), by_name[m].filesystem)
-            for m in needed if layers[m] for l in layers[m]]
+    vindexes = {m: by_name[m] for m in needed if layers[m]}
+    gspec = GramSpec(pooling, prompt_set, opts)
     t0 = time.perf_counter()
     if ray is None or ray is False:
-        results, more = _run_local(jobs, pairs, spec, opts, progress)
+        results, more = _run_local(vindexes, pairs, spec, gspec, progress)
     else:
-        results, more = _run_ray(jobs, pairs, spec, opts, ray, runtime_env, progress)
+        results, more = _run_ray(vindexes, pairs, spec, gspec, ray, runtime_env, progress)
     for note in notes + more:
         warnings.warn(f"cka_all: {note}", CKAPairSkipped, stacklevel=2)
     table = _table(results)
     if out is not None:
         write_result(table, out)
     if progress:
-        print(f"cka_all: {len(pairs)} model pair(s), {len(jobs)} Grams, {table.num_rows} layer pairs in "
+        n_grams = sum(len(v.layers("pooled")) for v in vindexes.values())
+        print(f"cka_all: {len(pairs)} model pair(s), {n_grams} Grams, {table.num_rows} layer pairs in "
               f"{time.perf_counter() - t0:.1f} s" + (f" -> {out}" if out is not None else ""), file=sys.stderr)
     return table
 
@@ -299,16 +255,10 @@ def _same_prompt_sets(by_name: dict, pairs, prompt_set: str | None) -> tuple[lis
     return keep, notes
 
 
-def _layer_files(v: ResolvedVindex, layer: int) -> list[tuple[str, dict]]:
-    return [(v.url(e["path"]), e) for e in v.entries("pooled") if e["partition"].get("layer") == layer]
-
-
-def _run_local(jobs, pairs, spec, opts, progress):
+def _run_local(vindexes, pairs, spec, gspec, progress):
     from tqdm.auto import tqdm
-    grams = {}
-    for m, l, n_layers, files, fs in tqdm(jobs, desc="Grams", unit="layer", disable=not progress, file=sys.stderr):
-        grams.setdefault(m, []).append(layer_gram(m, l, n_layers, files, fs, spec["pooling"], spec["prompt_set"],
-                                                  opts))
+    grams = {m: gram_cache.model_grams(v, gspec)
+             for m, v in tqdm(vindexes.items(), desc="Grams", unit="model", disable=not progress, file=sys.stderr)}
     notes = _gram_notes(meta for layers in grams.values() for meta, _ in layers)
     stacks = {m: model_stack(*layers) for m, layers in grams.items()}
     results = []
@@ -319,17 +269,21 @@ def _run_local(jobs, pairs, spec, opts, progress):
     return results, notes
 
 
-def _run_ray(jobs, pairs, spec, opts, address, runtime_env, progress):
-    """Gram tasks -> one stack task per model -> one task per pair; no barrier between the steps."""
+def _run_ray(vindexes, pairs, spec, gspec, address, runtime_env, progress):
+    """Stored Grams from the cache, a task per missing (model, layer) Gram -> one stack task per model
+    -> one task per pair; no barrier between the steps. The driver stores the new Grams at the end."""
     from vindex.ray_connection import connect_ray, raise_vindex_cause
     ray = connect_ray(address, runtime_env=runtime_env, quiet=not progress)
     gram_task = ray.remote(max_retries=3)(layer_gram)
     stack_task = ray.remote(max_retries=3)(model_stack)
     pair_task = ray.remote(max_retries=3)(pair_cka)
-    grams = {}
-    for m, l, n_layers, files, fs in jobs:
-        grams.setdefault(m, []).append(gram_task.remote(m, l, n_layers, files, fs, spec["pooling"],
-                                                        spec["prompt_set"], opts))
+    grams, computed = {}, {}
+    for m, v in vindexes.items():
+        found = gram_cache.lookup(v, gspec)
+        grams[m] = [found[layer] if layer in found else gram_task.remote(*job)
+                    for layer, job in gram_cache.layer_jobs(v, gspec).items()]
+        if len(found) < len(grams[m]):
+            computed[m] = grams[m]
     stacks = {m: stack_task.remote(*refs) for m, refs in grams.items()}   # top-level refs: resolved by Ray
     pending = [pair_task.remote(stacks[a], stacks[b], spec) for a, b in pairs]
     from tqdm.auto import tqdm
@@ -345,12 +299,14 @@ def _run_ray(jobs, pairs, spec, opts, address, runtime_env, progress):
             results.append(table)
             notes += more
             bar.update(1)
+    for m, items in computed.items():
+        gram_cache.store(vindexes[m], gspec, [x if isinstance(x, tuple) else ray.get(x) for x in items])
     metas = [meta for stack in ray.get(list(stacks.values())) for meta in stack["metas"]]
     return results, _gram_notes(metas) + notes
 
 
 def _gram_notes(metas) -> list[str]:
-    return [m["note"] for m in metas if m.get("note")]
+    return [f"{m['model']} layer {m['layer']}: {m['note']}" for m in metas if m.get("note")]
 
 
 def _table(results: list[pa.Table]) -> pa.Table:

@@ -165,10 +165,12 @@ class ModelInfo:
     n_layers: int
     schema: bool = True  # False for names DuckDB reserves (main, temp, ...): no per-model views
     prompt_sets: tuple[PromptSetInfo, ...] = ()
+    grams: bool = False  # its Grams come from the Gram cache (query.gram_cache) where a macro can use it
 
 
 def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table: str = "pooled",
-               where: str = POOLED_WHERE, key: str = "r.prompt_set, r.prompt_id", guard: str = "true") -> str:
+               where: str = POOLED_WHERE, key: str = "r.prompt_set, r.prompt_id", guard: str = "true",
+               cached: str | None = None) -> str:
     """CTE body: one row per layer of `model` with its Gram (`gram` formatted with {vectors} and
     {keys}), row count, distinct keys and the fingerprint of its sorted row keys (`cka.sort_rows`:
     `rows_key` over the keys in sorted order gives the same number).
@@ -181,6 +183,10 @@ def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table
     before a Gram of too few rows could be: a UDF error would hide it. (Filtering by the whole
     `checks` CTE instead makes DuckDB materialize it, and then it no longer prunes an unused
     permutation null.)
+
+    `cached` (formatted with {name}): a UDF call giving a model's layers from the Gram cache
+    (`vindex_model_grams`), used for models with `grams` unless allow_partial (whose rows, the
+    prompts both models hold, depend on the other model): then no row is scanned or aggregated.
     """
     branches = []
     for m in models or [None]:
@@ -191,8 +197,15 @@ def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table
             src = f"{ident(m.name)}.{table}" if m.schema else f"(FROM {table} AS t WHERE t.model = {literal(m.name)})"
             name, depth, only = literal(m.name), repr(float(m.n_layers)), f"{literal(m.name)} = {model}"
         call = gram.format(vectors="list(r.act)", keys=f"list(({key})), 'model ' || {name} || ' layer ' || r.layer")
+        scan = "true"
+        if cached and m is not None and m.grams:
+            branches.append(f"SELECT y.layer AS layer, y.layer / {depth} AS depth, y.x AS x\n"
+                            f"        FROM (SELECT unnest({cached.format(name=name)}) AS y "
+                            f"WHERE {only} AND NOT allow_partial AND {guard}) AS c")
+            scan = "allow_partial"
         branches.append(f"SELECT r.layer AS layer, r.layer / {depth} AS depth, {call} AS x\n"
-                        f"        FROM {src} AS r WHERE {only} AND {where} AND {IN_COMMON} AND {guard} GROUP BY r.layer")
+                        f"        FROM {src} AS r WHERE {only} AND {scan} AND {where} AND {IN_COMMON} AND {guard} "
+                        "GROUP BY r.layer")
     union = "\n        UNION ALL ".join(branches)
     return f"""{alias} AS (
   SELECT s.layer, s.depth, s.x.n AS n, s.x.n_distinct AS n_distinct, s.x.rows_key AS rows_key, s.x.g AS g
@@ -210,6 +223,11 @@ def pair_value(fn: str, expr: str, what: str = "prompts") -> str:
             f"ELSE {expr} END")
 
 
+def cached_grams(fn: str) -> str:
+    """The Gram cache's UDF call for a side of `fn` (cka_matrix, cka_depth), {name} the model."""
+    return f"vindex_model_grams({{name}}, pooling, prompt_set, estimator, kernel, preprocess, {literal(fn)})"
+
+
 def cka_matrix_body(models: list[ModelInfo], fn: str = "cka_matrix", more_checks: tuple[str, ...] = ()) -> str:
     """The query of `cka_matrix`, its errors naming `fn` (cka_depth inlines it rather than calling
     cka_matrix, so that its errors name cka_depth); `more_checks`: more numeric parameters to check."""
@@ -219,9 +237,9 @@ checks AS (SELECT {number_checks(fn, *more_checks, 'permutations', 'seed')} AND 
                   AND {model_checks(fn, 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)} AS ok),
 {common_keys('pooled', POOLED_WHERE)},
 {side_grams('ga', 'model_a', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models,
-            guard=data_checks(fn, models))},
+            guard=data_checks(fn, models), cached=cached_grams(fn))},
 {side_grams('gb', 'model_b', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models,
-            guard=data_checks(fn, models))},
+            guard=data_checks(fn, models), cached=cached_grams(fn))},
 pairs AS (
   SELECT a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a, b.depth AS depth_b,
          {pair_value(fn, 'list_dot_product(a.g, b.g)')} AS cka,

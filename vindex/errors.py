@@ -32,6 +32,7 @@ can find the problem without reading a pyarrow traceback. Catch `VindexError` to
       CKAWarning               a CKA value is undefined and was returned as NULL
       CKAPairSkipped           a model pair of a lake could not be compared; the run went on
       PartialData              a result was computed over part of the data (allow_partial)
+      GramCacheRebuilt         a Gram cache entry failed its check (sha256, shape) and was rebuilt, not used
       MeasureWarning           a measure was computed on reduced input (SVCCA/PWCCA's truncation capped)
       LarqlImportWarning       a LarQL import went on without part of its source (it says what)
 """
@@ -154,6 +155,11 @@ class PartialData(VindexWarning):
 class MeasureWarning(VindexWarning):
     """A measure was computed on reduced input: SVCCA/PWCCA kept fewer SVD directions than asked (n <= d); the
     message says how many."""
+
+
+class GramCacheRebuilt(VindexWarning):
+    """A stored Gram cache entry failed its check (sha256, spec or shape): it was not used, and was
+    computed again from the shards; the message names the file."""
 
 
 class LarqlImportWarning(VindexWarning):
