@@ -241,6 +241,24 @@ def cknna_kernels(K: np.ndarray, L: np.ndarray, k: int) -> float:
     return hsic_1(M * K, M * L) / np.sqrt(kk * ll)
 
 
+def cknna_test(K: np.ndarray, L: np.ndarray, k: int, perms: np.ndarray) -> tuple[float, np.ndarray]:
+    """CKNNA and its null without a neighbour search per permutation: shuffling L's rows by p turns its
+    kernel into L[p][:, p] and its neighbour mask into M_L[p][:, p]; the denominator does not change."""
+    Mk, Ml = neighbour_mask(K, k), neighbour_mask(L, k)
+    kk, ll = hsic_1(Mk * K, Mk * K), hsic_1(Ml * L, Ml * L)
+    if not (kk > 0 and ll > 0):
+        raise DegenerateInput("cknna: a side's neighbour kernel has no positive HSIC with itself: CKNNA is undefined")
+    scale = np.sqrt(kk * ll)
+    MK = Mk * K
+
+    def align(p):
+        M = Ml if p is None else Ml[np.ix_(p, p)]
+        Lp = L if p is None else L[np.ix_(p, p)]
+        return hsic_1(MK * M, M * Mk * Lp) / scale
+
+    return align(None), np.array([align(p) for p in perms])
+
+
 @lru_cache(maxsize=4)
 def _strict_position(n: int) -> np.ndarray:
     """(n, n): the packed index of entry (i, j), i != j, in the strict upper triangle (triu_indices order)."""
@@ -295,8 +313,12 @@ class Result:
 def pair_test(sa: np.ndarray, sb: np.ndarray, n: int, opts: Options, count: int = 0, seed: int = 0) -> Result:
     """The measure of two summaries and its permutation null (`count` shuffles of the second side's rows,
     the permutations of `cka.permutations(n, count, seed)`, as the CKA null uses)."""
-    value = pair_value(sa, sb, n, opts)
-    null = np.array([pair_value(sa, sb, n, opts, p) for p in permutations(n, count, seed)])
+    perms = permutations(n, count, seed)
+    if opts.measure == "cknna":
+        value, null = cknna_test(unpack(sa, n)[3].reshape(n, n), unpack(sb, n)[3].reshape(n, n), opts.k, perms)
+    else:
+        value = pair_value(sa, sb, n, opts)
+        null = np.array([pair_value(sa, sb, n, opts, p) for p in perms])
     dims_a, dims_b, note = truncation(sa, sb, n, opts)
     return Result(value, null, dims_a, dims_b, note, opts.measure)
 
