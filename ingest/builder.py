@@ -42,7 +42,7 @@ LAST_TIMINGS: dict = {}
 
 
 def build(source=None, out=None, *, model=None, tokenizer=None, name: str | None = None, prompts="default",
-          layers=None, sites=DEFAULT_SITES, feature_top_k=DEFAULT_FEATURE_TOP_K,
+          layers=None, sites="resid_post", feature_top_k=DEFAULT_FEATURE_TOP_K,
           feature_threshold: float = DEFAULT_FEATURE_THRESHOLD, routing: bool | None = None,
           compute_dtype: str | None = None,
           dtype: str = "float16", batch_size: int = 16, max_tokens: int = 256,

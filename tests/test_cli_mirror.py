@@ -35,6 +35,8 @@ LIBRARY_ONLY = {
     "pull": {"token": TOKEN},
     "ls": {"token": TOKEN},
     "view": {"ready": "a callback: the command passes one that prints the served URL"},
+    "build": {"model": "a loaded Python model object: the command line names its model by SOURCE",
+              "tokenizer": "goes with model=, a Python object"},
     "sql": {"database": "the command's session is in memory; a DuckDB file is for Python use",
             "functions": "the command always registers the SQL functions"},
     "cka": {"models": "cka_all's models= are MODEL_A MODEL_B given with --all",
@@ -49,6 +51,7 @@ RENAMED = {
 }
 # options whose default differs from the keyword's on purpose
 DEFAULT_EXCEPTIONS = {
+    ("build", "source"): "required on the command line; in Python model= may stand for it",
     ("cka", "model_a"): "optional on the command line: --all needs no pair",
     ("cka", "model_b"): "optional on the command line: --all needs no pair",
 }
