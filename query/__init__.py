@@ -12,6 +12,7 @@ cluster`), lake_cka (all-pairs CKA, optionally on Ray), plot (heatmaps). docs/sq
 every view and function.
 """
 from .analyses import cka_depth, cka_matrix, cka_token_matrix, kmeans, mutual_knn_matrix
+from .analyses import rosetta
 from .analyses import cka_influence, cka_influence_summary, stages
 from .analyses import measure_depth
 from .cka import minibatch_cka, permutation_test  # vindex.query.cka.cka: the module keeps its name
@@ -26,3 +27,4 @@ __all__ = ["connect", "cka_matrix", "cka_depth", "cka_token_matrix", "mutual_knn
            "cka_influence", "cka_influence_summary", "stages", "mutual_knn", "nmi", "ami", "cluster_features", "FeatureClusters",
            "ResolvedVindex", "resolve_source", "resolve_sources"]
 __all__ += ["measure_depth"]
+__all__ += ["rosetta"]

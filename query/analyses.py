@@ -221,3 +221,22 @@ def measure_depth(con_or_sources, model_a: str, model_b: str, measure: str = "pw
         permutations=check(fn, "permutations", permutations), seed=check(fn, "seed", seed), k=check(fn, "k", k),
         dims=None if dims is None else check(fn, "dims", dims), variance=check(fn, "variance", variance)),
         allow_partial)
+
+
+def rosetta(con_or_sources, model_a: str, model_b: str, pooling: str = DEFAULT_POOLING, method: str = "ridge",
+            folds: int = 5, pairs: str = "matched", permutations: int = 0, seed: int = 0,
+            prompt_set: str | None = None, allow_partial: bool = False, store: bool = False) -> pa.Table:
+    """Rosetta maps between two models' layers at matched depth (pairs='all': every pair), fitted both
+    ways: held-out R^2 and CKA, their shuffled-rows null, and the map's hyperparameters (docs/rosetta.md).
+    store=True also writes each map (W and b) into its target model's vindex as the `maps` table
+    (`vindex.maps`: read_map, apply_map, map_direction)."""
+    fn = "rosetta"
+    con = connection(con_or_sources)
+    table = _compare(con, fn, model_a, model_b, dict(
+        pooling=pooling, method=method, folds=check(fn, "folds", folds), pairs=pairs,
+        permutations=check(fn, "permutations", permutations), seed=check(fn, "seed", seed), prompt_set=prompt_set,
+        matrix=bool(store)), allow_partial)
+    if store:
+        from .rosetta_sql import store_maps
+        store_maps(con, table)
+    return table.drop_columns(["matrix", "bias"])

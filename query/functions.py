@@ -16,6 +16,7 @@ from . import cka
 from . import measure_sql
 from . import cluster, gram_cache, knn
 from . import influence, layer_stages
+from . import rosetta_sql
 from .arguments import check
 from .macros import ModelInfo, PromptSetInfo, macros
 from .parallel import map_layers, single_threaded_blas
@@ -331,6 +332,7 @@ UDFS = [
     ("ami", _label_score(cluster.ami, "ami"), "DOUBLE"),
     *influence.UDFS,
     *layer_stages.UDFS,
+    *rosetta_sql.UDFS,
     *measure_sql.UDFS,
 ]
 
@@ -354,7 +356,7 @@ def register_functions(con, vindexes=()) -> None:
         con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow", null_handling="special",
                             side_effects=effects)
     models = lake_models(con, grams)
-    for sql in macros(models) + influence.macros(models) + layer_stages.macros(models) + measure_sql.macros(models):
+    for sql in macros(models) + influence.macros(models) + layer_stages.macros(models) + rosetta_sql.macros(models) + measure_sql.macros(models):
         con.execute(sql)
 
 
