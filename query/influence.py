@@ -43,8 +43,9 @@ from vindex.errors import DegenerateInput, InvalidValue
 
 from . import cka
 from .arguments import check
-from .macros import (DEFAULT_ESTIMATOR, DEFAULT_POOLING, IN_COMMON, POOLED_WHAT, POOLED_WHERE,
-                     ModelInfo, common_keys, data_checks, model_checks, number_checks, pair_value)
+from .macros import (DEFAULT_ESTIMATOR, DEFAULT_POOLING, POOLED_WHAT, POOLED_WHERE, PROMPT_KEY, ModelInfo,
+                     data_checks, number_checks, pair_value)
+from .parallel import single_threaded_blas
 from .vectors import row_labels, row_matrices, scalars
 
 FUNCTION = "cka_influence"
@@ -164,7 +165,8 @@ def udf_influence(a, b, estimator) -> pa.Array:
             out.append(None)
             continue
         try:
-            res = loo_cka(X, Y, est)
+            with single_threaded_blas():   # one GEMM per side inside DuckDB's threads (see parallel.py)
+                res = loo_cka(X, Y, est)
         except DegenerateInput as e:
             cka.warn_undefined(FUNCTION, e)
             out.append(None)
@@ -196,37 +198,60 @@ UDFS = [("vindex_cka_influence", udf_influence, INFLUENCE_TYPE),
 
 
 # -- the SQL ------------------------------------------------------------------------------------
-def layer_check(fn: str, model: str, layer: str) -> str:
-    """true, or an error naming the layer asked for and the model's pooled layers."""
-    have = f"(FROM files AS f WHERE f.model = {model} AND f.table_name = 'pooled')"
-    return (f"CASE WHEN NOT EXISTS (FROM models AS mm WHERE mm.model = {model}) THEN true "   # model_checks says it
-            f"WHEN {layer} IS NULL OR NOT EXISTS (SELECT 1 FROM {have} AS f WHERE f.layer = {layer}) "
-            f"THEN error('{fn}: {layer} ' || coalesce(CAST({layer} AS VARCHAR), 'NULL') || ' is not a layer of ' || "
-            f"{model} || '; its pooled layers are ' || coalesce((SELECT min(f.layer) || '-' || max(f.layer) "
-            f"FROM {have} AS f), 'none')) ELSE true END")
+def _unknown_model(fn: str, model: str) -> str:
+    return (f"WHEN NOT EXISTS (FROM models AS mm WHERE mm.model = {model}) THEN error('{fn}: unknown model ''' || "
+            f"{model} || '''; the lake holds: ' || coalesce((SELECT string_agg(mm.model, ', ' ORDER BY mm.model) "
+            "FROM models AS mm), 'no models'))")
 
 
-def _side(alias: str, model: str, layer: str, guard: str) -> str:
-    """One layer's rows, sorted by prompt, with the count, distinct keys and the rows_key cka_matrix compares."""
+def _no_layer(fn: str, model: str, layer: str) -> str:
+    """The layer asked for is none of the model's pooled layers (`fl`: the files view, read once)."""
+    have = f"(SELECT fl.layers FROM fl WHERE fl.model = {model})"
+    return (f"WHEN {layer} IS NULL OR NOT coalesce(list_contains({have}, {layer}), false) THEN error('{fn}: {layer} ' "
+            f"|| coalesce(CAST({layer} AS VARCHAR), 'NULL') || ' is not a layer of ' || {model} || '; its pooled "
+            f"layers are ' || coalesce((SELECT fl.lo || '-' || fl.hi FROM fl WHERE fl.model = {model}), 'none'))")
+
+
+def _no_rows(fn: str, model: str, flag: str) -> str:
+    """No pooled rows with this pooling (and prompt set), in the words of macros.model_checks, so that
+    the Python mirror adds the poolings the model holds."""
+    return (f"WHEN NOT EXISTS (FROM raw AS r WHERE r.{flag}) THEN error('{fn}: model ''' || {model} || ''' has no "
+            f"pooled rows with ' || {POOLED_WHAT})")
+
+
+def _side(alias: str, layer: str, flag: str) -> str:
+    """One layer's rows, sorted by prompt, with the count, distinct keys and the rows_key cka_matrix
+    compares; with allow_partial only the prompts both layers hold (`common`)."""
     order = "ORDER BY r.prompt_set, r.prompt_id"
     return f"""{alias} AS (
-  SELECT {layer} AS layer, count(*) AS n, count(DISTINCT (r.prompt_set, r.prompt_id)) AS n_distinct,
+  SELECT {layer} AS layer, count(*) AS n, count(DISTINCT {PROMPT_KEY}) AS n_distinct,
          rows_key(list((r.prompt_set, r.prompt_id) {order})) AS rows_key,
          list(r.act {order}) AS x, list(r.prompt_set {order}) AS sets, list(r.prompt_id {order}) AS ids
-  FROM pooled AS r WHERE r.model = {model} AND r.layer = {layer} AND {POOLED_WHERE} AND {IN_COMMON} AND {guard})"""
+  FROM raw AS r WHERE r.{flag} AND (NOT allow_partial OR {PROMPT_KEY} IN (SELECT c.k FROM common AS c)))"""
 
 
 def influence_body(models: list[ModelInfo], fn: str = FUNCTION) -> str:
+    """Each view is bound once (binding a view over many shards is most of a one-pair call's cost):
+    `raw` holds both layers' rows, `fl` the two models' pooled layers from the files view."""
     guard = data_checks(fn, models)
     return f"""WITH
-checks AS (SELECT {guard} AND {model_checks(fn, 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)}
-                  AND {layer_check(fn, 'model_a', 'layer_a')} AND {layer_check(fn, 'model_b', 'layer_b')} AS ok),
+fl AS (SELECT f.model AS model, min(f.layer) AS lo, max(f.layer) AS hi, list(DISTINCT f.layer) AS layers
+       FROM files AS f WHERE f.table_name = 'pooled' AND (f.model = model_a OR f.model = model_b) GROUP BY f.model),
+raw AS (SELECT r.model = model_a AND r.layer = layer_a AS in_a, r.model = model_b AND r.layer = layer_b AS in_b,
+               r.prompt_set, r.prompt_id, r.act
+        FROM pooled AS r
+        WHERE ((r.model = model_a AND r.layer = layer_a) OR (r.model = model_b AND r.layer = layer_b))
+          AND {POOLED_WHERE} AND {guard}),
+checks AS (SELECT {guard} AND CASE {_unknown_model(fn, 'model_a')} {_unknown_model(fn, 'model_b')}
+                  {_no_layer(fn, 'model_a', 'layer_a')} {_no_layer(fn, 'model_b', 'layer_b')}
+                  {_no_rows(fn, 'model_a', 'in_a')} {_no_rows(fn, 'model_b', 'in_b')} ELSE true END AS ok),
 opts AS (SELECT vindex_cka_options(estimator, 'linear', 'none') AS o),
-{common_keys('pooled', POOLED_WHERE)},
-{_side('a', 'model_a', 'layer_a', guard)},
-{_side('b', 'model_b', 'layer_b', guard)},
+common AS (SELECT {PROMPT_KEY} AS k FROM raw AS r WHERE allow_partial GROUP BY ALL
+           HAVING bool_or(r.in_a) AND bool_or(r.in_b)),
+{_side('a', 'layer_a', 'in_a')},
+{_side('b', 'layer_b', 'in_b')},
 res AS (SELECT a.sets, a.ids, a.n, {pair_value(fn, 'vindex_cka_influence(a.x, b.x, estimator)')} AS s
-        FROM a CROSS JOIN b),
+        FROM checks AS c CROSS JOIN a CROSS JOIN b WHERE c.ok),
 rows AS (SELECT unnest(res.sets) AS prompt_set, unnest(res.ids) AS prompt_id,
                 unnest(res.s.cka_without) AS cka_without, res.s.cka AS cka, res.s.se AS se, res.n AS n
          FROM res),
@@ -263,7 +288,8 @@ i AS ({influence_body(models, SUMMARY)}),
 g AS (SELECT any_value(i.model_a) AS model_a, any_value(i.model_b) AS model_b, any_value(i.layer_a) AS layer_a,
              any_value(i.layer_b) AS layer_b, any_value(i.cka) AS cka, any_value(i.n) AS n,
              any_value(i.estimator) AS estimator,
-             vindex_influence_groups(list(coalesce(i.category, '(none)')), list(i.influence), permutations, seed) AS s
+             vindex_influence_groups(list(coalesce(i.category, '(none)') ORDER BY i.prompt_set, i.prompt_id),
+                                     list(i.influence ORDER BY i.prompt_set, i.prompt_id), permutations, seed) AS s
       FROM i WHERE i.influence IS NOT NULL),
 u AS (SELECT g.*, unnest(g.s) AS c FROM g)
 SELECT u.model_a, u.model_b, u.layer_a, u.layer_b, u.c.category AS category, u.c.n_prompts AS n_prompts,

@@ -20,14 +20,17 @@ S* = S0 + P R P^T for a random permutation P of the layers: the same decay, the 
 but no longer lined up in contiguous runs. Where S is a smooth decay plus unstructured deviations,
 S* is distributed like S.
 
-The count: the gap statistic (Tibshirani, Walther & Hastie 2001) against those surrogates,
+The count: the gap statistic's idea (Tibshirani, Walther & Hastie 2001) on the scale of R^2, the
+excess of the stages' explained share over what the surrogates' own best k stages explain,
 
-    Gap(k) = mean_b log SSE*_k(b) - log SSE_k,   s_k = sd_b(log SSE*_k) sqrt(1 + 1/B),
-    k_hat  = the smallest k with Gap(k) >= Gap(k_max) - s_k_max,   k_max = argmax_k Gap(k)
+    Gap(k) = R^2_k - mean_b R^2*_k(b),   s_k = sd_b(R^2*_k) sqrt(1 + 1/B),
+    k_hat  = k_max = argmax_k Gap(k)  if Gap(k_max) > s_k_max,  else 1
 
-(the "global SE max" rule of Dudoit & Fridlyand 2002, `cluster::clusGap(method = "globalSEmax")`;
-Tibshirani's first-local-maximum rule stops at k = 1 for several equal stages, whose first cut
-explains little more than the smooth decay does)
+(the "global max" rule, `cluster::clusGap(method = "globalmax")`; the one-SE rules stop a stage
+early when a long stage holds two short ones' worth of spread). On the log SSE scale of the original the gap grows without bound as k nears the number of layers
+(SSE -> 0) and over-splits a 10-layer model; R^2 is bounded, so once the stages are found further
+cuts explain no more than they do in the surrogates. Gap(1) = 0: k_hat = 1 where no count beats the
+null by more than the null's own spread.
 
 and its support: p = (1 + #{R^2*_k_hat >= R^2_k_hat}) / (1 + B) (Phipson & Smyth 2010); no p for
 k_hat = 1 (one stage is no structure). `n_stages` fixes k instead (its p is computed the same way).
@@ -115,7 +118,7 @@ class Stages:
     n_stages: int                          # the count chosen (or given)
     starts: list[int]                      # first layer index of each stage
     sse: np.ndarray                        # SSE_k, k = 1..K
-    gap: np.ndarray | None = None          # Gap(k) and s_k (None without a null)
+    gap: np.ndarray | None = None          # Gap(k) (excess R^2 over the null) and s_k (None without a null)
     gap_se: np.ndarray | None = None
     null_r2: np.ndarray | None = None      # (B, K) R^2 of the surrogates
     criterion: str = "gap"
@@ -174,16 +177,14 @@ def fit_stages(S, max_stages: int = DEFAULT_MAX_STAGES, permutations: int = DEFA
     fits = optimal_partitions(S, K)
     sse = np.array([c for c, _ in fits])
     res = Stages(S, 1, [0], sse, partitions=[p for _, p in fits])
-    floor = 1e-12 * max(sse[0], 1e-300)         # log SSE of a perfect fit stays finite
     if permutations:
         null_sse = np.array([[c for c, _ in optimal_partitions(X, K)] for X in surrogates(S, permutations, seed)])
         res.null_r2 = 1 - null_sse / np.where(null_sse[:, :1] > 0, null_sse[:, :1], 1.0)
-        logs = np.log(null_sse + floor)
-        res.gap = logs.mean(axis=0) - np.log(sse + floor)
-        res.gap_se = logs.std(axis=0) * np.sqrt(1 + 1 / permutations)
+        res.gap = res.r2 - res.null_r2.mean(axis=0)          # excess R^2 over the smooth-decay null
+        res.gap_se = res.null_r2.std(axis=0) * np.sqrt(1 + 1 / permutations)
     if n_stages is None:
         top = int(np.argmax(res.gap))
-        k = int(np.argmax(res.gap >= res.gap[top] - res.gap_se[top])) + 1
+        k = top + 1 if res.gap[top] > res.gap_se[top] else 1
         res.criterion = "gap"
     else:
         k, res.criterion = n_stages, "given"

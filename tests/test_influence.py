@@ -3,6 +3,7 @@ jackknife (CKA recomputed n times with numpy, and with repsim's unbiased HSIC); 
 against the same over the rows read back with pyarrow; the category summary and its null; bad input."""
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -137,7 +138,8 @@ def lake(tmp_path_factory):
 def pooled(root, layer):
     """The layer's rows read back with pyarrow, sorted by prompt_id: (n, d) float64."""
     vx = Vindex.open(root)
-    t = pq.ParquetDataset([str(vx.path(f)) for f in vx.files("pooled", layer=layer)]).read().sort_by("prompt_id")
+    t = pa.concat_tables([pq.read_table(vx.path(f), columns=["prompt_id", "act"])
+                          for f in vx.files("pooled", layer=layer)]).sort_by("prompt_id")
     return np.stack(t.column("act").to_pylist()).astype(np.float64), t.column("prompt_id").to_pylist()
 
 
@@ -180,9 +182,11 @@ def test_python_and_summary_mirror_the_sql(lake):
 
 
 def test_cli(lake):
-    res = CliRunner().invoke(main, ["influence", "-l", str(lake), "m-a", "m-b", "2", "3", "--top", "3"])
+    res = CliRunner().invoke(main, ["influence", "-l", str(lake), "m-a", "m-b", "2", "3", "--top", "3", "-f", "csv"])
     assert res.exit_code == 0, res.output
-    assert "5" in res.output.splitlines()[2]   # the first prompt row is the planted outlier
+    lines = res.output.splitlines()
+    assert lines[0].startswith('"rank","prompt_id"') and len(lines) == 4
+    assert lines[1].startswith("1,5,")         # the first prompt row is the planted outlier
     res = CliRunner().invoke(main, ["influence", "-l", str(lake), "m-a", "m-b", "2", "3", "--by-category",
                                     "--permutations", "99"])
     assert res.exit_code == 0 and "coding" in res.output, res.output
@@ -204,8 +208,9 @@ def test_unknown_model_and_layer_list_what_there_is(lake):
 def test_mismatched_prompt_sets_give_the_cka_error(tmp_path):
     write_model(tmp_path, "m-a", 2, 6, seed=1)
     write_model(tmp_path, "m-short", 2, 6, seed=2, ids=[i for i in range(N) if i != 3])
-    for fn in ("cka_matrix('m-a', 'm-short')", "cka_influence('m-a', 'm-short', 1, 1)"):
-        with pytest.raises(duckdb.Error, match="hold different prompts .* CKA needs the same rows on both sides"):
-            connect(tmp_path).sql(f"SELECT * FROM {fn}").fetchall()
+    # the words of cka_matrix's refusal (macros.pair_value)
+    with pytest.raises(duckdb.Error, match=r"layer 1 of m-a and layer 1 of m-short hold different prompts \(24 vs 23 "
+                                           "rows\); CKA needs the same rows on both sides"):
+        connect(tmp_path).sql("SELECT * FROM cka_influence('m-a', 'm-short', 1, 1)").fetchall()
     t = cka_influence(tmp_path, "m-a", "m-short", 1, 1, allow_partial=True)
     assert t.num_rows == N - 1 and 3 not in t.column("prompt_id").to_pylist()

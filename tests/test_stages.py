@@ -159,7 +159,7 @@ def test_cli(lake):
 
 
 def test_bad_input(lake):
-    with pytest.raises(VindexError, match=r"model 'tiny' has 2 layer\(s\) \(0, 1\); stages need at least 3"):
+    with pytest.raises(VindexError, match=r"model tiny has 2 layer\(s\) \(0, 1\); stages need at least 3"):
         stages(lake, "tiny")
     with pytest.raises(VindexError, match=r"unknown model 'nope'; the lake holds: staged, tiny"):
         stages(lake, "nope")
