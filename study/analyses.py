@@ -311,3 +311,56 @@ def concept_clustering(con, model: str, lexicon: Lexicon, *, permutations: int, 
 
 def _mean(xs):
     return float(np.mean(xs)) if xs else None
+
+
+# -- measures beyond CKA -------------------------------------------------------------------------
+def measure_profiles(con, pairs, pooling: str, prompt_set: str, permutations: int, seed: int, k: int,
+                     allow_partial: bool = False) -> pa.Table:
+    """`measure_depth` of every measure beyond CKA (vindex.query.measures) for each pair: each layer of
+    model_a against model_b's layer at matched depth, with its permutation null."""
+    from vindex.query.analyses import measure_depth
+    from vindex.query.measures import MEASURES
+
+    parts = [measure_depth(con, a, b, measure=m, pooling=pooling, prompt_set=prompt_set, permutations=permutations,
+                           seed=seed, k=k, allow_partial=allow_partial) for a, b in pairs for m in MEASURES]
+    return pa.concat_tables(parts) if parts else pa.table({})
+
+
+def measure_agreement(profiles: pa.Table, diag: pa.Table, estimator: str, permutations: int = 999,
+                      seed: int = 0) -> pa.Table:
+    """Do the measures agree on which layers correspond? For each pair and each two measures (CKA's
+    matched-depth diagonal of `estimator` included), Spearman rho between their matched-depth profiles
+    over model_a's layers, distances negated so that rho > 0 means agreement, with a permutation
+    p-value (one profile's layer order shuffled; p = (1 + #{|rho_null| >= |rho|}) / (1 + N), two-sided)."""
+    from scipy.stats import rankdata
+
+    from vindex.query.measures import DISTANCES
+
+    series: dict[tuple, dict[str, dict[int, float]]] = {}
+    for r in profiles.to_pylist():
+        if r["value"] is not None:
+            sign = -1.0 if r["measure"] in DISTANCES else 1.0
+            series.setdefault((r["model_a"], r["model_b"], r["pooling"]), {}).setdefault(
+                r["measure"], {})[r["layer_a"]] = sign * r["value"]
+    for r in diag.to_pylist():
+        key = (r["model_a"], r["model_b"], r["pooling"])
+        if r["estimator"] == estimator and r["diagonal"] is not None and key in series:
+            series[key].setdefault("cka", {})[r["layer_a"]] = r["diagonal"]
+    rng = np.random.default_rng(seed)
+    out = []
+    for (a, b, pooling), by in series.items():
+        names = sorted(by, key=lambda m: (m != "cka", m))
+        for i, m1 in enumerate(names):
+            for m2 in names[i + 1:]:
+                layers = sorted(set(by[m1]) & set(by[m2]))
+                row = {"model_a": a, "model_b": b, "pooling": pooling, "measure_1": m1, "measure_2": m2,
+                       "n_layers": len(layers), "spearman_rho": None, "p_value": None, "permutations": permutations}
+                x = rankdata([by[m1][l] for l in layers])
+                y = rankdata([by[m2][l] for l in layers])
+                if len(layers) > 2 and x.std() > 0 and y.std() > 0:
+                    rho = float(np.corrcoef(x, y)[0, 1])        # Spearman rho = Pearson r of the ranks
+                    null = np.array([np.corrcoef(x, rng.permutation(y))[0, 1] for _ in range(permutations)])
+                    row.update(spearman_rho=rho,
+                               p_value=float((1 + (np.abs(null) >= abs(rho) - 1e-12).sum()) / (1 + permutations)))
+                out.append(row)
+    return pa.Table.from_pylist(out)

@@ -28,6 +28,8 @@ DATA_TABLES = {
     "matched_depth": "the matched-depth table: per depth band, CKA, null p95, p-value, off-diagonal mean",
     "depth_correspondence": "Spearman rho of each layer's depth vs the depth of its best match in the other model",
     "mutual_knn": "mutual k-NN alignment at matched depth, with chance level k/(n-1)",
+    "measure_depth": "measures beyond CKA (Procrustes, shape metric, SVCCA, PWCCA, RSA, CKNNA) at matched depth, with nulls",
+    "measure_agreement": "Spearman rho between measures' matched-depth profiles (do they agree which layers correspond?)",
     "category_cka": "CKA at matched depth over the prompts of one category, with its null",
     "last_token_cka": "last-token CKA over prompts that end in the same token (identity control), with null",
     "ending_tokens": "each prompt's last content token per model, as tokenized and normalised",
@@ -251,6 +253,7 @@ def render(res: dict[str, pa.Table], ctx: dict, figures: dict) -> str:
                                ("mutual_knn", "mutual k-NN"), ("min", "min"), ("max", "max"),
                                ("chance", "chance")]), ""]
 
+    md += measure_section(res, ctx)
     md += ["## Per-category CKA", "",
            f"CKA at matched depth over the prompts of one category only ({primary} pooling; the null shuffles "
            "within the category). Where a category falls to its null, convergence breaks down for that kind of "
@@ -430,6 +433,49 @@ def _estimator_gap(t: pa.Table) -> list[dict]:
             out.append({"model_a": a, "model_b": b, "pooling": p, "band": band, "biased": v, "debiased": w,
                         "gap": None if v is None or w is None else v - w})
     return out
+
+
+def measure_section(res: dict, ctx: dict) -> list[str]:
+    """"Do the measures agree?": each measure's matched-depth profile against its null, and the rank
+    correlation between the measures' profiles."""
+    prof, agree = res.get("measure_depth"), res.get("measure_agreement")
+    if prof is None or prof.num_rows == 0:
+        return []
+    perms = ctx["permutations"]
+    rows: dict[tuple, list[dict]] = {}
+    for r in prof.to_pylist():
+        rows.setdefault((r["model_a"], r["model_b"], r["measure"]), []).append(r)
+    table = []
+    for (a, b, m), rs in rows.items():
+        v = [r["value"] for r in rs if r["value"] is not None]
+        nul = [r["null_mean"] for r in rs if r["null_mean"] is not None]
+        pv = [r["p_value"] for r in rs if r["p_value"] is not None]
+        table.append({"model_a": a, "model_b": b, "measure": m, "value": sum(v) / len(v) if v else None,
+                      "range": f"{fmt(min(v, default=None))}-{fmt(max(v, default=None))}",
+                      "null_mean": sum(nul) / len(nul) if nul else None, "p": max(pv, default=None),
+                      "dims": "; ".join(sorted({f"{r['dims_a']}/{r['dims_b']}" for r in rs if r["dims_a"] is not None})),
+                      "capped": "yes" if any(r["note"] for r in rs) else ""})
+    md = ["## Do the measures agree?", "",
+          "Is CKA the right metric? Six other measures of the same matched-depth layer pairs "
+          f"({ctx['poolings'][0]} pooling; `vindex.query.measures`, docs/sql.md \"Measures beyond CKA\"): "
+          "Procrustes distance and the angular shape metric (Williams et al. 2021; lower = more alike), SVCCA "
+          "(Raghu et al. 2017), PWCCA (Morcos et al. 2018), RSA (Kriegeskorte et al. 2008) and CKNNA (Huh et al. "
+          f"2024), each with a null of {perms} shuffles of one side's prompt rows. SVCCA/PWCCA keep the top "
+          "singular directions explaining 99% of the variance, capped at (n-1)/2 per side when a layer is at least "
+          "as wide as the prompts are many (`capped`): their null mean shows how much CCA then finds by chance.", "",
+          md_table(table, [("model_a", "model a"), ("model_b", "model b"), ("measure", "measure"),
+                           ("value", "mean over layers"), ("range", "min-max"), ("null_mean", "null mean"),
+                           ("p", "p (max)"), ("dims", "kept dims a/b"), ("capped", "capped")],
+                   {"p": lambda p: _p_bound(p, perms)}), "",
+          "Agreement: Spearman rho between two measures' matched-depth profiles over the first model's layers "
+          "(distances negated, so rho > 0 means the measures rank the layers alike; CKA is the debiased diagonal), "
+          "with a two-sided permutation p (one profile's layer order shuffled).", ""]
+    if agree is not None and agree.num_rows:
+        md.append(md_table(agree.to_pylist(), [
+            ("model_a", "model a"), ("model_b", "model b"), ("measure_1", "measure"), ("measure_2", "vs"),
+            ("n_layers", "layers"), ("spearman_rho", "Spearman rho"), ("p_value", "p")],
+            {"p_value": lambda p: fmt_p(p, 999)}))
+    return md + [""]
 
 
 def write_report(out: Path, res: dict[str, pa.Table], ctx: dict) -> Path:

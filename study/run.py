@@ -125,6 +125,15 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
             lambda: _with_bar(len(pairs), "mutual k-NN", progress, lambda bar: analyses.knn_alignment(
                 con, pairs, poolings[0], knn_k, prompt_set, res["cka_depth"], bar, allow_partial)),
             f"mutual {knn_k}-NN alignment")
+        res["measure_depth"] = cache.stage(
+            "measure_depth", {**base, "pooling": poolings[0], "k": knn_k, "permutations": permutations,
+                              "seed": seed}, ("pooled",),
+            lambda: analyses.measure_profiles(con, pairs, poolings[0], prompt_set, permutations, seed, knn_k,
+                                              allow_partial),
+            "measures beyond CKA at matched depth")
+        res["measure_agreement"] = analyses.measure_agreement(
+            res["measure_depth"], res["cka_depth"], "debiased" if "debiased" in estimators else estimators[0],
+            seed=seed)
         res["category_cka"] = cache.stage(
             "category_cka", {**base, "pooling": poolings[0], "estimators": estimators, "permutations": permutations,
                              "seed": seed}, ("pooled", "prompts"),

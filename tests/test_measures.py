@@ -257,3 +257,26 @@ def test_sql_bad_input(con):
     for sql, says in cases:
         with pytest.raises(duckdb.Error, match=says.replace("(", r"\(").replace(")", r"\)")):
             con.sql(sql).fetchall()
+
+
+# -- the study's agreement table ------------------------------------------------------------------
+def test_measure_agreement_is_spearman_across_measures():
+    import pyarrow as pa
+
+    from vindex.study.analyses import measure_agreement
+    rng = np.random.default_rng(0)
+    layers = list(range(8))
+    profile = {"svcca": rng.random(8), "procrustes": rng.random(8)}
+    rows = [{"model_a": "a", "model_b": "b", "pooling": "mean", "measure": m, "layer_a": l, "value": float(v[l])}
+            for m, v in profile.items() for l in layers]
+    diag = [{"model_a": "a", "model_b": "b", "pooling": "mean", "estimator": "debiased", "layer_a": l,
+             "diagonal": float(profile["svcca"][l] + 0.1 * rng.random())} for l in layers]
+    t = {(r["measure_1"], r["measure_2"]): r for r in
+         measure_agreement(pa.Table.from_pylist(rows), pa.Table.from_pylist(diag), "debiased", 199).to_pylist()}
+    assert set(t) == {("cka", "procrustes"), ("cka", "svcca"), ("procrustes", "svcca")}
+    # a distance is negated: agreement means the same ranking of layers
+    want = spearmanr(-profile["procrustes"], profile["svcca"]).statistic
+    assert t[("procrustes", "svcca")]["spearman_rho"] == pytest.approx(want)
+    assert t[("cka", "svcca")]["spearman_rho"] == pytest.approx(
+        spearmanr([d["diagonal"] for d in diag], profile["svcca"]).statistic)
+    assert 1 / 200 <= t[("procrustes", "svcca")]["p_value"] <= 1
