@@ -9,6 +9,8 @@ UDF names start with `vindex_` where a macro is the documented face; docs/sql.md
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pyarrow as pa
 
@@ -344,6 +346,8 @@ def register_functions(con, vindexes=()) -> None:
     import duckdb
 
     grams = {v.name: v for v in vindexes}
+    if vindexes:
+        _CONNECTION_VINDEXES[con] = grams
     # vindex_model_grams has all-constant arguments: 'side effects' keeps DuckDB from folding (calling)
     # it while it plans a branch it then prunes
     for name, fn, ret, effects in [(*u, False) for u in UDFS] + [
@@ -358,6 +362,15 @@ def register_functions(con, vindexes=()) -> None:
     models = lake_models(con, grams)
     for sql in macros(models) + influence.macros(models) + layer_stages.macros(models) + rosetta_sql.macros(models) + measure_sql.macros(models):
         con.execute(sql)
+
+
+_CONNECTION_VINDEXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def connection_vindexes(con) -> dict | None:
+    """{name: ResolvedVindex} of a connection `connect` made (None for another connection): what a
+    caller needs to read the Gram cache in Python (`lake_cka.pair_tables`) for the same models."""
+    return _CONNECTION_VINDEXES.get(con)
 
 
 def lake_models(con, grams=()) -> list[ModelInfo]:

@@ -111,8 +111,8 @@ def layer_gram(model: str, layer: int, n_layers: int, files: list[tuple[str, dic
         mask = pc.equal(t["pooling"], pooling)
         if prompt_set is not None:
             mask = pc.and_(mask, pc.equal(t["prompt_set"], prompt_set))
-        if "site" in t.column_names:
-            mask = pc.and_(mask, pc.equal(t["site"], site))
+        if "site" in t.column_names:   # NULL where a shard predates sites: resid_post, as the views read it
+            mask = pc.and_(mask, pc.equal(pc.fill_null(t["site"], DEFAULT_SITE), site))
         elif site != DEFAULT_SITE:
             mask = pc.and_(mask, pa.scalar(False))
         t = t.filter(mask)

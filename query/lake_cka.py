@@ -200,6 +200,44 @@ def cka_all(*sources, models=None, pairs=None, pooling: str = DEFAULT_POOLING, e
     return table
 
 
+def pair_tables(vindexes, jobs, kernel: str = "linear", preprocess: str = "none", permutations: int = 0,
+                seed: int = 0) -> list[tuple[pa.Table | None, list[str]]]:
+    """`cka_matrix` of many pairs from the Gram cache, each model's Grams read or computed once per
+    (pooling, prompt set, estimator): what a page of every pair (`vindex view`) needs.
+
+    vindexes: {name: ResolvedVindex}. jobs: (model_a, model_b, estimator, pooling, prompt_set) each.
+    Returns per job (table with `cka_matrix`'s columns sorted by layer_a, layer_b, or None; notes):
+    a pair `cka_matrix` refuses (an incomplete prompt set, prompt sets of one name but other
+    contents) gives None and the reason; layer pairs with other rows are left out with a note.
+    """
+    permutations, seed = check("pair_tables", "permutations", permutations), check("pair_tables", "seed", seed)
+    stacks, out = {}, []
+    for a, b, estimator, pooling, prompt_set in jobs:
+        opts = cka.options(estimator, kernel, preprocess)
+        refused = _refusals([vindexes[a], vindexes[b]], prompt_set)
+        if not refused:
+            refused = _same_prompt_sets(vindexes, [(a, b)], prompt_set)[1]
+        if refused:
+            out.append((None, refused))
+            continue
+        gspec = GramSpec(pooling, prompt_set, opts)
+        for m in (a, b):
+            if (m, gspec) not in stacks:
+                stacks[m, gspec] = model_stack(*gram_cache.model_grams(vindexes[m], gspec))
+        spec = {"pooling": pooling, "prompt_set": prompt_set, "estimator": opts.estimator, "kernel": opts.kernel_name,
+                "preprocess": opts.preprocess_name, "permutations": permutations, "seed": seed}
+        table, notes = pair_cka(stacks[a, gspec], stacks[b, gspec], spec)
+        out.append((_table([table]), notes))
+    return out
+
+
+def _refusals(vindexes: list[ResolvedVindex], prompt_set: str | None) -> list[str]:
+    """Why a comparison over `prompt_set` (None: all) must be refused: its incomplete prompt sets."""
+    return [f"model {v.name!r} prompt set {name!r} is {c['status']} ({INCOMPLETE_ADVICE})" for v in vindexes
+            for name, c in sorted(prompt_coverage(v).items())
+            if not c["complete"] and (prompt_set is None or name == prompt_set)]
+
+
 def _pairs(by_name: dict, models, pairs) -> list[tuple[str, str]]:
     names = sorted(by_name)
     if models is not None:
@@ -231,7 +269,7 @@ def _check_complete(vindexes: list[ResolvedVindex], prompt_set: str | None, allo
         raise InvalidValue(f"cka_all: allow_partial must be True or False, got {allow_partial!r}")
     notes = [f"model {v.name!r} prompt set {name!r} is {c['status']}" for v in vindexes
              for name, c in sorted(prompt_coverage(v).items())
-             if not c["complete"] and (prompt_set is None or name == prompt_set)]
+             if not c["complete"] and (prompt_set is None or name == prompt_set)]   # (pair_tables: _refusals)
     if notes and not allow_partial:
         raise IncompleteData(f"cka_all: {'; '.join(notes)} ({INCOMPLETE_ADVICE}); pass allow_partial=True "
                              "(--allow-partial) to compare the prompts there are")

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from vindex import __version__
 from vindex.errors import NotFound, VindexError
+from vindex.query.functions import connection_vindexes
+from vindex.query.lake_cka import pair_tables
 from vindex.query.sqltext import literal
 
 from .page import finite_or_none
@@ -129,9 +131,35 @@ def cka_jobs(con, names, estimators, poolings, prompt_set, notes: list | None = 
 
 def cka_records(con, names, estimators, poolings, prompt_set, permutations, preprocess, progress,
                 notes: list | None = None) -> list[dict]:
-    """Run the SQL layer's `cka_matrix` for every job; a pair the SQL layer refuses (rows that do
-    not align, a model without rows) is left out with its reason in `notes`, not fatal."""
+    """`cka_matrix` for every job, from the Gram cache (`vindex.query.lake_cka.pair_tables`): each
+    model's Grams are read or computed once per pooling and estimator, then each pair is one matrix
+    product (and its permutation null) of stored Grams. A pair the SQL layer refuses (an incomplete
+    prompt set, rows that do not align) is left out with its reason in `notes`, not fatal. On a
+    connection not made by `connect` each job runs the SQL `cka_matrix` instead."""
     jobs = cka_jobs(con, names, estimators, poolings, prompt_set, notes)
+    vindexes = connection_vindexes(con)
+    if vindexes is None or not set(names) <= set(vindexes):
+        return _sql_records(con, jobs, permutations, preprocess, progress, notes)
+    out = []
+    bar = tqdm(total=len(jobs), desc="CKA matrices", unit="matrix", disable=not progress or not jobs)
+    results = pair_tables(vindexes, jobs, preprocess=preprocess or "none", permutations=int(permutations))
+    for (a, b, est, pool, ps), (table, why) in zip(jobs, results):
+        bar.update(1)
+        if table is None or table.num_rows == 0:
+            if notes is None:
+                raise VindexError(f"CKA {a} x {b} ({est}, {pool}, prompt set {ps}): {'; '.join(why)}")
+            notes.append(f"CKA {a} x {b} ({est}, {pool}, prompt set {ps}) left out: {'; '.join(why) or 'no layer pair'}")
+            continue
+        if notes is not None:
+            notes += [f"CKA {a} x {b} ({est}, {pool}): {w}" for w in why]
+        rows = list(zip(*(table.column(c).to_pylist() for c in table.column_names)))
+        out.append(matrix_record(table.column_names, rows, a, b, est, pool, ps, permutations,
+                                 "vindex.query.lake_cka.pair_tables (the Gram cache; cka_matrix's numbers)"))
+    bar.close()
+    return out
+
+
+def _sql_records(con, jobs, permutations, preprocess, progress, notes) -> list[dict]:
     out = []
     for a, b, est, pool, ps in tqdm(jobs, desc="CKA matrices", unit="matrix", disable=not progress or not jobs):
         args = [literal(a), literal(b), f"pooling := {literal(pool)}", f"estimator := {literal(est)}",
@@ -150,7 +178,8 @@ def cka_records(con, names, estimators, poolings, prompt_set, permutations, prep
     return out
 
 
-def matrix_record(columns, rows, a, b, estimator, pooling, prompt_set, permutations) -> dict:
+def matrix_record(columns, rows, a, b, estimator, pooling, prompt_set, permutations,
+                  computed_by: str = "cka_matrix (vindex SQL)") -> dict:
     """One cka_matrix result (rows of layer_a, layer_b, depth_a, depth_b, cka, ...) as 2-D lists.
     The page shows CKA, the null's p95 and the p-value; null_mean stays in SQL (a quarter less page)."""
     cols = {k: [r[i] for r in rows] for i, k in enumerate(columns)}
@@ -171,7 +200,7 @@ def matrix_record(columns, rows, a, b, estimator, pooling, prompt_set, permutati
     return {"model_a": a, "model_b": b, "estimator": estimator, "pooling": pooling,
             "prompt_set": prompt_set, "kernel": first.get("kernel"), "preprocess": first.get("preprocess"),
             "permutations": permutations, "seed": first.get("seed"), "n_prompts": first.get("n"),
-            "computed_by": "cka_matrix (vindex SQL)",
+            "computed_by": computed_by,
             "layers_a": la, "layers_b": lb,
             "depth_a": [finite_or_none(depth_a[x]) for x in la], "depth_b": [finite_or_none(depth_b[y]) for y in lb],
             "cka": grid("cka"), "null_p95": grid("null_p95"), "p_value": grid("p_value")}
