@@ -6,6 +6,15 @@ the weights came from (file path + size + mtime, or package + version) and the t
 version. It is written in a hidden temp folder and renamed into place, so a killed conversion
 never leaves a half-written model, and two processes converting at once both end up with one
 finished entry. `vindex-source.json` in the entry records the GGUF's sha256, name and file type.
+
+Where a first conversion's time went (bench/bench_gguf.py, 2 cores): not into dequantizing. gguf's
+numpy dequantization of all tensors takes ~2 s for SmolLM2-135M and ~4 s for Gemma 3 270M, and
+converting Gemma's 262k-token tokenizer ~5 s. transformers' GGUF loader read the file's metadata
+four times (config, tokenizer, and twice for the model), each a walk of the vocabulary's 0.8M
+array elements through numpy memmap views (~28 s for Gemma), and rebuilt gguf's tensor-name map
+for every submodule (~400 times, ~6 s). `parsed_once` makes that one parse (through plain ndarray
+views, 3x faster) and one map per architecture; the rest is transformers' own loader, unchanged.
+The converted tokenizer is stored as tokenizer.json (no pickle), so it is converted once.
 """
 from __future__ import annotations
 
@@ -15,7 +24,10 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 from vindex.files import cache_home
 
@@ -97,17 +109,18 @@ def dequantize_into(entry: Path, gguf_file, descriptor: dict, progress: bool) ->
         if not is_gguf(gguf):
             raise ModelSourceError(f"{gguf}: not a GGUF file (no GGUF magic)")
         folder, fname = str(gguf.parent), gguf.name
-        try:
-            cfg = AutoConfig.from_pretrained(folder, gguf_file=fname)
-        except (ValueError, KeyError, OSError) as e:
-            raise UnsupportedArchitecture(f"{gguf}: transformers cannot read this GGUF ({e}); supported "
-                                          f"families (model_type): {supported_families_text()}") from None
-        family_of(cfg.model_type, str(gguf))
-        if progress:
-            print(f"vindex: dequantizing {gguf.name} once into {entry} (about 15-50 s)", flush=True)
-        with transformers_bars(progress):
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+        with parsed_once(gguf):
+            try:
+                cfg = AutoConfig.from_pretrained(folder, gguf_file=fname)
+            except (ValueError, KeyError, OSError) as e:
+                raise UnsupportedArchitecture(f"{gguf}: transformers cannot read this GGUF ({e}); supported "
+                                              f"families (model_type): {supported_families_text()}") from None
+            family_of(cfg.model_type, str(gguf))
+            if progress:
+                print(f"vindex: dequantizing {gguf.name} once into {entry} (about 10-30 s)", flush=True)
+            with transformers_bars(progress):
+                tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+                model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -115,8 +128,7 @@ def dequantize_into(entry: Path, gguf_file, descriptor: dict, progress: bool) ->
         with transformers_bars(progress):
             model.save_pretrained(out)
             tok.save_pretrained(out)
-        meta = {**descriptor, "sha256": sha256_file(gguf), "gguf_file": fname,
-                "gguf_name": _gguf_name(gguf), "file_type": _gguf_file_type(gguf)}
+        meta = {**descriptor, "sha256": sha256_file(gguf), "gguf_file": fname, **gguf_metadata(gguf)}
         (out / SOURCE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         del model
         try:
@@ -128,29 +140,103 @@ def dequantize_into(entry: Path, gguf_file, descriptor: dict, progress: bool) ->
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _gguf_fields(path: Path) -> dict:
+# -- one metadata parse per conversion ------------------------------------------------------------
+
+_PARSED: dict[str, object] = {}      # resolved GGUF path -> its reader, while `parsed_once` is active
+
+
+@contextmanager
+def parsed_once(gguf: Path):
+    """For the duration, transformers' GGUF metadata reads of `gguf` share one parse.
+
+    transformers' legacy GGUF loader (llama, gemma3, qwen2, ...) builds a `gguf.GGUFReader` in
+    each of its config, tokenizer and model loads, and calls `load_gguf_checkpoint` for the config
+    three times; `gguf.get_tensor_name_map` is rebuilt per submodule. Here, for one conversion in
+    this thread: `gguf.GGUFReader(gguf)` returns one shared reader, the metadata-only
+    `load_gguf_checkpoint` result is reused (a deep copy per call: callers edit it), and the
+    tensor-name map is built once per (architecture, depth). Process-wide names are swapped and
+    restored on exit; only this file is affected, and the loader's results are unchanged
+    (tests/test_model_cache.py compares them with transformers' own load).
+    """
+    import copy
+
+    import gguf as gguf_pkg
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
+
+    key = str(Path(gguf).resolve())
+    real_reader, real_name_map, real_load = gguf_pkg.GGUFReader, gguf_pkg.get_tensor_name_map, \
+        hf_gguf.load_gguf_checkpoint
+    metadata: dict[str, dict] = {}
+
+    def reader(path, mode="r"):
+        if str(Path(path).resolve()) != key or mode != "r":
+            return real_reader(path, mode)
+        if key not in _PARSED:
+            _PARSED[key] = _plain_view_reader()(path)
+        return _PARSED[key]
+
+    def load(path, return_tensors=False, **kw):
+        if return_tensors or kw or str(Path(path).resolve()) != key:
+            return real_load(path, return_tensors=return_tensors, **kw)
+        if "parsed" not in metadata:
+            metadata["parsed"] = real_load(path, return_tensors=False)
+        return copy.deepcopy(metadata["parsed"])
+
+    gguf_pkg.GGUFReader, gguf_pkg.get_tensor_name_map = reader, lru_cache(maxsize=None)(real_name_map)
+    hf_gguf.load_gguf_checkpoint = load
     try:
-        from gguf import GGUFReader
-        r = GGUFReader(str(path))
-        out = {}
-        for key in ("general.name", "general.file_type"):
-            f = r.fields.get(key)
-            if f is not None:
-                v = f.parts[f.data[0]]
-                out[key] = bytes(v).decode("utf-8", "replace") if v.dtype.kind == "u" and key == "general.name" \
-                    else int(v[0])
-        return out
+        yield
+    finally:
+        gguf_pkg.GGUFReader, gguf_pkg.get_tensor_name_map = real_reader, real_name_map
+        hf_gguf.load_gguf_checkpoint = real_load
+        _PARSED.pop(key, None)
+
+
+@lru_cache(maxsize=None)
+def _plain_view_reader():
+    from gguf.gguf_reader import GGUFReader      # the class itself, even while `parsed_once` swaps the name
+
+    class PlainViewReader(GGUFReader):
+        """gguf's reader, slicing a plain ndarray view of its memory map (no copy).
+
+        The metadata walk makes ~1M tiny slices; numpy's memmap subclass runs Python code in each
+        (`__getitem__`, `__array_finalize__`), a plain ndarray view does not: 28 s -> 9 s for
+        Gemma 3's 262k-token vocabulary here. The bytes read are the same.
+        """
+
+        def _get(self, offset, dtype, count=1, override_order=None):
+            plain = self.__dict__.get("_plain")
+            if plain is None:
+                plain = self._plain = self.data.view(np.ndarray)
+            count = int(count)
+            dtype = np.dtype(dtype)
+            arr = plain[offset:offset + dtype.itemsize * count].view(dtype)[:count]
+            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    return PlainViewReader
+
+
+def gguf_metadata(path: Path) -> dict:
+    """What a GGUF's header says about itself, as the cache records it: gguf_name, file_type,
+    gguf_license, gguf_languages (None where absent). One walk of the header by transformers' own
+    reader, which skips the vocabulary's strings: 0.2 s for Gemma 3's 262k tokens."""
+    try:
+        from transformers.integrations.gguf.reader import read_gguf_metadata
+        meta, _ = read_gguf_metadata(str(path), ("general.languages",))
     except Exception:  # metadata is a nicety; never fail a conversion over it
-        return {}
+        meta = {}
+    langs = meta.get("general.languages")
+    return {"gguf_name": _text(meta.get("general.name")), "file_type": _file_type_name(meta.get("general.file_type")),
+            "gguf_license": _text(meta.get("general.license")),
+            "gguf_languages": [x for x in langs if isinstance(x, str)] if isinstance(langs, list) else None}
 
 
-def _gguf_name(path: Path) -> str | None:
-    return _gguf_fields(path).get("general.name")
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
 
 
-def _gguf_file_type(path: Path) -> str | None:
-    ft = _gguf_fields(path).get("general.file_type")
-    if ft is None:
+def _file_type_name(ft) -> str | None:
+    if not isinstance(ft, int):
         return None
     try:
         from gguf import LlamaFileType

@@ -150,7 +150,7 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, gguf_source, monkeypatc
 
     def interrupted(p):
         raise KeyboardInterrupt
-    monkeypatch.setattr(model_cache, "_gguf_fields", interrupted)
+    monkeypatch.setattr(model_cache, "gguf_metadata", interrupted)
     with pytest.raises(KeyboardInterrupt):
         resolve_model(path, cache_dir=tmp_path / "cache", progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
