@@ -66,8 +66,8 @@ def auto_dtype(runner, tokenized, batch, layers, pad_id) -> str:
     ids, attn, _ = pad_batch([tokenized[i] for i in batch], pad_id)
     states, _ = runner.read(ids, attn)
     m = runner.torch.from_numpy(attn)
-    amax = max(float(h[m.to(h.device)].float().abs().amax()) for (s, l), h in states.items()
-               if l in layers and s != "mlp_post")
+    amax = max((float(h[m.to(h.device)].float().abs().amax()) for (s, l), h in states.items()
+                if l in layers and s != "mlp_post"), default=0.0)   # mlp_post alone: no vectors stored
     return "float16" if amax < FLOAT16_MAX / 2 else "float32"
 
 

@@ -67,7 +67,7 @@ def hand_sites(folder, text: str) -> dict:
 def test_every_site_equals_a_hand_written_hook(family, tmp_path, prompts):
     folder = make_tiny_model(tmp_path / family, family)
     root = build(folder, tmp_path / "v", prompts=prompts, sites=SITES, dtype="float32", progress=False)
-    con = connect(root)
+    con = connect(root, functions=False)
     text = json.loads(prompts.read_text().splitlines()[2])["text"]
     want = hand_sites(folder, text)
     rows = con.sql("SELECT site, hook, layer, token_index, act FROM activations WHERE prompt_id = 2 "
@@ -101,7 +101,7 @@ def test_default_build_keeps_output_hidden_states_and_old_vindexes_read_as_resid
             pq.write_table(t, path)
             e.update(bytes=path.stat().st_size, sha256=sha256_file(path))
     (root / "vindex.json").write_text(json.dumps(m))
-    con = connect(root)
+    con = connect(root, functions=False)
     assert con.sql("SELECT DISTINCT site, hook FROM activations ORDER BY hook").fetchall() == [
         ("resid_post", "blocks.0.hook_resid_pre"), ("resid_post", "blocks.2.hook_resid_post")]
     assert con.sql("SELECT DISTINCT site FROM pooled").fetchall() == [("resid_post",)]
@@ -128,4 +128,4 @@ def test_bad_input_is_named(tmp_path, prompts):
     with pytest.raises(ResumeMismatch, match=r"sites: \['resid_post'\] -> \['attn_out'\].*--no-resume"):
         build(folder, tmp_path / "v", prompts=prompts, layers="1", sites="attn_out", progress=False)
     root = build(folder, tmp_path / "v", prompts=prompts, layers="1", sites="attn_out", resume=False, progress=False)
-    assert connect(root).sql("SELECT DISTINCT site FROM activations").fetchall() == [("attn_out",)]
+    assert connect(root, functions=False).sql("SELECT DISTINCT site FROM activations").fetchall() == [("attn_out",)]
