@@ -1,0 +1,209 @@
+"""The Gram cache (`vindex.query.gram_cache`): a hit equals a cold computation, a changed shard
+invalidates its layer, a damaged entry is detected and rebuilt (never used), and a vindex that
+cannot be written still answers. Every CKA is also checked against a hand-written numpy CKA of the
+shards read with pyarrow."""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vindex import Vindex, VindexWriter
+from vindex.errors import GramCacheRebuilt
+from vindex.lock import WriteLock
+from vindex.query import cka, connect, gram_cache
+from vindex.query.lake_cka import cka_all
+
+N, LAYERS = 20, 3
+
+
+def write_model(root, name, d, seed, layers=range(LAYERS + 1)):
+    rng = np.random.default_rng(seed)
+    latent = np.random.default_rng(0).standard_normal((N, 4))
+    w = VindexWriter.open(root / name) if (root / name / "vindex.json").exists() else VindexWriter.create(
+        root / name, name, {"id": f"test/{name}", "family": "toy", "n_layers": LAYERS, "d_model": d})
+    w.declare_vectors("pooled", d, "float16")
+    for layer in layers:
+        act = latent @ rng.standard_normal((4, d)) + rng.standard_normal((N, d))
+        w.write_shard("pooled", {"prompt_set": ["default"] * N, "prompt_id": np.arange(N),
+                                 "pooling": ["mean"] * N, "act": act}, partition={"layer": layer})
+    w.close()
+    return root / name
+
+
+@pytest.fixture
+def lake(tmp_path, monkeypatch):
+    monkeypatch.setenv("VINDEX_CACHE", str(tmp_path / "user-cache"))
+    gram_cache.forget()
+    write_model(tmp_path / "lake", "a", 12, 1)
+    write_model(tmp_path / "lake", "b", 16, 2)
+    yield tmp_path / "lake"
+    gram_cache.forget()
+
+
+def shard_matrix(root, layer):
+    """(n, d) float64 of a layer's pooled rows, sorted by prompt_id: pyarrow, not vindex."""
+    v = Vindex.open(root)
+    t = pq.read_table(v.path(v.files("pooled", layer=layer)[0])).sort_by("prompt_id")
+    return t["act"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(t.num_rows, -1)
+
+
+def reference_cka(X, Y):
+    """Biased linear CKA by hand: ||Yc'Xc||_F^2 / (||Xc'Xc||_F ||Yc'Yc||_F) (Kornblith et al. 2019, eq. 5)."""
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    return np.linalg.norm(Yc.T @ Xc) ** 2 / (np.linalg.norm(Xc.T @ Xc) * np.linalg.norm(Yc.T @ Yc))
+
+
+def sql_matrix(lake, estimator="biased"):
+    rows = connect(lake).sql(f"SELECT layer_a, layer_b, cka FROM cka_matrix('a', 'b', pooling := 'mean', "
+                             f"estimator := '{estimator}')").fetchall()
+    return np.array([r[2] for r in rows]).reshape(LAYERS + 1, LAYERS + 1)
+
+
+def reference_matrix(lake):
+    return np.array([[reference_cka(shard_matrix(lake / "a", i), shard_matrix(lake / "b", j))
+                      for j in range(LAYERS + 1)] for i in range(LAYERS + 1)])
+
+
+def entry_files(lake, name="a"):
+    return sorted((lake / name / "grams").glob("*.parquet"))
+
+
+def test_a_hit_equals_a_cold_computation(lake):
+    cold = sql_matrix(lake)
+    assert len(entry_files(lake, "a")) == 1 and len(entry_files(lake, "b")) == 1
+    np.testing.assert_allclose(cold, reference_matrix(lake), rtol=0, atol=1e-12)
+    hot = sql_matrix(lake)                      # Grams in memory
+    gram_cache.forget()
+    warm = sql_matrix(lake)                     # Grams read from grams/ files
+    np.testing.assert_allclose(warm, cold, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(hot, cold, rtol=0, atol=1e-12)
+    # the debiased estimator is another entry, and a hit equals its cold computation too
+    cold_d = sql_matrix(lake, "debiased")
+    assert len(entry_files(lake, "a")) == 2
+    gram_cache.forget()
+    np.testing.assert_allclose(sql_matrix(lake, "debiased"), cold_d, rtol=0, atol=1e-12)
+    # cka_all reads the same entries and gives the same numbers
+    t = cka_all(lake, pooling="mean", progress=False).to_pylist()
+    np.testing.assert_allclose(np.array([r["cka"] for r in t]).reshape(cold.shape), cold, rtol=0, atol=1e-12)
+    assert len(entry_files(lake, "a")) == 2
+
+
+def test_the_entry_holds_what_the_spec_says(lake):
+    sql_matrix(lake)
+    v = Vindex.open(lake / "a")
+    f = pq.ParquetFile(entry_files(lake)[0])
+    t = f.read()
+    spec = gram_cache.GramSpec("mean", None, cka.options())
+    assert entry_files(lake)[0].name.startswith(spec.key + ".")
+    assert t["layer"].to_pylist() == list(range(LAYERS + 1)) and set(t["status"].to_pylist()) == {"ok"}
+    assert t["shards"].to_pylist() == [gram_cache.layer_digest(v.files("pooled", layer=i)) for i in range(LAYERS + 1)]
+    g = np.array(t["g"][1].as_py())
+    X = shard_matrix(lake / "a", 1)
+    Xc = X - X.mean(0)
+    K = Xc @ Xc.T
+    want = K / np.linalg.norm(K)
+    iu = np.triu_indices(N, 1)
+    np.testing.assert_allclose(g[:N], np.diag(want), atol=1e-14)                 # diagonal, then
+    np.testing.assert_allclose(g[N:], np.sqrt(2) * want[iu], atol=1e-14)         # sqrt(2) x upper triangle
+
+
+def test_a_changed_shard_invalidates_its_layer(lake):
+    before = sql_matrix(lake)
+    old = entry_files(lake)
+    write_model(lake, "a", 12, 7, layers=[2])          # new rows for layer 2 of model a
+    after = sql_matrix(lake)
+    np.testing.assert_allclose(after, reference_matrix(lake), rtol=0, atol=1e-12)
+    assert np.abs(after[2] - before[2]).max() > 1e-3                  # layer 2 recomputed
+    np.testing.assert_allclose(np.delete(after, 2, 0), np.delete(before, 2, 0), rtol=0, atol=1e-12)
+    new = entry_files(lake)
+    assert len(new) == 1 and new != old                                # the stale entry is gone
+    digests = pq.read_table(new[0])["shards"].to_pylist()
+    assert digests[2] == gram_cache.layer_digest(Vindex.open(lake / "a").files("pooled", layer=2))
+
+
+def _expect_rebuilt(lake, want):
+    with pytest.warns(GramCacheRebuilt, match="not used, computed again"):
+        got = sql_matrix(lake)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    (entry,) = entry_files(lake)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GramCacheRebuilt)
+        gram_cache.forget()
+        np.testing.assert_allclose(sql_matrix(lake), want, rtol=0, atol=1e-12)   # the rebuilt entry is sound
+    return entry
+
+
+def test_a_corrupted_entry_is_detected_and_rebuilt_never_used(lake):
+    want = sql_matrix(lake)
+    # 1. bytes changed in place: the sha256 in its name no longer matches
+    (entry,) = entry_files(lake)
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    gram_cache.forget()
+    entry = _expect_rebuilt(lake, want)
+    # 2. a sound file (its sha256 is its name's) whose Grams have the wrong size: the shape check
+    t = pq.read_table(entry)
+    g = t["g"].combine_chunks()
+    short = pa.array([None if x is None else x[:-1] for x in g.to_pylist()], pa.list_(pa.float64()))
+    bad = t.set_column(t.schema.get_field_index("g"), t.schema.field("g"), short)
+    entry.unlink()
+    sink = pa.BufferOutputStream()
+    pq.write_table(bad, sink)
+    body = sink.getvalue().to_pybytes()
+    spec_key = entry.name.split(".")[0]
+    (entry.parent / f"{spec_key}.{hashlib.sha256(body).hexdigest()}.parquet").write_bytes(body)
+    gram_cache.forget()
+    entry = _expect_rebuilt(lake, want)
+    # 3. another spec's entry under this spec's name: the spec check
+    sql_matrix(lake, "debiased")
+    other = next(p for p in entry_files(lake) if p != entry)
+    entry.unlink()
+    body = other.read_bytes()
+    (entry.parent / f"{spec_key}.{hashlib.sha256(body).hexdigest()}.parquet").write_bytes(body)
+    gram_cache.forget()
+    with pytest.warns(GramCacheRebuilt, match="holds Grams of"):
+        np.testing.assert_allclose(sql_matrix(lake), want, rtol=0, atol=1e-12)
+
+
+def test_a_vindex_that_cannot_be_written_still_works(lake, monkeypatch, tmp_path):
+    want = reference_matrix(lake)
+    # a folder that cannot be made (a file is in the way): the entry goes to $VINDEX_CACHE
+    (lake / "a" / "grams").write_text("not a folder")
+    np.testing.assert_allclose(sql_matrix(lake), want, rtol=0, atol=1e-12)
+    v = connect_vindex(lake, "a")
+    user = [p for p in gram_cache.entries(v) if str(p).startswith(str(tmp_path / "user-cache"))]
+    assert len(user) == 1
+    gram_cache.forget()
+    np.testing.assert_allclose(sql_matrix(lake), want, rtol=0, atol=1e-12)          # read back from there
+    # a vindex whose write lock another writer holds: no wait past LOCK_WAIT_S, the user cache again
+    monkeypatch.setattr(gram_cache, "LOCK_WAIT_S", 0.0)
+    with WriteLock(lake / "b", 0):
+        gram_cache.forget()
+        np.testing.assert_allclose(sql_matrix(lake, "debiased"), sql_matrix_fresh(lake, "debiased"), atol=1e-12)
+    assert len(entry_files(lake, "b")) == 1                    # only the biased entry, from before
+    vb = connect_vindex(lake, "b")
+    assert len([p for p in gram_cache.entries(vb) if str(p).startswith(str(tmp_path / "user-cache"))]) == 1
+    if os.geteuid() != 0:   # a read-only folder (root ignores permissions)
+        (lake / "b" / "grams").chmod(0o555)
+        gram_cache.forget()
+        np.testing.assert_allclose(sql_matrix(lake, "debiased"), sql_matrix_fresh(lake, "debiased"), atol=1e-12)
+
+
+def connect_vindex(lake, name):
+    from vindex.query.sources import resolve_sources
+    return {v.name: v for v in resolve_sources(lake)}[name]
+
+
+def sql_matrix_fresh(lake, estimator):
+    """The same matrix without any cache: the SQL layer's own Grams over the scanned rows (allow_partial
+    takes the scan path; both models hold every prompt, so the rows are the same)."""
+    rows = connect(lake).sql(f"SELECT cka FROM cka_matrix('a', 'b', pooling := 'mean', estimator := '{estimator}', "
+                             "allow_partial := true)").fetchall()
+    return np.array([r[0] for r in rows]).reshape(LAYERS + 1, LAYERS + 1)
