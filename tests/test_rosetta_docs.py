@@ -14,10 +14,25 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from test_query_docs import examples, render
 from toy_lakes import DOCS, write_toy_lake
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "rosetta.md"
+# a fenced block and the markdown table after it (docs/sql.md's layout, read as tests/test_query_docs.py does)
+BLOCK = re.compile(r"```(sql|python)\n(.*?)```\n((?:[ \t]*\n)*(?:\|[^\n]*\|\n)+)?", re.S)
+
+
+def examples(text: str):
+    for m in BLOCK.finditer(text):
+        yield m.group(1), m.group(2), m.group(3), m.span(3)
+
+
+def render(rel) -> str:
+    """A result as the page's markdown table: NULL, true/false, floats to 6 digits."""
+    def cell(v):
+        return ("NULL" if v is None else ("true" if v else "false") if isinstance(v, bool)
+                else repr(round(v, 6)) if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(rel.columns) + " |", "|" + "|".join("---" for _ in rel.columns) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in r) + " |" for r in rel.fetchall()]) + "\n"
 
 
 def run_doc(lake: Path, update: bool = False) -> list[str]:
