@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from vindex.defaults import DEFAULT_DTYPE
+
 
 class TopK(click.ParamType):
     """A positive integer, or 'all'."""
@@ -37,9 +39,9 @@ class TopK(click.ParamType):
               help="write the MoE routing table (default: for MoE models; --routing on a dense model is an error).")
 @click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
               help="dtype the model runs in (default float32; bfloat16 is the norm on GPUs).")
-@click.option("--dtype", type=click.Choice(["float16", "float32", "auto"]), default="float16", show_default=True,
-              help="stored vector type; auto = float32 only where states exceed float16's range "
-                   "(gemma3 does). Norms are always float32.")
+@click.option("--dtype", type=click.Choice(["float16", "float32", "auto"]), default=DEFAULT_DTYPE, show_default=True,
+              help="stored vector type; auto = float16, or float32 where a probe of the longest prompts comes "
+                   "within 2x of float16's range (gemma3 does). Norms are always float32.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="prompts per forward pass.")
 @click.option("--max-tokens", type=int, default=256, show_default=True, help="tokens kept per prompt.")
 @click.option("--poolings", default="mean,last,mean_nosink", show_default=True,

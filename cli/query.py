@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from vindex.defaults import DEFAULT_ESTIMATOR, DEFAULT_PERMUTATIONS, DEFAULT_POOLING
 from vindex.errors import VindexError
 from .core import fail as core_fail
 from .core import show_progress
@@ -44,7 +45,8 @@ def fail(e: Exception) -> None:
 
 
 # the SQL table functions whose own refusals start "<name>: " (error_from_message unwraps them)
-ANALYSES = ("cka_matrix", "cka_depth", "cka_token_matrix", "mutual_knn_matrix", "kmeans")
+ANALYSES = ("cka_matrix", "cka_depth", "cka_token_matrix", "mutual_knn_matrix", "kmeans", "cka_influence",
+            "cka_influence_summary", "stages")
 
 
 def note(text: str) -> None:
@@ -64,6 +66,8 @@ def confound_notes(table, con=None) -> list[str]:
     elif pooling == "mean":
         out.append("mean pooling includes the first content token, an attention sink in models without a "
                    "BOS token (SmolLM2), which can erase depth correspondence; mean_nosink drops it")
+    if "permutations" in table.column_names and table.num_rows and table.column("permutations")[0].as_py() == 0:
+        out.append("no permutation null (--permutations 0): these values carry no p-value")
     return out
 
 
@@ -198,13 +202,14 @@ def shell(con, max_rows: int = 40) -> None:
 @click.argument("model_a", required=False)
 @click.argument("model_b", required=False)
 @lake_option
-@click.option("--pooling", default="mean", show_default=True,
-              help="Which pooled rows (pooled.pooling); mean_nosink or last: see README, Defaults.")
-@click.option("--estimator", default="biased", show_default=True, type=click.Choice(["biased", "debiased"]))
+@click.option("--pooling", default=DEFAULT_POOLING, show_default=True,
+              help="Which pooled rows (pooled.pooling): mean, last or mean_nosink; why the default, see README, "
+                   "Defaults.")
+@click.option("--estimator", default=DEFAULT_ESTIMATOR, show_default=True, type=click.Choice(["biased", "debiased"]))
 @click.option("--kernel", default="linear", show_default=True, help="linear, rbf or rbf:<fraction of median distance>.")
 @click.option("--preprocess", default="none", show_default=True, help="none, l2, clip or clip:<percentile>.")
 @click.option("--prompt-set", default=None, help="Only this prompt set (default: all the models share).")
-@click.option("--permutations", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--permutations", default=DEFAULT_PERMUTATIONS, show_default=True, type=click.IntRange(min=0),
               help="Permutation null size (99 resolves p <= 0.01; 0: no null).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--depth", "by_depth", is_flag=True, help="Print the matched-depth diagonal and off-diagonal band instead.")
@@ -229,7 +234,7 @@ def cka(model_a, model_b, lakes, pooling, estimator, kernel, preprocess, prompt_
     """CKA between every layer of MODEL_A and every layer of MODEL_B (is it above chance? use --permutations).
 
     \b
-    vindex cka -l lake gemma3-270m qwen2.5-0.5b --permutations 99 --plot cka.png
+    vindex cka -l lake gemma3-270m qwen2.5-0.5b --plot cka.png   # mean_nosink, debiased, 99 permutations
     vindex cka -l lake --all --ray -o lake-cka.parquet      # every pair of the lake, on Ray
     """
     if all_pairs or ray is not None:

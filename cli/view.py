@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from vindex.defaults import DEFAULT_PERMUTATIONS
+
 
 @click.command()
 @click.argument("sources", nargs=-1, required=True)
@@ -13,7 +15,7 @@ import click
               default=("biased", "debiased"), show_default=True, help="CKA estimators to include (repeat).")
 @click.option("--pooling", "poolings", multiple=True, help="Poolings to include (repeat; default: all common ones).")
 @click.option("--prompt-set", default=None, help="Prompt set CKA aligns on (default: the largest common one).")
-@click.option("--permutations", default=99, show_default=True, type=click.IntRange(min=0),
+@click.option("--permutations", default=DEFAULT_PERMUTATIONS, show_default=True, type=click.IntRange(min=0),
               help="Size of the CKA permutation null (0: none; 99 resolves p < 0.01).")
 @click.option("--preprocess", default=None,
               help="CKA preprocessing (none | l2 | clip | clip:99.5; default: the SQL layer's, none).")

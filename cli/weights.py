@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from vindex.defaults import DEFAULT_VECTORS
+
 
 def _feature_layers(value: str):
     return int(value) if value.isdigit() else value
@@ -21,8 +23,9 @@ def _feature_layers(value: str):
 @click.option("--feature-layers", default="same", show_default=True,
               help="couple heads into the FFN gates of the 'same' block, every 'later' block, or N blocks.")
 @click.option("--ov-top-k", type=int, help="features kept per head (default: --top-k).")
-@click.option("--vectors", type=click.Choice(["gate", "down", "none"]), default="gate", show_default=True,
-              help="per-feature vector stored in features.vector (for clustering).")
+@click.option("--vectors", type=click.Choice(["gate", "down", "none"]), default=DEFAULT_VECTORS, show_default=True,
+              help="per-feature vector stored in features.vector (for clustering): W_down[:, f] (down, as "
+                   "`vindex study` clusters), W_gate[f] (gate, as LarQL's gate_vectors.bin) or none.")
 @click.option("--vector-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--tables", default="features,ov_gate,layer_stats", show_default=True,
               help="which weight tables to write.")

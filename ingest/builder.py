@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from vindex.defaults import DEFAULT_DTYPE, DEFAULT_VECTORS
+
 from vindex.errors import DeviceUnavailable, InvalidValue
 
 from .activations import DEFAULT_POOLINGS, HiddenStates, SiteStates, TokenText
@@ -45,7 +47,7 @@ def build(source=None, out=None, *, model=None, tokenizer=None, name: str | None
           layers=None, sites="resid_post", feature_top_k=DEFAULT_FEATURE_TOP_K,
           feature_threshold: float = DEFAULT_FEATURE_THRESHOLD, routing: bool | None = None,
           compute_dtype: str | None = None,
-          dtype: str = "float16", batch_size: int = 16, max_tokens: int = 256,
+          dtype: str = DEFAULT_DTYPE, batch_size: int = 16, max_tokens: int = 256,
           poolings=DEFAULT_POOLINGS, resume: bool = True, progress: bool = True,
           trust_remote_code: bool = False, chat_template: bool = False, prompt_set_name: str | None = None,
           device: str | None = None, buffer_mb: int = 512, shard_rows: int | None = None,
@@ -199,7 +201,7 @@ def check_device(device: str) -> str:
 def build_weights(source, out: str | Path | None = None, *, name: str | None = None, top_k: int = 10,
                   unembedding: str = "embedding", ov_variants: Iterable[str] = ("o", "ov"),
                   feature_layers: str | int = "same", ov_top_k: int | None = None,
-                  vectors: str | None = "gate", vector_dtype: str = "float16",
+                  vectors: str | None = DEFAULT_VECTORS, vector_dtype: str = "float16",
                   tables: Iterable[str] = TABLES, layers=None, resume: bool = True,
                   progress: bool = True, ray=None, layers_per_task: int | None = None) -> Path:
     """Write `features`, `ov_gate` and `layer_stats` for a model into the vindex at `out`.

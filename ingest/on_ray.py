@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from vindex.ray_connection import cluster_resources, connect_ray, raise_vindex_cause
+from vindex.defaults import DEFAULT_DTYPE
 from vindex.errors import CorruptShard, InvalidValue
 from vindex.files import safe_join
 from vindex.writer import VindexWriter
@@ -177,7 +178,7 @@ def _maybe_fail_once(folder: str | None, part: int) -> None:
 def build_on_ray(source, out=None, *, address=None, actors: int | None = None,
                       gpus_per_actor: float | None = None, cpus_per_actor: float = 1,
                       runtime_env: dict | None = None, name: str | None = None, prompts="default", layers=None,
-                      dtype: str = "float16", batch_size: int = 16, max_tokens: int = 256,
+                      dtype: str = DEFAULT_DTYPE, batch_size: int = 16, max_tokens: int = 256,
                       poolings=DEFAULT_POOLINGS, resume: bool = True, progress: bool = True,
                       trust_remote_code: bool = False, chat_template: bool = False,
                       prompt_set_name: str | None = None, device: str | None = None, buffer_mb: int = 512,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vindex.defaults import DEFAULT_VECTORS
 from vindex.errors import InvalidValue, ManifestError
 from vindex.layers import block_of_layer, layer_of_block, parse_layers
 from vindex.writer import VindexWriter
@@ -100,7 +101,7 @@ def _feature_blocks(mode, block: int, n_layers: int) -> list[int]:
 
 def write_weights(writer: VindexWriter, weights: ModelWeights, *, top_k: int = 10, unembedding: str = "embedding",
                   ov_variants: Iterable[str] = ("o", "ov"), feature_layers: str | int = "same",
-                  ov_top_k: int | None = None, vectors: str | None = "gate", vector_dtype: str = "float16",
+                  ov_top_k: int | None = None, vectors: str | None = DEFAULT_VECTORS, vector_dtype: str = "float16",
                   tables: Iterable[str] = TABLES, layers=None, resume: bool = True, progress: bool = True) -> dict:
     """Write the weight tables into an open writer (the body of `build_weights`); returns a summary."""
     tables = tuple(tables)

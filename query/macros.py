@@ -21,16 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vindex.defaults import DEFAULT_ESTIMATOR, DEFAULT_PERMUTATIONS, DEFAULT_POOLING
+
 from .arguments import sql_check
 from .sqltext import ident, literal
 
 CKA_OPTIONS = "estimator := 'biased', kernel := 'linear', preprocess := 'none'"
-# The model comparisons' defaults: one decision, its reasons in README.md "Defaults" (the scalar
-# cka()/cka_gram() keep the textbook biased estimator over exactly what they are given).
-# vindex.query.analyses, vindex.query.lake_cka and `vindex cka` take these same values.
-DEFAULT_POOLING = "mean"
-DEFAULT_ESTIMATOR = "biased"
-DEFAULT_PERMUTATIONS = 0
+# The model comparisons' defaults: one decision, named in vindex/defaults.py with its reasons (README.md
+# "Defaults"); the scalar cka()/cka_gram() keep the textbook biased estimator over exactly what they
+# are given. vindex.query.analyses, vindex.query.lake_cka, `vindex cka` and the viewer take these values.
 COMPARE_OPTIONS = (f"pooling := '{DEFAULT_POOLING}', estimator := '{DEFAULT_ESTIMATOR}', kernel := 'linear', "
                    "preprocess := 'none'")
 

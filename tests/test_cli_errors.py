@@ -7,6 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from toy_lakes import DOCS, write_toy_lake
+
+POOLINGS = ("mean_nosink", "mean", "last")
 from vindex import Vindex
 from vindex.cli import main
 from vindex.cli.core import show_progress
@@ -15,7 +17,8 @@ from vindex.errors import InvalidValue
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
-    return write_toy_lake(tmp_path_factory.mktemp("cli-errors") / "lake", DOCS)
+    # DOCS with every pooling ingest writes (the default, mean_nosink, first)
+    return write_toy_lake(tmp_path_factory.mktemp("cli-errors") / "lake", DOCS, poolings=POOLINGS)
 
 
 def run(*args):
@@ -25,7 +28,8 @@ def run(*args):
 def test_unknown_pooling_lists_the_poolings_there_are(lake):
     r = run("cka", "-l", lake, "toy-a", "toy-b", "--pooling", "lst")
     assert r.exit_code == 1
-    assert r.output.strip() == "error: cka_matrix: model 'toy-a' has no pooled rows with pooling = lst; its poolings: mean"
+    assert r.output.strip() == ("error: cka_matrix: model 'toy-a' has no pooled rows with pooling = lst; its poolings: "
+                                "last, mean, mean_nosink")
 
 
 def test_duckdb_prefix_is_stripped_in_sql(lake):
@@ -58,10 +62,27 @@ def test_token_cka_across_tokenizers_fails_first(lake):
 
 
 def test_mean_pooling_carries_a_sink_note_and_quiet_keeps_it(lake):
-    r = run("cka", "-l", lake, "toy-a", "toy-b", "--quiet")
+    r = run("cka", "-l", lake, "toy-a", "toy-b", "--pooling", "mean", "--quiet")
     assert r.exit_code == 0 and "note: mean pooling includes the first content token" in r.output
-    r = run("cka", "-l", lake, "toy-a", "toy-b", "-f", "csv")
+    r = run("cka", "-l", lake, "toy-a", "toy-b", "--pooling", "mean", "-f", "csv")
     assert "note:" not in r.output
+
+
+def test_the_defaults_print_the_null_and_no_confound_note(lake):
+    """`vindex cka` with no options: mean_nosink, debiased, 99 permutations (vindex.defaults), so the
+    grid marks p <= 0.01 and says its options; no confound applies, so no note."""
+    r = run("cka", "-l", lake, "toy-a", "toy-b")
+    assert r.exit_code == 0, r.output
+    head = r.output.splitlines()[0]
+    assert "pooling=mean_nosink, estimator=debiased" in head and "permutations=99" in head and "* = p <= 0.01" in head
+    assert "note:" not in r.output
+
+
+def test_last_pooling_and_no_null_carry_their_notes(lake):
+    r = run("cka", "-l", lake, "toy-a", "toy-b", "--pooling", "last")
+    assert r.exit_code == 0 and "note: last-token CKA below 40% depth mostly measures" in r.output
+    r = run("cka", "-l", lake, "toy-a", "toy-b", "--permutations", "0")
+    assert r.exit_code == 0 and "note: no permutation null" in r.output and "* = p" not in r.output
 
 
 def test_every_reading_command_has_quiet():

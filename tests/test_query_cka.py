@@ -36,7 +36,7 @@ def write_model(root, name, n_layers, d, seed, n_prompts=N_PROMPTS, prompt_set="
         order = rng.permutation(ids)
         for part, chunk in enumerate(np.array_split(order, 2)):
             w.write_shard("pooled", {"prompt_set": [prompt_set] * len(chunk), "prompt_id": chunk,
-                                     "pooling": ["mean"] * len(chunk), "act": act[chunk].astype(np.float32)},
+                                     "pooling": ["mean_nosink"] * len(chunk), "act": act[chunk].astype(np.float32)},
                           partition={"layer": layer}, part=part)
         # tokens: 3 per prompt, a special token first
         pid = np.repeat(ids, 3)
@@ -87,7 +87,7 @@ def test_cka_matrix_matches_third_party_on_stored_activations(lake, con, estimat
     rows = t.to_pylist()
     assert {(r["estimator"], r["kernel"], r["preprocess"], r["pooling"], r["n"]) for r in rows} == {
         (estimator, C.options(estimator, kernel, preprocess).kernel_name,
-         C.options(estimator, kernel, preprocess).preprocess_name, "mean", N_PROMPTS)}
+         C.options(estimator, kernel, preprocess).preprocess_name, "mean_nosink", N_PROMPTS)}
     opts = C.options(estimator, kernel, preprocess)
     for r in rows:
         X, _ = layer_matrix(lake / "m-a", r["layer_a"])
@@ -132,18 +132,18 @@ def test_rows_key_in_sql_is_the_fingerprint_the_matrix_compares(lake, con):
                rows_key(list((prompt_set, prompt_id) ORDER BY prompt_id DESC)),
                vindex_layer_gram(list(act), list((prompt_set, prompt_id)), 'm-a 1', 'biased', 'linear',
                                  'none').rows_key
-        FROM pooled WHERE model = 'm-a' AND layer = 1 AND pooling = 'mean'""").fetchone()
+        FROM pooled WHERE model = 'm-a' AND layer = 1 AND pooling = 'mean_nosink'""").fetchone()
     _, t = layer_matrix(lake / "m-a", 1)
     want = C.rows_fingerprint([t.column("prompt_set").to_numpy(), t.column("prompt_id").to_numpy()])
     assert got[0] == got[2] == want and got[1] != want
     keys = con.sql("""
         SELECT model, layer, rows_key(list((prompt_set, prompt_id) ORDER BY prompt_set, prompt_id)) AS k
-        FROM pooled WHERE model IN ('m-a', 'm-b') AND pooling = 'mean' GROUP BY ALL""").fetchall()
+        FROM pooled WHERE model IN ('m-a', 'm-b') AND pooling = 'mean_nosink' GROUP BY ALL""").fetchall()
     assert len(keys) == 4 + 6 and {r[2] for r in keys} == {want}  # every layer of both: the same prompts
 
 
 def test_permutation_null_from_stored_grams(lake, con):
-    t = cka_matrix(con, "m-a", "m-b", permutations=19, seed=5).to_pylist()
+    t = cka_matrix(con, "m-a", "m-b", estimator="biased", permutations=19, seed=5).to_pylist()
     perms = C.permutations(N_PROMPTS, 19, 5)
     for r in t[::5]:
         X, _ = layer_matrix(lake / "m-a", r["layer_a"])
@@ -153,7 +153,7 @@ def test_permutation_null_from_stored_grams(lake, con):
         assert abs(r["null_p95"] - np.percentile(null, 95)) < TOL
         assert r["p_value"] == pytest.approx((1 + (null >= r["cka"] - 1e-12).sum()) / 20)
         assert r["permutations"] == 19 and r["seed"] == 5
-    assert all(r["null_mean"] is None for r in cka_matrix(con, "m-a", "m-b").to_pylist())
+    assert all(r["null_mean"] is None for r in cka_matrix(con, "m-a", "m-b", permutations=0).to_pylist())
 
 
 def test_cka_depth_is_the_matched_diagonal_and_the_band(con):
@@ -271,7 +271,7 @@ def test_duplicate_rows_are_refused(tmp_path):
     write_model(root, "a", 1, 4, seed=1)
     w = VindexWriter.open(root / "a")
     # a third shard repeating prompt 0 of layer 1
-    w.write_shard("pooled", {"prompt_set": ["main"], "prompt_id": [0], "pooling": ["mean"],
+    w.write_shard("pooled", {"prompt_set": ["main"], "prompt_id": [0], "pooling": ["mean_nosink"],
                              "act": np.ones((1, 4), np.float32)}, partition={"layer": 1}, part=2)
     with pytest.raises(duckdb.Error, match="lists the same row twice"):
         connect(root).sql("SELECT * FROM cka_matrix('a', 'a')").fetchall()

@@ -276,8 +276,9 @@ def drawn_edges(pg, svg="#layers-svg"):
 
 
 def test_defaults_are_the_studys_matched_depth_last_pooling_with_the_null(page, con):
-    """The page opens on last pooling (docs/study.md's measured order), debiased, matched-depth edges
-    and the null applied: a few edges, not a wash; the pooling's confound is noted."""
+    """The page opens on the first pooling of POOLING_ORDER the pair has (the library default
+    mean_nosink first; VIEW holds mean and last, so last), debiased, matched-depth edges and the
+    null applied: a few edges, not a wash; the pooling's confound is noted."""
     pg = page
     assert pg.locator("#pooling").input_value() == "last" and pg.locator("#estimator").input_value() == "debiased"
     assert pg.locator("#edges").input_value() == "matched" and pg.locator("#hide-null").is_checked()

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from vindex import Vindex
+from vindex.defaults import DEFAULT_ESTIMATOR, DEFAULT_POOLING
 from vindex.cli import main
 from vindex.query import connect
 from vindex.view import build_payload, render_page
@@ -228,4 +229,7 @@ def test_feature_index_holds_every_feature_of_every_layer_and_model(lake, tables
         for rec in got.values():   # strongest first, as the detailed rows
             assert rec["c"] == sorted(rec["c"], reverse=True)
     assert len(idx["tokens"]) == len(set(idx["tokens"]))   # each token's text once
-    assert tables_payload["defaults"]["poolings"][0] == "last" and tables_payload["defaults"]["edges"] == "matched"
+    # the page opens on the library's defaults (vindex.defaults), not a copy of them
+    assert tables_payload["defaults"]["poolings"][0] == DEFAULT_POOLING == "mean_nosink"
+    assert tables_payload["defaults"]["estimators"][0] == DEFAULT_ESTIMATOR == "debiased"
+    assert tables_payload["defaults"]["edges"] == "matched"

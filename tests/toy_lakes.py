@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from vindex import VindexWriter
+from vindex.defaults import DEFAULT_POOLING
 
 N_TOKEN_IDS = 100      # random token ids are drawn from 0..99 and spelt "t{id}"
 N_HEADS = 4            # attention heads of the ov_gate table
@@ -76,7 +77,8 @@ class ToyLake:
     prompt_set: str = "default"
     categories: tuple[str, ...] = ("factual", "coding")   # prompt i's category: categories[i % len]
     text: str = "prompt {i}"
-    poolings: tuple[str, ...] = ("mean",)  # () : no pooled table
+    poolings: tuple[str, ...] = (DEFAULT_POOLING,)  # the comparisons' default (one draw: the values of the
+                                                   # lakes written when it was "mean" are unchanged); (): none
     latent_rank: int = 0                   # rank of the shared signal (0: pooled rows are noise)
     bumps: int = 0                         # latent blocks along the depth (0: two, turning a quarter)
     bump_width: float = 0.15

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vindex.defaults import DEFAULT_PERMUTATIONS
+
 from .page import render_page
 from .payload import ESTIMATORS, build_payload, check_payload
 
 
 def view(*sources, out: str | Path | None = "view.html", models: list[str] | None = None,
          estimators=ESTIMATORS, poolings: list[str] | None = None, prompt_set: str | None = None,
-         permutations: int = 99, preprocess: str | None = None, max_features: int = 256,
+         permutations: int = DEFAULT_PERMUTATIONS, preprocess: str | None = None, max_features: int = 256,
          title: str | None = None, serve: bool = False, port: int = 8000, progress: bool = True,
          ready=None) -> Path | None:
     """Build the viewer page for `sources` (lake roots, vindex folders, hf:// repos) and write it

@@ -19,6 +19,7 @@ import duckdb
 from tqdm.auto import tqdm
 
 from vindex import __version__
+from vindex.defaults import DEFAULT_ESTIMATOR, DEFAULT_PERMUTATIONS, DEFAULT_POOLING
 from vindex.errors import NotFound, VindexError
 from vindex.query.functions import connection_vindexes
 from vindex.query.lake_cka import pair_tables
@@ -27,28 +28,28 @@ from vindex.query.sqltext import literal
 from .page import finite_or_none
 
 ESTIMATORS = ("biased", "debiased")
-# The pooling the page opens on: the first of these the pair has. `last` first, as in the study
-# (docs/study.md, "Measured here"): matched-depth CKA 0.62-0.73 per band and depth rho 0.95, with a
-# known confound the page notes (at shallow depth it is largely last-token identity). `mean_nosink`
-# next (rho 0.94-0.96, but CKA 0.07-0.08 at mid-depth). `mean` last: it includes the attention sink,
-# which wrecks depth correspondence (rho -0.15).
-POOLING_ORDER = ("last", "mean_nosink", "mean")
+# The pooling the page opens on: the first of these the pair has. The library's default first
+# (vindex/defaults.py, README "Defaults": `mean_nosink`, depth rho 0.94-0.96 with neither known
+# confound), then `last` (rho 0.95, but at shallow depth largely last-token identity), then `mean`
+# (it includes the attention sink, which wrecks depth correspondence: rho -0.15).
+POOLING_ORDER = tuple(dict.fromkeys((DEFAULT_POOLING, "mean_nosink", "last", "mean")))
 # one-line notes shown with a matrix of a pooling with a measured confound (docs/study.md)
 POOLING_NOTES = {
     "last": "last-token CKA at shallow depth is largely token identity (which punctuation a prompt ends in); "
             "deep last-token CKA survives that control (docs/study.md)",
     "mean": "mean pooling includes the attention-sink token, which can erase depth correspondence "
-            "(depth rho -0.15 in docs/study.md); prefer last or mean_nosink",
+            "(depth rho -0.15 in docs/study.md); prefer mean_nosink",
 }
 # what the page opens on: matched-depth edges, the permutation null shown and applied
-DEFAULTS = {"poolings": list(POOLING_ORDER), "estimators": ["debiased", "biased"], "edges": "matched",
+DEFAULTS = {"poolings": list(POOLING_ORDER),
+            "estimators": list(dict.fromkeys((DEFAULT_ESTIMATOR, *ESTIMATORS))), "edges": "matched",
             "threshold": 0.0, "hide_null": True, "view": "layers"}
 MATRIX_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
 FORMAT = "vindex-view/1"
 
 
 def build_payload(con, models: list[str] | None = None, estimators=ESTIMATORS, poolings: list[str] | None = None,
-                  prompt_set: str | None = None, permutations: int = 99, preprocess: str | None = None,
+                  prompt_set: str | None = None, permutations: int = DEFAULT_PERMUTATIONS, preprocess: str | None = None,
                   max_features: int = 256, top_tokens: int = 5, max_heads: int = 8, title: str | None = None,
                   sources: list[str] | None = None, progress: bool = True) -> dict:
     """The page's data from a `vindex.query.connect` connection.
