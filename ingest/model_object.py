@@ -11,6 +11,7 @@ tokenizer, or no name where `name_or_path` gives none, is a MissingProvenance er
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from vindex.errors import MissingProvenance, ModelSourceError
@@ -41,8 +42,11 @@ class LoadedModel:
     def manifest_model(self) -> dict:
         """The manifest's `model` object: the shape fields as for a folder (`ModelSource.manifest_model`),
         plus the object's provenance."""
-        shape = ModelSource.manifest_model(self)   # reads only .config, .family and the provenance fields
-        return {**shape, "provenance": self.provenance}
+        as_source = ModelSource(name=self.name, path=Path("."), model_id=self.model_id, revision=self.revision,
+                                model_type=self.model_type, family=self.family, kind=self.kind,
+                                source=f"object {self.provenance['class']}", quantization=self.quantization,
+                                config=self.config)
+        return {**as_source.manifest_model(), "provenance": self.provenance}
 
 
 def from_object(model, tokenizer, name: str | None = None) -> LoadedModel:
