@@ -30,6 +30,7 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     "ls": ("vindex.hub.ls",),
     "publish": ("vindex.hub.publish",),
     "pull": ("vindex.hub.pull",),
+    "rosetta": ("vindex.query.rosetta",),
     "sql": ("vindex.query.connect",),
     "study": ("vindex.study.study",),
     "verify": ("vindex.verify",),
