@@ -220,6 +220,10 @@ def submit_group(w, prompt_set, captured, pooled, layers, poolings, part, text, 
                 "prompt_id": pa.array(np.repeat(pids[perm], k), pa.int32()),
                 "token_index": pa.array(np.repeat(token_index, k), pa.int32())}
 
+    def token_text(k: int) -> dict:
+        rows = pa.array(np.repeat(np.arange(n), k))
+        return {"token_id": common["token_id"].take(rows), "token": common["token"].take(rows)}
+
     def write_layer(l):
         out = []
         sites = by_layer.get(l, [])
@@ -245,7 +249,7 @@ def submit_group(w, prompt_set, captured, pooled, layers, poolings, part, text, 
             val = np.concatenate([v for _, v in parts])[perm]
             k = feat.shape[1]
             out.append(("feature_acts", w.write_shard("feature_acts", {
-                **token_rows(k), "feature": feat.reshape(-1), "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+                **token_rows(k), **token_text(k), "feature": feat.reshape(-1), "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
                 "activation": val.reshape(-1).astype(np.float32)}, {"layer": l}, part, commit=False)))
             s = captured["stats"].pop(l)
             f = len(s["sum"])
