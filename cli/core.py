@@ -14,7 +14,7 @@ import click
 from vindex import info as info_fn
 from vindex.integrity import verify_each
 from vindex.errors import VindexError, VindexWarning
-from vindex.summary import human_bytes
+from vindex.summary import PROVENANCE, human_bytes
 
 # commands that continue where an interrupted run stopped when they are run again
 RESUMES = {"build", "weights", "study", "pull", "publish"}
@@ -128,7 +128,7 @@ def _print_info(d: dict) -> None:
     click.echo(f"vindex  {d['name']}  ({d['path']})")
     click.echo(f"model   {m.get('id')}  family={m.get('family')}  layers={m.get('n_layers')}  "
                f"d_model={m.get('d_model')}  d_ffn={m.get('d_ffn')}  vocab={m.get('vocab_size')}")
-    for key in ("source", "quantization", "variant", "license"):
+    for key in PROVENANCE:
         click.echo(f"  {key + ':':<14}{prov[key]}")
     for name, ps in d["prompt_sets"].items():
         state = f"{ps['n_prompts']} prompts" if ps["complete"] else \

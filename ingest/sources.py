@@ -18,14 +18,17 @@ second load takes well under a second and the weight jobs can mmap plain safeten
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import yaml
+
 from vindex.errors import ModelSourceError, NotFound
-from vindex.files import read_json
+from vindex.files import atomic_write_bytes, read_json
 
 from . import model_cache
 from .families import ENCODER_FAMILIES, family_of
@@ -79,6 +82,7 @@ class ModelSource:
     quantization: str | None = None  # of the GGUF the weights were dequantized from
     trust_remote_code: bool = False
     config: dict = field(default_factory=dict, repr=False, compare=False)
+    terms: dict = field(default_factory=dict, compare=False)   # model_terms(): license, language, where from
 
     @property
     def is_encoder(self) -> bool:
@@ -103,6 +107,7 @@ class ModelSource:
             "head_dim": head_dim,
             "vocab_size": text.get("vocab_size"),
             "tie_word_embeddings": text.get("tie_word_embeddings", c.get("tie_word_embeddings")),
+            **(self.terms or model_terms([])),
         }
 
 
@@ -200,7 +205,8 @@ def pickle_hint(folder: Path) -> str:
 
 
 def _from_folder(folder: Path, *, name, model_id, revision, kind, source, trust_remote_code,
-                 quantization=None) -> ModelSource:
+                 quantization=None, terms: list[tuple[str, dict]] = ()) -> ModelSource:
+    """`terms`: more (where, {license, language}) statements, after the folder's own README.md."""
     cfg = read_config(folder)
     model_type = cfg.get("model_type")
     family = family_of(model_type, str(folder / "config.json"))
@@ -209,7 +215,81 @@ def _from_folder(folder: Path, *, name, model_id, revision, kind, source, trust_
                                + pickle_hint(folder))
     return ModelSource(name=name, path=folder.resolve(), model_id=model_id, revision=revision,
                        model_type=model_type, family=family, kind=kind, source=source,
-                       quantization=quantization, trust_remote_code=trust_remote_code, config=cfg)
+                       quantization=quantization, trust_remote_code=trust_remote_code, config=cfg,
+                       terms=model_terms([folder_terms(folder), *terms]))
+
+
+# -- license and language --------------------------------------------------------------------------
+
+def model_terms(statements: list[tuple[str, dict]]) -> dict:
+    """The manifest's `license`, `language` and where each was read (`license_from`, `language_from`):
+    for each, the first statement (where, {"license": ..., "language": ...}) that gives it, in the
+    order the caller trusts them (the model's own card first). None gives 'unknown': never a guess
+    from the model's name or family."""
+    out = {}
+    for key in ("license", "language"):
+        where, value = next(((w, v[key]) for w, v in statements if v.get(key)), (None, "unknown"))
+        out[key], out[f"{key}_from"] = value, where
+    return out
+
+
+def card_terms(path: Path, where: str) -> tuple[str, dict]:
+    """(where, {license, language}) from a model card's YAML front matter (Hugging Face's README.md
+    fields: `license`, `license_name` for `other`, `language` a code or a list); {} when the file,
+    the front matter or a field is missing or malformed."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")[:65536]
+    except OSError:
+        return where, {}
+    m = re.match(r"---\s*\n(.*?)\n---\s*(\n|$)", text, flags=re.S)
+    try:
+        meta = yaml.safe_load(m.group(1)) if m else None
+    except yaml.YAMLError:
+        meta = None
+    if not isinstance(meta, dict):
+        return where, {}
+    lic = meta.get("license")
+    if lic == "other" and isinstance(meta.get("license_name"), str):
+        lic = meta["license_name"]
+    return where, {"license": lic.strip() if isinstance(lic, str) and lic.strip() else None,
+                   "language": _languages(meta.get("language"))}
+
+
+def folder_terms(folder: Path) -> tuple[str, dict]:
+    return card_terms(folder / "README.md", "the model folder's README.md")
+
+
+def _languages(value) -> list[str] | None:
+    items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    items = [str(x).strip() for x in items if isinstance(x, str | int) and str(x).strip()]
+    return items or None
+
+
+def gguf_terms(meta: dict) -> tuple[str, dict]:
+    """What a GGUF's header states (`general.license`, `general.languages`), as the cache recorded it."""
+    return "the GGUF's metadata", {"license": meta.get("gguf_license"), "language": _languages(meta.get("gguf_languages"))}
+
+
+def package_terms(package: str) -> list[tuple[str, dict]]:
+    """An offline package's statements: the model cards it ships (README*.md, e.g. gemma3's
+    README.upstream.md, copied from the upstream repo), then its own metadata's license
+    (License-Expression, or a one-line License field): the license the packager states for what
+    it ships, so it comes after the model's own card and the GGUF's header."""
+    out = []
+    spec = importlib.util.find_spec(package)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for card in sorted(Path(folder).rglob("README*.md"))[:4]:
+            out.append(card_terms(card, f"{card.name} shipped in the PyPI package {package.replace('_', '-')}"))
+    for dist in (package.replace("_", "-"), package):
+        try:
+            md = metadata.metadata(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        lic = md.get("License-Expression") or md.get("License")
+        if lic and "\n" not in lic.strip() and len(lic) <= 64:
+            out.append((f"the PyPI package {dist}'s metadata", {"license": lic.strip()}))
+        break
+    return out
 
 
 # -- GGUF and offline packages -----------------------------------------------------------------------------------------
@@ -222,10 +302,23 @@ def _resolve_gguf_file(path: Path, cache_dir, trust_remote_code, progress) -> Mo
     entry = cache_root(cache_dir) / f"{name}-{model_cache.descriptor_key(desc)}"
     if not is_cached(entry):
         model_cache.dequantize_into(entry, lambda tmp: path, desc, progress)
-    meta = read_json(entry / SOURCE_FILE, ModelSourceError)
+    meta = source_meta(entry, path)
     return _from_folder(entry, name=name, model_id=meta.get("gguf_name") or path.name, revision=meta["sha256"][:12],
                         kind="gguf", source=str(path), trust_remote_code=trust_remote_code,
-                        quantization=meta.get("file_type"))
+                        quantization=meta.get("file_type"), terms=[gguf_terms(meta)])
+
+
+def source_meta(entry: Path, gguf: Path | None = None) -> dict:
+    """A cache entry's source.json. An entry written before the GGUF's license and languages were
+    recorded gets them from `gguf` (when the file is at hand; one header read) and keeps them."""
+    meta = read_json(entry / SOURCE_FILE, ModelSourceError)
+    if "gguf_license" not in meta and gguf is not None and gguf.is_file():
+        meta = {**meta, **{k: v for k, v in model_cache.gguf_metadata(gguf).items() if k not in meta}}
+        try:
+            atomic_write_bytes(entry / SOURCE_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        except OSError:   # a read-only cache still builds; the header is read again next time
+            pass
+    return meta
 
 
 def _package_dir(package: str, model: str) -> Path:
@@ -252,7 +345,8 @@ def _resolve_offline(m: OfflineModel, cache_dir, trust_remote_code, progress) ->
     revision = f"{m.package.replace('_', '-')}=={_dist_version(m.package)}"
     if m.kind == "folder":
         return _from_folder(pkg / m.file, name=m.name, model_id=m.model_id, revision=revision,
-                            kind="package", source=m.name, trust_remote_code=trust_remote_code)
+                            kind="package", source=m.name, trust_remote_code=trust_remote_code,
+                            terms=package_terms(m.package))
     parts = []
     for spec in m.parts:  # check every piece is installed before doing any work
         package, rel = spec.split(":")
@@ -270,15 +364,16 @@ def _resolve_offline(m: OfflineModel, cache_dir, trust_remote_code, progress) ->
             model_cache.concatenate(parts, target, m.sha256, m.name)
             return target
         model_cache.dequantize_into(entry, gguf_file, desc, progress)
-    meta = read_json(entry / SOURCE_FILE, ModelSourceError)
+    meta = source_meta(entry, pkg / m.file if m.kind == "gguf-file" else None)
     return _from_folder(entry, name=m.name, model_id=m.model_id, revision=revision, kind="package",
                         source=m.name, trust_remote_code=trust_remote_code,
-                        quantization=meta.get("file_type") or m.quantization)
+                        quantization=meta.get("file_type") or m.quantization,
+                        terms=[gguf_terms(meta), *package_terms(m.package)])
 
 
 # -- Hub ------------------------------------------------------------------------------------------
 
-_HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+_HUB_FILES = ["config.json", "generation_config.json", "README.md", "*.safetensors", "*.safetensors.index.json",
               "tokenizer*", "special_tokens_map.json", "vocab.*", "merges.txt", "*.model", "*.jinja"]
 
 

