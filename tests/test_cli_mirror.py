@@ -26,6 +26,10 @@ CLI_ONLY = {
             "quiet": "turns off DuckDB's progress bar on the command's connection; connect draws none"},
     "cka": {"by_depth": "picks cka_depth instead of cka_matrix", "plot": "draws the matrix with vindex.query.plot",
             "fmt": "how the result is printed", "all_pairs": "picks cka_all over every pair of the lake"},
+    "influence": {"by_category": "picks cka_influence_summary instead of cka_influence",
+                  "top": "how many prompts are printed", "fmt": "how the result is printed",
+                  "quiet": "turns off DuckDB's progress bar on the command's connection; the function draws none"},
+    "stages": {"fmt": "how the result is printed", "quiet": "turns off DuckDB's progress bar on the command's connection; the function draws none"},
     "cluster": {"output": "where every feature's cluster is saved",
                 "quiet": "turns off DuckDB's progress bar and the file note; cluster_features draws none"},
 }
