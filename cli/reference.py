@@ -22,6 +22,7 @@ COLUMNS = 100
 # command -> the library function(s) it calls, as import paths (resolved only by the tests, so
 # that this module, like `vindex --help`, imports neither torch nor duckdb)
 MIRRORS: dict[str, tuple[str, ...]] = {
+    "ablate": ("vindex.ingest.ablation.ablate",),
     "build": ("vindex.ingest.build",),
     "cka": ("vindex.query.cka_matrix", "vindex.query.cka_depth", "vindex.query.lake_cka.cka_all"),
     "cluster": ("vindex.query.cluster_features",),
@@ -30,10 +31,12 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     "info": ("vindex.info",),
     "ls": ("vindex.hub.ls",),
     "publish": ("vindex.hub.publish",),
+    "patch": ("vindex.ingest.patching.patch",),
     "pull": ("vindex.hub.pull",),
     "rosetta": ("vindex.query.rosetta",),
     "sql": ("vindex.query.connect",),
     "stages": ("vindex.query.stages",),
+    "steer": ("vindex.ingest.steering.steer",),
     "study": ("vindex.study.study",),
     "verify": ("vindex.verify",),
     "view": ("vindex.view.view",),

@@ -19,6 +19,7 @@ from . import measure_sql
 from . import cluster, gram_cache, knn
 from . import influence, layer_stages
 from . import rosetta_sql
+from . import describe
 from .arguments import check
 from .macros import ModelInfo, PromptSetInfo, macros
 from .parallel import map_layers, single_threaded_blas
@@ -360,7 +361,7 @@ def register_functions(con, vindexes=()) -> None:
         con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow", null_handling="special",
                             side_effects=effects)
     models = lake_models(con, grams)
-    for sql in macros(models) + influence.macros(models) + layer_stages.macros(models) + rosetta_sql.macros(models) + measure_sql.macros(models):
+    for sql in macros(models) + influence.macros(models) + layer_stages.macros(models) + rosetta_sql.macros(models) + measure_sql.macros(models) + describe.macros():
         con.execute(sql)
 
 
