@@ -199,3 +199,55 @@ def encode_pairs(tokenizer, ps: PairSet, positions="all") -> list[EncodedPair]:
                            f"{positions!r} do not align: {'; '.join(misaligned)}. Use positions='last' "
                            "(--positions last) to patch the last position of each, or negative indices")
     return out
+
+
+# -- prompts with answers (ablation, steering) ------------------------------------------------------
+
+@dataclass(frozen=True)
+class AnsweredPrompt:
+    prompt_id: int
+    category: str | None
+    text: str
+    answer: str | None     # the expected next token (None for a plain prompt set)
+
+
+def load_answered_prompts(spec="factual") -> tuple[str, str, list[AnsweredPrompt]]:
+    """(name, sha256, prompts) from a pair set (its clean prompts and answers, once per distinct prompt),
+    a file with `text` and `answer` columns, or any prompt set `load_prompts` takes (no answers)."""
+    from .prompts import load_prompts
+    text = str(spec)
+    is_pairs = text in SHIPPED_PAIRS
+    if not is_pairs and Path(text).expanduser().is_file() and Path(text).suffix.lower() in (".jsonl", ".json", ".csv"):
+        body = Path(text).expanduser().read_text(encoding="utf-8", errors="replace")
+        head = body.splitlines()[0] if body.strip() else ""
+        is_pairs = '"clean"' in head or head.split(",")[:1] == ["clean"] or ",clean," in f",{head},"
+    if is_pairs:
+        ps = load_pairs(spec)
+        seen, out = set(), []
+        for p in ps.pairs:
+            if p.clean not in seen:
+                seen.add(p.clean)
+                out.append(AnsweredPrompt(p.pair_id, p.category, p.clean, p.answer))
+        return ps.name, ps.sha256, out
+    ps = load_prompts(spec)
+    answers = {}
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
+        rows = _jsonl(path.read_text(encoding="utf-8"), str(path))
+        answers = {i: r.get("answer") for i, r in enumerate(rows)}
+    return ps.name, ps.sha256, [AnsweredPrompt(p.prompt_id, p.category, p.text, answers.get(i) or None)
+                                for i, p in enumerate(ps.prompts)]
+
+
+def token_list(tokenizer, tokens, what: str) -> list[int]:
+    """Token strings (a list, or one string split at commas: " Paris, Rome" -> [" Paris", " Rome"]) -> ids;
+    InvalidValue naming every one that is not a single token."""
+    if isinstance(tokens, str):
+        tokens = [t for t in tokens.split(",") if t]
+    tokens = list(tokens or ())
+    bad = [f"{t!r} ({len(tokenizer(t, add_special_tokens=False)['input_ids'])} tokens)" for t in tokens
+           if single_token(tokenizer, t) is None]
+    if bad:
+        raise InvalidValue(f"{what}: not single tokens for this tokenizer: {', '.join(bad)} (mind the leading "
+                           "space: ' Paris' is the word after a space)")
+    return [single_token(tokenizer, t) for t in tokens]
