@@ -16,6 +16,7 @@ from scipy.spatial.distance import pdist
 from scipy.stats import spearmanr
 
 from toy_lakes import DOCS, write_toy_lake
+from vindex.defaults import DEFAULT_POOLING
 from vindex.errors import InvalidValue, MeasureWarning, VindexError
 from vindex.query import cka_depth, connect, measure_depth
 from vindex.query import measures
@@ -190,8 +191,8 @@ def con(tmp_path_factory):
 
 
 def layer(con, model, layer_):
-    rows = con.execute("SELECT act FROM pooled WHERE model = ? AND layer = ? AND pooling = 'mean' "
-                       "ORDER BY prompt_set, prompt_id", [model, layer_]).fetchall()
+    rows = con.execute("SELECT act FROM pooled WHERE model = ? AND layer = ? AND pooling = ? "
+                       "ORDER BY prompt_set, prompt_id", [model, layer_, DEFAULT_POOLING]).fetchall()
     return np.array([r[0] for r in rows], dtype=np.float64)
 
 
