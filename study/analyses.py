@@ -364,3 +364,131 @@ def measure_agreement(profiles: pa.Table, diag: pa.Table, estimator: str, permut
                                p_value=float((1 + (np.abs(null) >= abs(rho) - 1e-12).sum()) / (1 + permutations)))
                 out.append(row)
     return pa.Table.from_pylist(out)
+
+
+# -- where convergence breaks: per-prompt influence at the peak ----------------------------------
+# language names a prompt may mention (the default prompts' translation prompts name their languages)
+LANGUAGES = ("English", "French", "German", "Spanish", "Italian", "Portuguese", "Dutch", "Russian", "Chinese",
+             "Japanese", "Korean", "Arabic", "Hindi", "Polish", "Swedish", "Turkish", "Greek", "Latin")
+
+
+def prompt_traits(text: str) -> dict:
+    """What the report tests a prompt for: its length in characters, the languages it names, whether it
+    holds non-ASCII letters."""
+    import re
+    named = [lang for lang in LANGUAGES if re.search(rf"\b{lang}\b", text)]
+    return {"length": len(text), "languages": ", ".join(named), "names_language": bool(named),
+            "non_ascii": any(ord(ch) > 127 for ch in text)}
+
+
+def peak_pair(diag: pa.Table, model_a: str, model_b: str, pooling: str, estimator: str) -> dict | None:
+    """The matched-depth layer pair (cka_depth row) with the highest CKA."""
+    rows = [r for r in diag.to_pylist() if (r["model_a"], r["model_b"], r["pooling"], r["estimator"]) ==
+            (model_a, model_b, pooling, estimator) and r["diagonal"] is not None]
+    return max(rows, key=lambda r: r["diagonal"], default=None)
+
+
+def convergence_breaks(con, pairs, diag: pa.Table, *, pooling: str, estimator: str, prompt_set: str,
+                       top_k: int = 10, permutations: int = 999, seed: int = 0,
+                       allow_partial: bool = False) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """At each pair's peak matched-depth layer pair: every prompt's leave-one-out influence on CKA
+    (`cka_influence`), the category summary with its label-permutation null (`cka_influence_summary`),
+    and tests of whether the top_k prompts that pull CKA down most share a trait against the rest:
+    Fisher's exact test (one-sided, enrichment) per category, per 'names a language' and 'non-ASCII
+    text', and the Mann-Whitney U test (two-sided) of length; p_adjusted = Bonferroni over the traits
+    tested for the pair (`trait_tests`). Returns (prompts, categories, traits)."""
+    from vindex.query.analyses import cka_influence, cka_influence_summary
+
+    prompts_out, cats_out, traits_out = [], [], []
+    for a, b in pairs:
+        peak = peak_pair(diag, a, b, pooling, estimator)
+        if peak is None:
+            continue
+        la, lb = peak["layer_a"], peak["layer_b"]
+        t = cka_influence(con, a, b, la, lb, pooling=pooling, estimator=estimator, prompt_set=prompt_set,
+                          allow_partial=allow_partial)
+        texts = dict(((r[0], r[1]), r[2]) for r in con.execute(
+            "SELECT prompt_set, prompt_id, text FROM prompts WHERE model = ?", [a]).fetchall())
+        rows = [r for r in t.to_pylist() if r["influence"] is not None]
+        k = min(top_k, len(rows) // 2)
+        for r in rows:
+            r.update(prompt_traits(texts.get((r["prompt_set"], r["prompt_id"]), "")), top=r["rank"] <= k,
+                     text=texts.get((r["prompt_set"], r["prompt_id"])))
+        prompts_out += rows
+        s = cka_influence_summary(con, a, b, la, lb, pooling=pooling, estimator=estimator, prompt_set=prompt_set,
+                                  permutations=permutations, seed=seed, allow_partial=allow_partial)
+        cats_out += s.to_pylist()
+        tests = trait_tests(rows)
+        for row in tests:
+            row.update(model_a=a, model_b=b, layer_a=la, layer_b=lb, depth_a=peak["depth_a"], depth_b=peak["depth_b"],
+                       cka=rows[0]["cka"] if rows else None, top_k=k, n=len(rows),
+                       p_adjusted=min(1.0, row["p_value"] * len(tests)))
+            row["shared"] = row["p_adjusted"] <= 0.05
+        traits_out += tests
+    return pa.Table.from_pylist(prompts_out), pa.Table.from_pylist(cats_out), pa.Table.from_pylist(traits_out)
+
+
+def trait_tests(rows: list[dict]) -> list[dict]:
+    """Do the rows marked `top` share a trait against the rest? Fisher's exact test (one-sided:
+    enrichment in the top) per category, 'names a language' and 'non-ASCII text' (a trait every row or
+    none has is not tested), and the Mann-Whitney U test (two-sided) of `length`. p_adjusted is added by
+    the caller (Bonferroni over the tests made)."""
+    from scipy.stats import fisher_exact, mannwhitneyu
+
+    top, rest = [r for r in rows if r["top"]], [r for r in rows if not r["top"]]
+    tests = []
+    for name, has in [*[(f"category = {c}", (lambda r, c=c: r["category"] == c))
+                        for c in sorted({r["category"] for r in rows if r["category"] is not None})],
+                      ("names a language", lambda r: r["names_language"]),
+                      ("non-ASCII text", lambda r: r["non_ascii"])]:
+        x, y = sum(map(has, top)), sum(map(has, rest))
+        if x + y in (0, len(rows)):
+            continue
+        p = float(fisher_exact([[x, len(top) - x], [y, len(rest) - y]], alternative="greater").pvalue)
+        tests.append({"trait": name, "test": "Fisher exact (enrichment in the top)", "top_share": x / len(top),
+                      "rest_share": y / len(rest), "p_value": p})
+    lengths_top, lengths_rest = [r["length"] for r in top], [r["length"] for r in rest]
+    if len(set(lengths_top + lengths_rest)) > 1:
+        p = float(mannwhitneyu(lengths_top, lengths_rest, alternative="two-sided").pvalue)
+        tests.append({"trait": "length (characters)", "test": "Mann-Whitney U (two-sided)",
+                      "top_share": float(np.median(lengths_top)), "rest_share": float(np.median(lengths_rest)),
+                      "p_value": p})
+    return tests
+
+
+# -- stages --------------------------------------------------------------------------------------
+# the motivating study's four bands (broadcast, domain routing, entity, prediction), normalized depth
+FOUR_BANDS = (("broadcast", 0.15), ("domain routing", 0.30), ("entity", 0.55), ("prediction", 0.85))
+
+
+def model_stages(con, models, *, pooling: str, estimator: str, prompt_set: str, permutations: int,
+                 seed: int = 0) -> pa.Table:
+    """`stages` of each model with the count chosen (criterion 'gap') and with four stages given, each
+    stage row marked with the four bands whose depth it holds (a stage of layers f..l holds depths
+    [(f - 1/2) / n, (l + 1/2) / n]); `matches_four` says whether the chosen count is 4, supported
+    (p <= 0.05), with one band in each stage in order."""
+    from vindex.errors import VindexError
+    from vindex.query.analyses import stages
+
+    out = []
+    for m in dict.fromkeys(models):
+        n_layers = con.execute("SELECT n_layers FROM models WHERE model = ?", [m]).fetchone()[0]
+        for given in (None, 4):
+            try:
+                t = stages(con, m, pooling=pooling, estimator=estimator, prompt_set=prompt_set,
+                           permutations=max(permutations, 1), seed=seed, n_stages=given)
+            except VindexError as e:   # too few layers, a constant layer: say why in the report
+                out.append({"model": m, "fit": "chosen" if given is None else "four given", "status": str(e)})
+                continue
+            rows = t.to_pylist()
+            for r in rows:
+                lo, hi = (r["first_layer"] - 0.5) / n_layers, (r["last_layer"] + 0.5) / n_layers
+                r["bands"] = ", ".join(name for name, d in FOUR_BANDS if lo <= d < hi)
+                r.update(model=m, fit="chosen" if given is None else "four given", status="ok")
+            in_order = len(rows) == 4 and all(r["bands"] == FOUR_BANDS[i][0] for i, r in enumerate(rows))
+            supported = bool(rows) and rows[0]["p_value"] is not None and rows[0]["p_value"] <= 0.05
+            for r in rows:
+                r["matches_four"] = given is None and rows[0]["n_stages"] == 4 and supported and in_order
+                r["bands_in_order"] = in_order
+            out += rows
+    return pa.Table.from_pylist(out)

@@ -36,6 +36,10 @@ DATA_TABLES = {
     "sink_profile": "hidden-state norm by token position and layer (specials, content 0, 1, 2, 3+)",
     "clustering": "k-means of labelled feature vectors vs lexicon categories: NMI/AMI with nulls",
     "feature_labels": "every labelled FFN feature: model, layer, feature, top token, category",
+    "influence_prompts": "every prompt's leave-one-out influence on CKA at each pair's peak matched-depth layers",
+    "influence_categories": "mean influence per prompt category at the peak, with its label-permutation null",
+    "influence_traits": "do the prompts that pull CKA down most share a trait: the tests and their p-values",
+    "stages": "each model's layers cut into stages (count chosen, and four given) with the count's support",
 }
 
 
@@ -254,6 +258,8 @@ def render(res: dict[str, pa.Table], ctx: dict, figures: dict) -> str:
                                ("chance", "chance")]), ""]
 
     md += measure_section(res, ctx)
+    md += convergence_section(res, ctx)
+    md += stages_section(res, ctx)
     md += ["## Per-category CKA", "",
            f"CKA at matched depth over the prompts of one category only ({primary} pooling; the null shuffles "
            "within the category). Where a category falls to its null, convergence breaks down for that kind of "
@@ -487,6 +493,93 @@ def write_report(out: Path, res: dict[str, pa.Table], ctx: dict) -> Path:
     path = out / "report.md"
     atomic_write_bytes(path, render(res, ctx, figures).encode("utf-8"))
     return path
+
+
+def convergence_section(res: dict, ctx: dict) -> list[str]:
+    """"Where convergence breaks": at each pair's peak matched-depth layers, the prompts that pull CKA
+    down most, their traits, and only the traits a test supports."""
+    prompts, cats, traits = (res.get(k) for k in ("influence_prompts", "influence_categories", "influence_traits"))
+    if prompts is None or prompts.num_rows == 0:
+        return []
+    first = prompts.slice(0, 1).to_pylist()[0]
+    md = ["## Where convergence breaks", "",
+          "Which prompts pull CKA down where the models agree most? At each pair's peak matched-depth layer pair "
+          f"({first['pooling']} pooling, {first['estimator']} CKA), every prompt's leave-one-out influence "
+          "(`cka_influence`: CKA minus CKA without the prompt, from the Grams in O(n^2); negative = the prompt "
+          "pulls CKA down). A trait is called shared only where a test supports it: Fisher's exact test of each "
+          "category, of naming a language and of non-ASCII text among the top prompts against the rest, and the "
+          "Mann-Whitney U test of length, Bonferroni-adjusted over the traits tested (p adj <= 0.05).", ""]
+    for (a, b) in dict.fromkeys((r["model_a"], r["model_b"]) for r in prompts.to_pylist()):
+        rows = [r for r in _where(prompts, model_a=a, model_b=b) if r.get("top")]
+        rows.sort(key=lambda r: r["rank"])
+        if not rows:
+            continue
+        r0 = rows[0]
+        md += [f"### {a} vs {b}: layer {r0['layer_a']} vs {r0['layer_b']} (depth {fmt(r0['depth_a'])} / "
+               f"{fmt(r0['depth_b'])}), CKA {fmt(r0['cka'], 3)} (jackknife se {fmt(r0['jackknife_se'], 3)}), "
+               f"n = {r0['n']}", "",
+               md_table(rows, [("rank", "rank"), ("prompt_id", "prompt"), ("category", "category"),
+                               ("influence", "influence"), ("length", "length"), ("languages", "languages named"),
+                               ("text", "text")],
+                        {"influence": lambda x: fmt(x, 4), "text": lambda t: (t or "")[:70].replace("|", "/")}), ""]
+        tr = _where(traits, model_a=a, model_b=b)
+        if tr:
+            shared = [t["trait"] for t in tr if t["shared"]]
+            md += [md_table(tr, [("trait", "trait"), ("test", "test"), ("top_share", "top (share / median)"),
+                                 ("rest_share", "rest"), ("p_value", "p"), ("p_adjusted", "p adj"),
+                                 ("shared", "shared")],
+                            {"p_value": lambda p: fmt(p, 3), "p_adjusted": lambda p: fmt(p, 3),
+                             "shared": lambda x: "**yes**" if x else "no"}), "",
+                   (f"The top {tr[0]['top_k']} prompts share: {', '.join(shared)} (supported by the test above)."
+                    if shared else f"No trait is shared by the top {tr[0]['top_k']} prompts beyond chance "
+                                   "(no adjusted p <= 0.05)."), ""]
+        cr = _where(cats, model_a=a, model_b=b)
+        if cr:
+            md += ["Mean influence per category, against random sets of as many prompts (categories shuffled):", "",
+                   md_table(cr, [("category", "category"), ("n_prompts", "prompts"),
+                                 ("mean_influence", "mean influence"), ("null_p05", "null p05"),
+                                 ("null_p95", "null p95"), ("p_low", "p (pulls down)"), ("p_high", "p (holds up)")],
+                            {"mean_influence": lambda x: fmt(x, 5), "null_p05": lambda x: fmt(x, 5),
+                             "null_p95": lambda x: fmt(x, 5), "p_low": lambda p: fmt(p, 3),
+                             "p_high": lambda p: fmt(p, 3)}), ""]
+    return md
+
+
+def stages_section(res: dict, ctx: dict) -> list[str]:
+    """"Stages": each model's own layer-by-layer CKA cut into contiguous stages, beside the motivating
+    study's four bands."""
+    t = res.get("stages")
+    if t is None or t.num_rows == 0:
+        return []
+    from .analyses import FOUR_BANDS
+    bands = ", ".join(f"{name} ~{d:.0%}" for name, d in FOUR_BANDS)
+    md = ["## Stages", "",
+          "Is there a four-stage structure in each model's own layer-by-layer similarity? `stages` (docs/sql.md): "
+          "the optimal contiguous partition of the self-CKA matrix's rows (dynamic programming), the count chosen "
+          "where its R^2 most exceeds that of smooth-decay surrogates (the matrix's own lag profile plus its "
+          "deviations scattered over the layers), and the count's support p against them. Four stages are also "
+          f"fitted as given. The motivating study's bands: {bands}; a stage holds a band when the band's depth "
+          "falls within its layers (half a layer either side). They match only when the chosen count is 4, "
+          "supported (p <= 0.05), with one band in each stage in order.", ""]
+    rows = t.to_pylist()
+    for m in dict.fromkeys(r["model"] for r in rows):
+        for fit in ("chosen", "four given"):
+            rs = [r for r in rows if r["model"] == m and r["fit"] == fit]
+            if not rs:
+                continue
+            if rs[0].get("status") != "ok":
+                md += [f"### {m} ({fit})", "", f"_{rs[0].get('status')}_", ""]
+                continue
+            r0 = rs[0]
+            verdict_text = ("matches the four bands" if r0["matches_four"] else
+                            "does not match the four bands" if fit == "chosen" else
+                            ("bands in order" if r0["bands_in_order"] else "bands not one per stage"))
+            md += [f"### {m} ({fit}): {r0['n_stages']} stage(s), R^2 {fmt(r0['r2'])} (null p95 "
+                   f"{fmt(r0['null_r2_p95'])}), p {fmt(r0['p_value'], 3)}: {verdict_text}", "",
+                   md_table(rs, [("stage", "stage"), ("first_layer", "first layer"), ("last_layer", "last layer"),
+                                 ("depth_start", "depth from"), ("depth_end", "depth to"), ("within", "within"),
+                                 ("between", "between"), ("bands", "bands held")]), ""]
+    return md
 
 
 __all__ = ["write_report", "render", "summary_lines", "md_table", "DATA_TABLES", "DEPTH_BANDS", "band_name"]

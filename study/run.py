@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vindex import Vindex
+from vindex.defaults import DEFAULT_POOLING
 from vindex.errors import IncompleteData, InvalidValue, PartialData
 from vindex.files import read_json
 from vindex.summary import prompt_coverage
@@ -134,6 +135,28 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
         res["measure_agreement"] = analyses.measure_agreement(
             res["measure_depth"], res["cka_depth"], "debiased" if "debiased" in estimators else estimators[0],
             seed=seed)
+        # where convergence breaks (influence at each pair's peak) and each model's stages
+        break_est = "debiased" if "debiased" in estimators else estimators[0]
+        break_pool = DEFAULT_POOLING if DEFAULT_POOLING in all_poolings else poolings[0]   # not `last`: token identity
+        break_key = {**base, "pooling": break_pool, "estimator": break_est, "permutations": permutations,
+                     "seed": seed, "top_k": 10}
+        breaks: dict = {}
+
+        def _breaks():
+            if "all" not in breaks:
+                breaks["all"] = analyses.convergence_breaks(
+                    con, pairs, res["cka_depth"], pooling=break_pool, estimator=break_est, prompt_set=prompt_set,
+                    permutations=max(permutations, 1) * 10 + 9, seed=seed, allow_partial=allow_partial)
+            return breaks["all"]
+        for i, name in enumerate(("influence_prompts", "influence_categories", "influence_traits")):
+            res[name] = cache.stage(name, break_key, ("pooled", "prompts"), lambda i=i: _breaks()[i],
+                                    f"where convergence breaks ({name})")
+        res["stages"] = cache.stage(
+            "stages", {**base, "models": names, "pooling": break_pool, "estimator": break_est,
+                       "permutations": permutations, "seed": seed}, ("pooled",),
+            lambda: analyses.model_stages(con, names, pooling=break_pool, estimator=break_est,
+                                          prompt_set=prompt_set, permutations=permutations, seed=seed),
+            "stages of each model")
         res["category_cka"] = cache.stage(
             "category_cka", {**base, "pooling": poolings[0], "estimators": estimators, "permutations": permutations,
                              "seed": seed}, ("pooled", "prompts"),

@@ -103,7 +103,7 @@ def test_group_means_and_label_permutation_null():
 N = 24
 
 
-def write_model(root, name, n_layers, d, seed, ids=None, outlier=None, prompt_set="main"):
+def write_model(root, name, n_layers, d, seed, ids=None, outlier=None, prompt_set="main", scale=20.0):
     """float32 pooled rows over a latent shared by every model, each layer in two shards of shuffled
     rows (the function must sort by prompt); `outlier`: a prompt this model places far off."""
     rng = np.random.default_rng(seed)
@@ -117,8 +117,8 @@ def write_model(root, name, n_layers, d, seed, ids=None, outlier=None, prompt_se
     w.add_prompt_set(prompt_set, "0" * 64, N, complete=True)
     for layer in range(n_layers + 1):
         act = latent @ rng.standard_normal((4, d)) + 0.5 * rng.standard_normal((N, d))
-        if outlier is not None:
-            act[outlier] += 20 * rng.standard_normal(d)
+        for o in () if outlier is None else np.atleast_1d(outlier):
+            act[o] += scale * rng.standard_normal(d)
         order = rng.permutation(ids)
         for part, chunk in enumerate(np.array_split(order, 2)):
             w.write_shard("pooled", {"prompt_set": [prompt_set] * len(chunk), "prompt_id": chunk,
