@@ -3,6 +3,7 @@ Hugging Face modules (tiny random models), old vindexes without a site column re
 and the bad inputs of issue 15 are named errors."""
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -25,10 +26,14 @@ def prompts(tmp_path_factory):
     return write_prompts(tmp_path_factory.mktemp("p") / "p.jsonl")
 
 
+@functools.lru_cache(maxsize=1)
+def _loaded(folder):
+    return AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
 def hand_sites(folder, text: str) -> dict:
     """{(site, layer): [T, d]} of one unpadded prompt, read by hooks written here, on the modules."""
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok, model = _loaded(str(folder))
     sandwich = model.config.model_type in ("gemma2", "gemma3_text")
     out, handles = {}, []
 
