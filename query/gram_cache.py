@@ -286,7 +286,8 @@ def _checked_rows(path: Path, rel: str, spec: GramSpec) -> dict[int, dict]:
     sha = path.name[len(spec.key) + 1:-len(".parquet")]
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise CorruptShard("its name does not end in the sha256 of its bytes")
-    verify_shard(path, {"path": rel, "bytes": path.stat().st_size, "sha256": sha}, rel, where=str(path))
+    # flush=False: the memo is written by the next verify_shards (one file write, not one per entry)
+    verify_shard(path, {"path": rel, "bytes": path.stat().st_size, "sha256": sha}, rel, where=str(path), flush=False)
     try:
         f = pq.ParquetFile(path)
         said = json.loads((f.schema_arrow.metadata or {}).get(_META_KEY, b"null"))

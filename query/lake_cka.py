@@ -211,10 +211,13 @@ def pair_tables(vindexes, jobs, kernel: str = "linear", preprocess: str = "none"
     contents) gives None and the reason; layer pairs with other rows are left out with a note.
     """
     permutations, seed = check("pair_tables", "permutations", permutations), check("pair_tables", "seed", seed)
-    stacks, out = {}, []
+    stacks, refusals, out = {}, {}, []
     for a, b, estimator, pooling, prompt_set in jobs:
         opts = cka.options(estimator, kernel, preprocess)
-        refused = _refusals([vindexes[a], vindexes[b]], prompt_set)
+        for m in (a, b):
+            if (m, prompt_set) not in refusals:
+                refusals[m, prompt_set] = _refusals([vindexes[m]], prompt_set)
+        refused = refusals[a, prompt_set] + (refusals[b, prompt_set] if b != a else [])
         if not refused:
             refused = _same_prompt_sets(vindexes, [(a, b)], prompt_set)[1]
         if refused:
@@ -227,7 +230,7 @@ def pair_tables(vindexes, jobs, kernel: str = "linear", preprocess: str = "none"
         spec = {"pooling": pooling, "prompt_set": prompt_set, "estimator": opts.estimator, "kernel": opts.kernel_name,
                 "preprocess": opts.preprocess_name, "permutations": permutations, "seed": seed}
         table, notes = pair_cka(stacks[a, gspec], stacks[b, gspec], spec)
-        out.append((_table([table]), notes))
+        out.append((table if len(stacks[a, gspec]["blocks"]) < 2 else _table([table]), notes))  # one block: sorted
     return out
 
 
