@@ -8,15 +8,16 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from vindex import Vindex, VindexWriter
+from vindex import Vindex
 from vindex.cli import main
 from vindex.errors import InvalidValue, VindexError
 from vindex.query import cka_influence, cka_influence_summary, connect
 from vindex.query import cka as C
 from vindex.query.influence import group_influence, loo_cka
 
+from influence_lakes import CATEGORIES, N, write_model
+
 TOL = 1e-10
-CATEGORIES = ("factual", "coding", "reasoning", "translation")
 
 
 def brute_force(X, Y, estimator):
@@ -100,33 +101,6 @@ def test_group_means_and_label_permutation_null():
 
 
 # -- SQL over a lake ------------------------------------------------------------------------------
-N = 24
-
-
-def write_model(root, name, n_layers, d, seed, ids=None, outlier=None, prompt_set="main", scale=20.0):
-    """float32 pooled rows over a latent shared by every model, each layer in two shards of shuffled
-    rows (the function must sort by prompt); `outlier`: a prompt this model places far off."""
-    rng = np.random.default_rng(seed)
-    latent = np.random.default_rng(99).standard_normal((N, 4))
-    ids = np.arange(N) if ids is None else np.asarray(ids)
-    w = VindexWriter.create(root / name, name, {"id": f"t/{name}", "n_layers": n_layers, "d_model": d})
-    w.declare_vectors("pooled", d, "float32")
-    w.write_shard("prompts", {"prompt_set": [prompt_set] * N, "prompt_id": np.arange(N),
-                              "category": [CATEGORIES[i % 4] for i in range(N)],
-                              "text": [f"prompt {i}" for i in range(N)]}, partition={"prompt_set": prompt_set})
-    w.add_prompt_set(prompt_set, "0" * 64, N, complete=True)
-    for layer in range(n_layers + 1):
-        act = latent @ rng.standard_normal((4, d)) + 0.5 * rng.standard_normal((N, d))
-        for o in () if outlier is None else np.atleast_1d(outlier):
-            act[o] += scale * rng.standard_normal(d)
-        order = rng.permutation(ids)
-        for part, chunk in enumerate(np.array_split(order, 2)):
-            w.write_shard("pooled", {"prompt_set": [prompt_set] * len(chunk), "prompt_id": chunk,
-                                     "pooling": ["mean_nosink"] * len(chunk), "act": act[chunk].astype(np.float32)},
-                          partition={"layer": layer}, part=part)
-    return root / name
-
-
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
     root = tmp_path_factory.mktemp("influence_lake")

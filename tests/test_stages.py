@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from vindex import VindexWriter
 from vindex.cli import main
 from vindex.errors import VindexError
 from vindex.query import cka_matrix, connect, stages
 from vindex.query.layer_stages import fit_stages, optimal_partitions, segment_costs, smooth_decay
+
+from influence_lakes import write_staged
 
 
 def sse_of(S, starts):
@@ -102,26 +103,6 @@ def test_given_count_and_input_checks():
 
 
 # -- SQL over a lake ------------------------------------------------------------------------------
-N = 40
-
-
-def write_staged(root, name, sizes, d=12, seed=0):
-    """A model whose layers come in stages: every layer of stage s is a fresh random projection of the
-    stage's own latent prompt factors, plus noise (so layers of one stage agree, of two stages do not)."""
-    rng = np.random.default_rng(seed)
-    n_layers = sum(sizes) - 1
-    latents = rng.standard_normal((len(sizes), N, 3))
-    w = VindexWriter.create(root / name, name, {"id": f"t/{name}", "n_layers": n_layers, "d_model": d})
-    w.declare_vectors("pooled", d, "float32")
-    w.add_prompt_set("main", "0" * 64, N, complete=True)
-    for layer, stage in enumerate(np.repeat(np.arange(len(sizes)), sizes)):
-        act = latents[stage] @ rng.standard_normal((3, d)) + 0.3 * rng.standard_normal((N, d))
-        w.write_shard("pooled", {"prompt_set": ["main"] * N, "prompt_id": np.arange(N),
-                                 "pooling": ["mean_nosink"] * N, "act": act.astype(np.float32)},
-                      partition={"layer": layer})
-    return root / name
-
-
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages_lake")

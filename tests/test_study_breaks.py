@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from scipy.stats import fisher_exact, mannwhitneyu
 
 from vindex.query import cka_depth, cka_influence, connect
 from vindex.study import analyses as A
 from vindex.study.run import study
 
-from test_influence import CATEGORIES, write_model
-from test_stages import write_staged
+from influence_lakes import CATEGORIES, write_model, write_staged
 from toy_lakes import STUDY, write_toy_lake
 
 
