@@ -89,8 +89,8 @@ def numpy_pipeline(root_a: Path, root_b: Path, permutations: int = 0) -> np.ndar
 
 
 def sql_pipeline(con, permutations: int = 0):
-    return con.sql(f"SELECT layer_a, layer_b, cka, p_value FROM cka_matrix('bench-a', 'bench-b', "
-                   f"permutations := {permutations})").fetchall()
+    return con.sql(f"SELECT layer_a, layer_b, cka, p_value FROM cka_matrix('bench-a', 'bench-b', pooling := 'mean', "
+                   f"estimator := 'biased', permutations := {permutations})").fetchall()
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.process_time, CPU seconds of all this process's threads
