@@ -20,7 +20,8 @@ FLOATS = ("depth_a", "depth_b", "cka", "null_mean", "null_p95", "p_value")
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
-    return write_toy_lake(tmp_path_factory.mktemp("lake"), DISTRIBUTED)
+    # the default pooling, and plain mean for a test of another pooling
+    return write_toy_lake(tmp_path_factory.mktemp("lake"), DISTRIBUTED, poolings=("mean_nosink", "mean"))
 
 
 def _arrow(rel):
@@ -103,7 +104,7 @@ def _shifted_vindex(root, name, ids, d=8, n_layers=2):
     w.declare_vectors("pooled", d, "float16")
     for layer in range(n_layers + 1):
         w.write_shard("pooled", {"prompt_set": ["default"] * len(ids), "prompt_id": ids,
-                                 "pooling": ["mean"] * len(ids), "act": rng.standard_normal((len(ids), d))},
+                                 "pooling": ["mean_nosink"] * len(ids), "act": rng.standard_normal((len(ids), d))},
                       partition={"layer": layer})
     return root
 
@@ -120,7 +121,7 @@ def test_constant_layer_gives_null_with_a_warning(lake, tmp_path):
     w = VindexWriter.create(root, "flat", {"id": "test/flat", "family": "toy", "n_layers": 1, "d_model": 4})
     for layer, act in ((0, np.ones((12, 4))), (1, np.random.default_rng(0).standard_normal((12, 4)))):
         w.write_shard("pooled", {"prompt_set": ["default"] * 12, "prompt_id": list(range(12)),
-                                 "pooling": ["mean"] * 12, "act": act}, partition={"layer": layer})
+                                 "pooling": ["mean_nosink"] * 12, "act": act}, partition={"layer": layer})
     with pytest.warns(CKAPairSkipped, match="flat layer 0"):
         t = cka_all(lake, root, pairs=[("flat", "m0")], progress=False)
     rows = _pair(t, "flat", "m0")

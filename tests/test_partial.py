@@ -82,7 +82,7 @@ def prompt_ids(vx_root) -> set:
 
 def pooled(vx_root, layer, ids) -> np.ndarray:
     t = Vindex.open(vx_root).read("pooled", layers=[layer]).to_pylist()
-    rows = {r["prompt_id"]: r["act"] for r in t if r["pooling"] == "mean" and r["prompt_id"] in ids}
+    rows = {r["prompt_id"]: r["act"] for r in t if r["pooling"] == "mean_nosink" and r["prompt_id"] in ids}
     return np.array([rows[i] for i in sorted(ids)], np.float64)
 
 
@@ -184,7 +184,8 @@ def test_allow_partial_compares_the_prompts_both_hold_and_says_how_many(lake):
     con = connect(lake["lake"])
     common = prompt_ids(lake["lake"] / "full-a") & prompt_ids(lake["lake"] / "cut-b")
     assert len(common) == 4
-    rows = con.sql("SELECT layer_a, layer_b, cka, n FROM cka_matrix('full-a', 'cut-b', allow_partial := true)").fetchall()
+    rows = con.sql("SELECT layer_a, layer_b, cka, n FROM cka_matrix('full-a', 'cut-b', estimator := 'biased', "
+                   "allow_partial := true)").fetchall()
     assert len(rows) == 16 and {r[3] for r in rows} == {4}
     for la, lb, value, _ in rows:
         ref = ref_biased(pooled(lake["lake"] / "full-a", la, common), pooled(lake["lake"] / "cut-b", lb, common))
@@ -192,7 +193,7 @@ def test_allow_partial_compares_the_prompts_both_hold_and_says_how_many(lake):
     with pytest.warns(PartialData, match=r"cka_matrix: computed over 4 prompts \(the prompts both models hold; "
                                          r"cut-b plans 8, full-a plans 8\); model 'cut-b' prompt set 'p' is "
                                          r"incomplete: 4 of 8 prompts"):
-        t = cka_matrix(con, "full-a", "cut-b", allow_partial=True)
+        t = cka_matrix(con, "full-a", "cut-b", estimator="biased", allow_partial=True)
     assert sorted(t.column("cka").to_pylist()) == sorted(r[2] for r in rows)
     with pytest.warns(PartialData, match="cka_depth: computed over 4 prompts"):
         cka_depth(con, "full-a", "cut-b", allow_partial=True, permutations=5)
@@ -201,7 +202,8 @@ def test_allow_partial_compares_the_prompts_both_hold_and_says_how_many(lake):
 def test_two_cut_builds_share_too_few_prompts_for_biased_cka(lake):
     # cut-a holds 2 prompts: with allow_partial the common rows are 2, and 2 rows are refused (defect 8)
     with pytest.raises(duckdb.Error, match="needs n >= 3 rows"):
-        connect(lake["lake"]).sql("SELECT * FROM cka_matrix('cut-a', 'cut-b', allow_partial := true)").fetchall()
+        connect(lake["lake"]).sql("SELECT * FROM cka_matrix('cut-a', 'cut-b', estimator := 'biased', "
+                                  "allow_partial := true)").fetchall()
 
 
 def test_a_resumed_build_is_complete_again(lake, tmp_path):
@@ -227,7 +229,7 @@ def write_sets(root, name, sets: dict, seed: int, d: int = 6, n_layers: int = 2)
         w.add_prompt_set(s, sha, n, complete=True)
     for layer in range(n_layers + 1):
         w.write_shard("pooled", {"prompt_set": [k[0] for k in keys], "prompt_id": [k[1] for k in keys],
-                                 "pooling": ["mean"] * len(keys), "act": rng.standard_normal((len(keys), d))},
+                                 "pooling": ["mean_nosink"] * len(keys), "act": rng.standard_normal((len(keys), d))},
                       partition={"layer": layer})
     return root / name
 
@@ -255,7 +257,8 @@ def test_complete_vindexes_with_different_prompt_sets_compare_the_common_ones_on
     with pytest.raises(duckdb.Error, match=r"hold different prompts \(10 vs 6 rows\); .* choose one prompt_set, or "
                                            r"pass allow_partial := true"):
         con.sql("SELECT * FROM cka_matrix('two', 'one')").fetchall()
-    rows = con.sql("SELECT layer_a, layer_b, cka, n FROM cka_matrix('two', 'one', allow_partial := true)").fetchall()
+    rows = con.sql("SELECT layer_a, layer_b, cka, n FROM cka_matrix('two', 'one', estimator := 'biased', "
+                   "allow_partial := true)").fetchall()
     assert {r[3] for r in rows} == {6}
     for la, lb, value, _ in rows:
         ref = ref_biased(sets_pooled(sets_lake, "two", la, "default"), sets_pooled(sets_lake, "one", lb, "default"))
@@ -265,7 +268,7 @@ def test_complete_vindexes_with_different_prompt_sets_compare_the_common_ones_on
         cka_matrix(con, "two", "one", allow_partial=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")    # naming the shared set is no partial comparison: no warning
-        t = cka_matrix(con, "two", "one", prompt_set="default", allow_partial=True)
+        t = cka_matrix(con, "two", "one", prompt_set="default", estimator="biased", allow_partial=True)
     assert sorted(t.column("cka").to_pylist()) == sorted(r[2] for r in rows)
 
 

@@ -160,8 +160,8 @@ def test_down_meta_matches_embedding_times_down(name, tiny_models, built):
                     assert r["up_norm"] is None
                 else:
                     assert r["up_norm"] == pytest.approx(np.linalg.norm(up[f]), rel=1e-5)
-                # the stored vector is the gate row (float16)
-                np.testing.assert_allclose(r["vector"], gate[f], rtol=2e-3, atol=1e-4)
+                # the stored vector is W_down's column f (the default, vindex.defaults; float16)
+                np.testing.assert_allclose(r["vector"], down[:, f], rtol=2e-3, atol=1e-4)
                 n_expected += 1
     assert len(rows) == n_expected
     assert vx.manifest["extraction"]["weights"]["unembedding"]["kind"] == "embedding"
@@ -400,7 +400,7 @@ def test_manifest_records_model_and_extraction(built):
     assert m["model"]["n_layers"] == 3 and m["model"]["d_model"] == D and m["model"]["n_kv_heads"] == 1
     assert m["model"]["embed_scale"] == pytest.approx(math.sqrt(D))
     ex = m["extraction"]["weights"]
-    assert ex["top_k"] == TOP_K and ex["ov_variants"] == ["o", "ov"] and ex["vectors"] == "gate"
+    assert ex["top_k"] == TOP_K and ex["ov_variants"] == ["o", "ov"] and ex["vectors"] == "down"
     assert built["mixtral"].manifest["model"]["n_experts"] == 3
 
 
