@@ -30,6 +30,7 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     "influence": ("vindex.query.cka_influence", "vindex.query.cka_influence_summary"),
     "info": ("vindex.info",),
     "ls": ("vindex.hub.ls",),
+    "measure": ("vindex.query.measure_depth",),
     "publish": ("vindex.hub.publish",),
     "patch": ("vindex.ingest.patching.patch",),
     "pull": ("vindex.hub.pull",),

@@ -29,6 +29,8 @@ CLI_ONLY = {
     "influence": {"by_category": "picks cka_influence_summary instead of cka_influence",
                   "top": "how many prompts are printed", "fmt": "how the result is printed",
                   "quiet": "turns off DuckDB's progress bar on the command's connection; the function draws none"},
+    "measure": {"fmt": "how the result is printed",
+                "quiet": "turns off DuckDB's progress bar on the command's connection; the function draws none"},
     "stages": {"fmt": "how the result is printed", "quiet": "turns off DuckDB's progress bar on the command's connection; the function draws none"},
     "ablate": {"lakes": "the lake a --features SQL query runs on; ablate takes the (layer, feature) pairs"},
     "steer": {"lakes": "the lake a --direction SQL query runs on; steer takes the vector"},
