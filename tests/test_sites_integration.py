@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from real_models import require_model_package
-from test_sites_build import hand_sites
+from site_hooks import hand_sites
 from vindex.ingest import build
 from vindex.ingest.prompts import load_prompts
 from vindex.ingest.sources import resolve_model
