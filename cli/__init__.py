@@ -20,7 +20,7 @@ from .core import guard
 
 # modules under vindex/cli that contribute commands (each exposes COMMANDS)
 COMMAND_MODULES = ["core", "larql", "view", "build", "hub", "query", "weights", "study", "influence", "rosetta", "interventions",
-                   "measure"]
+                   "measure", "transplant"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

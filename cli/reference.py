@@ -39,6 +39,7 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     "stages": ("vindex.query.stages",),
     "steer": ("vindex.ingest.steering.steer",),
     "study": ("vindex.study.study",),
+    "transplant": ("vindex.ingest.transplant.transplant",),
     "verify": ("vindex.verify",),
     "view": ("vindex.view.view",),
     "weights": ("vindex.ingest.build_weights",),

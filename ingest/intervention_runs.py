@@ -46,7 +46,10 @@ class LanguageModel:
 
 
 def load_lm(source, *, device: str | None = None, progress: bool = True) -> LanguageModel:
-    """A decoder with its LM head (float32, eval mode) from anything `resolve_model` takes."""
+    """A decoder with its LM head (float32, eval mode) from anything `resolve_model` takes (a
+    LanguageModel already loaded is returned as is: a job that steers several times loads once)."""
+    if isinstance(source, LanguageModel):
+        return source
     import torch
     src = source if isinstance(source, ModelSource) else resolve_model(source, progress=progress)
     if src.is_encoder:

@@ -32,6 +32,7 @@ CLI_ONLY = {
     "measure": {"fmt": "how the result is printed",
                 "quiet": "turns off DuckDB's progress bar on the command's connection; the function draws none"},
     "stages": {"fmt": "how the result is printed", "quiet": "turns off DuckDB's progress bar on the command's connection; the function draws none"},
+    "transplant": {"fmt": "how the result is printed", "output": "where the result table is also saved"},
     "ablate": {"lakes": "the lake a --features SQL query runs on; ablate takes the (layer, feature) pairs"},
     "steer": {"lakes": "the lake a --direction SQL query runs on; steer takes the vector"},
     "cluster": {"output": "where every feature's cluster is saved",
