@@ -39,7 +39,7 @@ from .pairs import EncodedPair, encode_pairs, load_pairs
 from .sites import SiteHooks, check_sites
 
 DEFAULT_PATCH_SITES = "resid_post,attn_out,mlp_out"
-LAST_TIMINGS: dict = {}     # setup_s / run_s of the last patch() in this process (bench/bench_patch.py)
+LAST_TIMINGS: dict = {}     # setup_s / run_s / run_cpu_s of the last patch() in this process (bench/bench_patch.py)
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def patch(source, pairs="factual", out=None, *, name: str | None = None, sites: 
               "pairs_per_part": pairs_per_part}
     run = InterventionRun(w, "patching", run_id or ps.name, params, len(parts), resume)
     todo = run.todo()
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     for k in todo:
         run.write(k, run_part(lm.model, lm.family, parts[k], sweep, batch_size, lm.device,
                               token=lambda i: token_text(lm.tokenizer, i)))
@@ -198,7 +198,8 @@ def patch(source, pairs="factual", out=None, *, name: str | None = None, sites: 
                restoration="(patched - corrupt) / (clean - corrupt); null when clean = corrupt",
                batching="rows of one corrupted-prompt length share a forward pass; one unpatched row per pair",
                n_pairs=len(enc), sweep_size=len(sweep) * sum(len(e.positions) for e in enc))
-    LAST_TIMINGS.update(setup_s=t1 - t0, run_s=time.perf_counter() - t1, parts=len(todo))
+    LAST_TIMINGS.update(setup_s=t1 - t0, run_s=time.perf_counter() - t1, run_cpu_s=time.process_time() - c1,
+                        parts=len(todo))
     say(progress, f"patched {w.root} ({run.run_id}: {len(enc)} pairs x {len(sweep)} site-layers, "
                   f"{run_rows(run)} rows) in {time.perf_counter() - t0:.1f} s")
     return w.root
