@@ -16,13 +16,19 @@ write_group, auto_dtype: one shard group, called by build() and by the Ray actor
 (HiddenStates, tokenize_prompts, plan_groups, pool), on_ray.py (the Ray runners), weights.py +
 down_meta.py + ov_gate.py + spectra.py (the weight tables), checkpoint.py (ModelWeights: tensors by
 role, read with the safetensors library), families.py (the model-family registry), sources.py +
-model_cache.py (where models come from), prompts.py, larql/ (the LarQL importer).
+model_cache.py (where models come from), prompts.py, larql/ (the LarQL importer); the interventions:
+patching.py (patch), ablation.py (ablate), steering.py (steer), pairs.py (clean/corrupt pairs, the
+shipped `factual` set), intervention_runs.py (what they share: the model, its vindex, a resumable run).
 """
+from .ablation import ablate
 from .builder import build, build_weights
 from .larql import import_larql
 from .on_ray import build_on_ray, build_weights_on_ray
+from .pairs import PairSet, load_pairs
+from .patching import patch
 from .prompts import PromptSet, load_prompts
 from .sources import ModelSource, load_model, resolve_model
+from .steering import steer
 
 __all__ = ["build", "build_weights", "build_on_ray", "build_weights_on_ray", "import_larql", "load_prompts",
-           "PromptSet", "resolve_model", "load_model", "ModelSource"]
+           "PromptSet", "resolve_model", "load_model", "ModelSource", "patch", "ablate", "steer", "load_pairs", "PairSet"]
