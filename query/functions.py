@@ -21,6 +21,7 @@ from . import influence, layer_stages
 from . import rosetta_sql
 from . import describe
 from .arguments import check
+from .lake_cka import RESULT_SCHEMA, model_stack, pair_cka
 from .macros import ModelInfo, PromptSetInfo, macros
 from .parallel import map_layers, single_threaded_blas
 from .vectors import double_lists, row_arrays, row_key_fields, row_keys, row_labels, row_matrices, scalars
@@ -145,44 +146,76 @@ udf_layer_knn_graph = _keyed(lambda X, k: knn.unit_knn_graph(X, check("mutual_kn
                              "mutual_knn_matrix")
 
 
-MODEL_GRAMS = f"STRUCT(layer INTEGER, x {LAYER_GRAM})[]"
+CKA_PAIRS = ("STRUCT(layer_a INTEGER, layer_b INTEGER, depth_a DOUBLE, depth_b DOUBLE, cka DOUBLE, "
+             "null_mean DOUBLE, null_p95 DOUBLE, p_value DOUBLE, n INTEGER)[]")
 
 
-def udf_model_grams(vindexes: dict):
-    """The UDF vindex_model_grams(model, pooling, prompt_set, estimator, kernel, preprocess, fn) ->
-    MODEL_GRAMS: the model's layers with rows for the spec, each with its Gram from the Gram cache
-    (`gram_cache.model_grams`: stored, or computed from the shards and stored), as the matrix macros'
-    per-layer rows. `vindexes`: the connection's, by name (a model not among them gives NULL). An
-    undefined Gram (a constant layer) is NULL with a CKAWarning; one that cannot be formed raises
-    InvalidValue; `fn` names the macro in both."""
-    def udf(model, pooling, prompt_set, estimator, kernel, preprocess, fn) -> pa.Array:
-        n_rows = len(model)
-        lists = []
-        for m, pool, ps, est, ker, pre, f in zip(*(scalars(c, n_rows) for c in (
-                model, pooling, prompt_set, estimator, kernel, preprocess, fn))):
-            v = vindexes.get(m)
-            if v is None or pool is None:
-                lists.append(None)
+def udf_cka_pairs(vindexes: dict):
+    """The UDF vindex_cka_pairs(model_a, model_b, pooling, prompt_set, estimator, kernel, preprocess,
+    permutations, seed, fn) -> CKA_PAIRS: every layer pair of the two models from the Gram cache
+    (`gram_cache.model_grams`: stored, or computed from the shards and stored), as `cka_matrix`'s rows.
+
+    A warm matrix is one GEMM: each model's Grams stacked once (`lake_cka.model_stack`), then
+    CKA(a, b) = <g_a, g_b> for all layer pairs at once, G_A G_B^T (Kornblith et al. 2019, eq. 4), and
+    the permutation null over the same stored Grams (`lake_cka.pair_cka`, `cka.null_scores`): no Gram
+    crosses into DuckDB. `vindexes`: the connection's, by name (a model not among them gives NULL). It
+    raises what the scanning path raises: a layer pair whose rows differ, a prompt listed twice, a
+    Gram that cannot be formed (InvalidValue); an undefined Gram (a constant layer) gives NULL with a
+    CKAWarning. `fn` names the macro in all of them."""
+    def udf(model_a, model_b, pooling, prompt_set, estimator, kernel, preprocess, permutations, seed, fn) -> pa.Array:
+        n_rows = len(model_a)
+        tables = []
+        for a, b, pool, ps, est, ker, pre, perms, s, f in zip(*(scalars(c, n_rows) for c in (
+                model_a, model_b, pooling, prompt_set, estimator, kernel, preprocess, permutations, seed, fn))):
+            if a not in vindexes or b not in vindexes or pool is None:
+                tables.append(None)
                 continue
-            spec = gram_cache.GramSpec(pool, ps, cka.options(est, ker, pre))
-            layers = [(meta, g) for meta, g in gram_cache.model_grams(v, spec) if meta["status"] != "empty"]
-            for meta, _ in layers:
-                label = f"{f}: model {m} layer {meta['layer']}"
-                if meta["status"] == "invalid":
-                    raise cka.InvalidValue(f"{label}: {meta['note']}")
-                if meta["status"] == "undefined":
-                    cka.warn_undefined(label, cka.DegenerateInput(meta["note"]))
-            lists.append(layers)
-        flat = [item for layers in lists if layers for item in layers]
-        x = pa.StructArray.from_arrays(
-            [double_lists([g for _, g in flat])] + [pa.array([meta[k] for meta, _ in flat], t) for k, t in
-                                                    (("key", pa.int64()), ("n", pa.int32()), ("n_distinct", pa.int32()))],
-            names=["g", "rows_key", "n", "n_distinct"])
-        rows = pa.StructArray.from_arrays([pa.array([meta["layer"] for meta, _ in flat], pa.int32()), x],
-                                          names=["layer", "x"])
-        offsets = np.concatenate([[0], np.cumsum([len(layers or ()) for layers in lists])]).astype(np.int32)
-        return pa.ListArray.from_arrays(pa.array(offsets), rows, mask=pa.array([layers is None for layers in lists]))
+            opts = cka.options(est, ker, pre)
+            spec = {"pooling": pool, "prompt_set": ps, "estimator": opts.estimator, "kernel": opts.kernel_name,
+                    "preprocess": opts.preprocess_name, "permutations": check(f, "permutations", perms),
+                    "seed": check(f, "seed", s)}
+            gspec = gram_cache.GramSpec(pool, ps, opts)
+            stacks = [model_stack(*_cached_layers(vindexes[m], gspec, f)) for m in (a, b)]
+            _check_same_rows(f, a, b, stacks[0]["metas"], stacks[1]["metas"])
+            with single_threaded_blas():   # inside DuckDB's threads (see query.parallel)
+                tables.append(pair_cka(*stacks, spec)[0].select(_PAIR_FIELDS))
+        rows = pa.concat_tables([t for t in tables if t is not None]) if any(t is not None for t in tables) else None
+        struct = rows.to_struct_array().combine_chunks() if rows is not None else pa.array([], _PAIR_TYPE)
+        offsets = np.concatenate([[0], np.cumsum([0 if t is None else t.num_rows for t in tables])]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), struct, mask=pa.array([t is None for t in tables]))
     return udf
+
+
+_PAIR_FIELDS = ["layer_a", "layer_b", "depth_a", "depth_b", "cka", "null_mean", "null_p95", "p_value", "n"]
+_PAIR_TYPE = pa.struct([RESULT_SCHEMA.field(name) for name in _PAIR_FIELDS])
+
+
+def _cached_layers(v, spec, fn: str) -> list:
+    """A model's (meta, g) per layer with rows for `spec`, from the Gram cache; an invalid Gram raises,
+    an undefined one warns (as the scanning path's UDF does)."""
+    layers = [(meta, g) for meta, g in gram_cache.model_grams(v, spec) if meta["status"] != "empty"]
+    for meta, _ in layers:
+        label = f"{fn}: model {v.name} layer {meta['layer']}"
+        if meta["status"] == "invalid":
+            raise cka.InvalidValue(f"{label}: {meta['note']}")
+        if meta["status"] == "undefined":
+            cka.warn_undefined(label, cka.DegenerateInput(meta["note"]))
+    return layers
+
+
+def _check_same_rows(fn: str, a: str, b: str, metas_a: list, metas_b: list) -> None:
+    """The scanning path's per-pair refusals (`macros.pair_value`), in the same words."""
+    for ma in metas_a:
+        for mb in metas_b:
+            if ma["n_distinct"] != ma["n"] or mb["n_distinct"] != mb["n"]:
+                m = ma if ma["n_distinct"] != ma["n"] else mb
+                raise cka.InvalidValue(f"{fn}: a layer lists the same row twice ({m['n']} rows, {m['n_distinct']} "
+                                       "distinct); filter by prompt_set or pooling")
+            if ma["key"] != mb["key"]:
+                raise cka.InvalidValue(
+                    f"{fn}: layer {ma['layer']} of {a} and layer {mb['layer']} of {b} hold different prompts "
+                    f"({ma['n']} vs {mb['n']} rows); CKA needs the same rows on both sides, in the same order: "
+                    "choose one prompt_set, or pass allow_partial := true to compare the prompts both models hold")
 
 
 def udf_minibatch_cka(a, b, batch_size, seed, kernel, preprocess) -> pa.Array:
@@ -349,10 +382,10 @@ def register_functions(con, vindexes=()) -> None:
     grams = {v.name: v for v in vindexes}
     if vindexes:
         _CONNECTION_VINDEXES[con] = grams
-    # vindex_model_grams has all-constant arguments: 'side effects' keeps DuckDB from folding (calling)
+    # vindex_cka_pairs has all-constant arguments: 'side effects' keeps DuckDB from folding (calling)
     # it while it plans a branch it then prunes
     for name, fn, ret, effects in [(*u, False) for u in UDFS] + [
-            ("vindex_model_grams", udf_model_grams(grams), MODEL_GRAMS, True)]:
+            ("vindex_cka_pairs", udf_cka_pairs(grams), CKA_PAIRS, True)] + influence.cached_udfs(grams):
         try:
             con.remove_function(name)
         except duckdb.Error:

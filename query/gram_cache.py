@@ -47,7 +47,7 @@ from vindex.errors import (ChecksumError, CorruptShard, GramCacheRebuilt, Invali
                            VindexBusy)
 from vindex.files import atomic_write_bytes, cache_home
 from vindex.lock import WriteLock
-from vindex.verified import verify_shard, verify_shards
+from vindex.verified import verify_shard
 
 from . import cka
 from .parallel import map_layers
@@ -154,40 +154,49 @@ def _read_pooled(url: str, entry: dict, filesystem) -> pa.Table:
 
 
 # -- a model: cached rows, computed where missing --------------------------------------------------
-def layer_jobs(v, spec: GramSpec) -> dict[int, tuple]:
-    """layer -> the arguments of its `layer_gram` call."""
+def shard_files(v, spec: GramSpec) -> dict[int, list[tuple[str, dict]]]:
+    """layer -> [(url, manifest entry)] of the shards of `spec`'s table: resolved once per use
+    (`ResolvedVindex.url` resolves symlinks), shared by the lookup and the jobs."""
     files: dict[int, list] = {}
     for e in v.entries(spec.table):
         files.setdefault(e["partition"].get("layer"), []).append((v.url(e["path"]), e))
+    return dict(sorted(files.items()))
+
+
+def layer_jobs(v, spec: GramSpec, files: dict | None = None) -> dict[int, tuple]:
+    """layer -> the arguments of its `layer_gram` call."""
+    files = shard_files(v, spec) if files is None else files
     return {layer: (v.name, layer, v.n_layers, fs, v.filesystem, spec.pooling, spec.prompt_set, spec.opts, spec.site)
-            for layer, fs in sorted(files.items())}
+            for layer, fs in files.items()}
 
 
 def model_grams(v, spec: GramSpec, run=None) -> list[tuple[dict, np.ndarray | None]]:
     """(meta, g) for every layer of `v`'s pooled table under `spec` (see `layer_gram`): from memory
     or the cache where the layer's shards are unchanged, else computed (`run(jobs)` maps
     `layer_gram` over argument tuples; default: this process, layers on threads) and stored."""
-    jobs = layer_jobs(v, spec)
-    found = lookup(v, spec)
-    missing = [jobs[layer] for layer in jobs if layer not in found]
+    files = shard_files(v, spec)
+    found = lookup(v, spec, files)
+    missing = [layer for layer in files if layer not in found]
     if missing:
-        computed = (run or _run_here)(missing)
+        jobs = layer_jobs(v, spec, files)
+        computed = (run or _run_here)([jobs[layer] for layer in missing])
         found.update((meta["layer"], (meta, g)) for meta, g in computed)
-        store(v, spec, [found[layer] for layer in jobs])
-    return [found[layer] for layer in jobs]
+        store(v, spec, [found[layer] for layer in files])
+    return [found[layer] for layer in files]
 
 
 def _run_here(jobs: list[tuple]) -> list:
     return map_layers(lambda job: layer_gram(*job), jobs)
 
 
-def lookup(v, spec: GramSpec) -> dict[int, tuple[dict, np.ndarray | None]]:
+def lookup(v, spec: GramSpec, files: dict | None = None) -> dict[int, tuple[dict, np.ndarray | None]]:
     """layer -> (meta, g) for each layer of `v` whose stored row was computed from the shards the
     manifest lists now (in memory, else the vindex's grams/ folder, else the user cache). The shards
     of a local vindex must still be there and sound (`vindex.verified`: a stat each when warm), as
     for any query: a Gram never stands in for a shard that is gone."""
     if v.filesystem is None and "://" not in v.base:
-        verify_shards((v.url(e["path"]), e) for e in v.entries(spec.table))
+        _verify_local([item for items in (shard_files(v, spec) if files is None else files).values()
+                       for item in items])
     digests = _digests(v, spec)
     rows = _MEMORY.get(_memory_key(spec, digests))
     if rows is None:
@@ -200,6 +209,13 @@ def lookup(v, spec: GramSpec) -> dict[int, tuple[dict, np.ndarray | None]]:
         if len(rows) == len(digests):
             _MEMORY.put(_memory_key(spec, digests), rows)
     return {layer: _meta_gram(v, layer, r) for layer, r in rows.items()}
+
+
+def _verify_local(items: list[tuple[str, dict]]) -> None:
+    """`verify_shard` of each (path, entry) in turn, the memo written once: warm, each is an open and a
+    stat (a thread pool, as `verify_shards` starts, costs more than the stats themselves)."""
+    for i, (path, e) in enumerate(items):
+        verify_shard(path, e, flush=i == len(items) - 1)
 
 
 def store(v, spec: GramSpec, layers: list[tuple[dict, np.ndarray | None]]) -> Path | None:
@@ -286,7 +302,7 @@ def _checked_rows(path: Path, rel: str, spec: GramSpec) -> dict[int, dict]:
     sha = path.name[len(spec.key) + 1:-len(".parquet")]
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise CorruptShard("its name does not end in the sha256 of its bytes")
-    # flush=False: the memo is written by the next verify_shards (one file write, not one per entry)
+    # flush=False: the memo is written by the next lookup's shard check (one file write, not one per entry)
     verify_shard(path, {"path": rel, "bytes": path.stat().st_size, "sha256": sha}, rel, where=str(path), flush=False)
     try:
         f = pq.ParquetFile(path)
@@ -406,4 +422,4 @@ def entries(v) -> list[Path]:
     return out
 
 
-__all__ = ["GramSpec", "model_grams", "lookup", "store", "layer_gram", "layer_digest", "entries", "forget"]
+__all__ = ["GramSpec", "model_grams", "lookup", "store", "layer_gram", "layer_digest", "shard_files", "entries", "forget"]

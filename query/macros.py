@@ -168,8 +168,7 @@ class ModelInfo:
 
 
 def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table: str = "pooled",
-               where: str = POOLED_WHERE, key: str = "r.prompt_set, r.prompt_id", guard: str = "true",
-               cached: str | None = None) -> str:
+               where: str = POOLED_WHERE, key: str = "r.prompt_set, r.prompt_id", guard: str = "true") -> str:
     """CTE body: one row per layer of `model` with its Gram (`gram` formatted with {vectors} and
     {keys}), row count, distinct keys and the fingerprint of its sorted row keys (`cka.sort_rows`:
     `rows_key` over the keys in sorted order gives the same number).
@@ -182,10 +181,6 @@ def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table
     before a Gram of too few rows could be: a UDF error would hide it. (Filtering by the whole
     `checks` CTE instead makes DuckDB materialize it, and then it no longer prunes an unused
     permutation null.)
-
-    `cached` (formatted with {name}): a UDF call giving a model's layers from the Gram cache
-    (`vindex_model_grams`), used for models with `grams` unless allow_partial (whose rows, the
-    prompts both models hold, depend on the other model): then no row is scanned or aggregated.
     """
     branches = []
     for m in models or [None]:
@@ -196,14 +191,8 @@ def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table
             src = f"{ident(m.name)}.{table}" if m.schema else f"(FROM {table} AS t WHERE t.model = {literal(m.name)})"
             name, depth, only = literal(m.name), repr(float(m.n_layers)), f"{literal(m.name)} = {model}"
         call = gram.format(vectors="list(r.act)", keys=f"list(({key})), 'model ' || {name} || ' layer ' || r.layer")
-        scan = "true"
-        if cached and m is not None and m.grams:
-            branches.append(f"SELECT y.layer AS layer, y.layer / {depth} AS depth, y.x AS x\n"
-                            f"        FROM (SELECT unnest({cached.format(name=name)}) AS y "
-                            f"WHERE {only} AND NOT allow_partial AND {guard}) AS c")
-            scan = "allow_partial"
         branches.append(f"SELECT r.layer AS layer, r.layer / {depth} AS depth, {call} AS x\n"
-                        f"        FROM {src} AS r WHERE {only} AND {scan} AND {where} AND {IN_COMMON} AND {guard} "
+                        f"        FROM {src} AS r WHERE {only} AND {where} AND {IN_COMMON} AND {guard} "
                         "GROUP BY r.layer")
     union = "\n        UNION ALL ".join(branches)
     return f"""{alias} AS (
@@ -222,9 +211,13 @@ def pair_value(fn: str, expr: str, what: str = "prompts") -> str:
             f"ELSE {expr} END")
 
 
-def cached_grams(fn: str) -> str:
-    """The Gram cache's UDF call for a side of `fn` (cka_matrix, cka_depth), {name} the model."""
-    return f"vindex_model_grams({{name}}, pooling, prompt_set, estimator, kernel, preprocess, {literal(fn)})"
+def cached(models: list[ModelInfo]) -> str:
+    """true where model_a and model_b both read the Gram cache and their rows do not depend on each
+    other (not allow_partial: the prompts both hold depend on the pair); folded at plan time."""
+    names = [literal(m.name) for m in models if m.grams]
+    if not names:
+        return "false"
+    return f"(NOT allow_partial AND model_a IN ({', '.join(names)}) AND model_b IN ({', '.join(names)}))"
 
 
 def cka_matrix_body(models: list[ModelInfo], fn: str = "cka_matrix", more_checks: tuple[str, ...] = ()) -> str:
@@ -236,15 +229,24 @@ checks AS (SELECT {number_checks(fn, *more_checks, 'permutations', 'seed')} AND 
                   AND {model_checks(fn, 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)} AS ok),
 {common_keys('pooled', POOLED_WHERE)},
 {side_grams('ga', 'model_a', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models,
-            guard=data_checks(fn, models), cached=cached_grams(fn))},
+            guard=data_checks(fn, models))},
 {side_grams('gb', 'model_b', "vindex_layer_gram({vectors}, {keys}, estimator, kernel, preprocess)", models,
-            guard=data_checks(fn, models), cached=cached_grams(fn))},
+            guard=data_checks(fn, models))},
 pairs AS (
   SELECT a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a, b.depth AS depth_b,
          {pair_value(fn, 'list_dot_product(a.g, b.g)')} AS cka,
          CASE WHEN permutations > 0 THEN vindex_cka_null(a.g, b.g, permutations, seed) END AS nul,
          a.n AS n
-  FROM ga AS a CROSS JOIN gb AS b)
+  FROM ga AS a CROSS JOIN gb AS b WHERE NOT {cached(models)}
+  UNION ALL
+  SELECT u.p.layer_a, u.p.layer_b, u.p.depth_a, u.p.depth_b, u.p.cka,
+         CASE WHEN permutations > 0 THEN struct_pack(null_mean := u.p.null_mean, null_p95 := u.p.null_p95,
+                                                    p_value := u.p.p_value) END,
+         u.p.n
+  FROM (SELECT unnest(vindex_cka_pairs(model_a, model_b, pooling, prompt_set, estimator, kernel, preprocess,
+                                       permutations, seed, {literal(fn)})) AS p
+        WHERE {cached(models)} AND {number_checks(fn, *more_checks, 'permutations', 'seed')}
+              AND {data_checks(fn, models)}) AS u)
 SELECT model_a AS model_a, model_b AS model_b, p.layer_a, p.layer_b, p.depth_a, p.depth_b, p.cka,
        p.nul.null_mean AS null_mean, p.nul.null_p95 AS null_p95, p.nul.p_value AS p_value, p.n,
        pooling AS pooling, prompt_set::VARCHAR AS prompt_set, o.o.estimator AS estimator, o.o.kernel AS kernel,

@@ -207,3 +207,41 @@ def sql_matrix_fresh(lake, estimator):
     rows = connect(lake).sql(f"SELECT cka FROM cka_matrix('a', 'b', pooling := 'mean', estimator := '{estimator}', "
                              "allow_partial := true)").fetchall()
     return np.array([r[0] for r in rows]).reshape(LAYERS + 1, LAYERS + 1)
+
+
+def test_a_warm_matrix_and_its_null_equal_the_scanning_path_and_a_hand_written_null(lake):
+    """The warm path (`vindex_cka_pairs`: one product of the stacked Grams, the null from the same
+    Grams) gives the scanning path's numbers, and the null is CKA of the shards with b's rows shuffled
+    by hand (cka.permutations draws the shuffles)."""
+    con = connect(lake)
+    q = ("SELECT layer_a, layer_b, cka, null_mean, null_p95, p_value, n FROM cka_matrix('a', 'b', pooling := 'mean', "
+         "estimator := 'biased', permutations := 19, seed := 3{}) ORDER BY layer_a, layer_b")
+    cold = np.array(con.sql(q.format("")).fetchall(), dtype=float)
+    gram_cache.forget()
+    warm = np.array(con.sql(q.format("")).fetchall(), dtype=float)
+    scan = np.array(con.sql(q.format(", allow_partial := true")).fetchall(), dtype=float)
+    np.testing.assert_allclose(warm, cold, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(warm, scan, rtol=0, atol=1e-12)
+    perms = cka.permutations(N, 19, 3)
+    for la, lb, value, null_mean, null_p95, p_value, n in warm[::5]:
+        X, Y = shard_matrix(lake / "a", int(la)), shard_matrix(lake / "b", int(lb))
+        null = np.array([reference_cka(X, Y[p]) for p in perms])
+        assert n == N
+        np.testing.assert_allclose([value, null_mean, null_p95], [reference_cka(X, Y), null.mean(),
+                                                                  np.percentile(null, 95)], rtol=0, atol=1e-12)
+        assert p_value == (1 + (null >= value - 1e-12).sum()) / 20
+
+
+def test_the_warm_path_refuses_what_the_scanning_path_refuses(lake):
+    """Layers of other rows (a prompt missing from one layer of b) are refused by the warm path too,
+    in the scanning path's words, naming the layers."""
+    import duckdb
+    connect(lake).sql("SELECT * FROM cka_matrix('a', 'b', pooling := 'mean')").fetchall()   # Grams cached
+    w = VindexWriter.open(lake / "b")
+    act = np.random.default_rng(9).standard_normal((N - 1, 16))
+    w.write_shard("pooled", {"prompt_set": ["default"] * (N - 1), "prompt_id": np.arange(N - 1),
+                             "pooling": ["mean"] * (N - 1), "act": act}, partition={"layer": 1})
+    w.close()
+    for extra in ("", ", allow_partial := false"):
+        with pytest.raises(duckdb.Error, match=r"layer 0 of a and layer 1 of b hold different prompts \(20 vs 19"):
+            connect(lake).sql(f"SELECT * FROM cka_matrix('a', 'b', pooling := 'mean'{extra})").fetchall()
