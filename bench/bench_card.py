@@ -10,10 +10,14 @@ in the manifest, so the card lists every config, table and column), interleaved 
     shard  write_shard of one pooled shard (256 prompts x 576 float16) + its commit, with the card:
            what a build pays per shard
 
+With --siblings N (default 1) the vindex sits in a lake folder beside N small vindexes, so each
+commit also refreshes the lake's card (`write_lake_card`: every member's manifest read again);
+--siblings 0 measures a lone vindex.
+
 Prints medians of --repeats rounds and the ratio card / floor (median of per-round ratios too).
 
     python bench/bench_card.py
-    python bench/bench_card.py --repeats 41
+    python bench/bench_card.py --repeats 41 --siblings 4
 """
 from __future__ import annotations
 
@@ -62,12 +66,18 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--prompts", type=int, default=256)
     ap.add_argument("--width", type=int, default=576)
+    ap.add_argument("--siblings", type=int, default=1, help="small vindexes beside it in a lake (0: none)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.siblings):
+            build(Path(tmp) / f"sibling{i}", 8, 8).close()
         w = build(Path(tmp) / "bench", args.prompts, args.width)
         files = sum(len(t["files"]) for t in w.manifest["tables"].values())
         card = len((Path(tmp) / "bench" / "README.md").read_bytes())
-        print(f"vindex: {files} files in the manifest, card {card / 1e3:.1f} kB; {args.repeats} interleaved rounds")
+        lake_card = Path(tmp) / "README.md"
+        print(f"vindex: {files} files in the manifest, card {card / 1e3:.1f} kB; "
+              + (f"in a lake of {args.siblings + 1} vindexes (lake card {lake_card.stat().st_size / 1e3:.1f} kB); "
+                 if lake_card.exists() else "no lake; ") + f"{args.repeats} interleaved rounds")
         refresh = VindexWriter._write_card
         rng = np.random.default_rng(1)
         act = rng.standard_normal((args.prompts, args.width)).astype(np.float16)

@@ -21,9 +21,11 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from ..version import __version__
-from ..files import temp_path_for
+from ..files import read_json, temp_path_for
 from ..summary import PROVENANCE, human_bytes, provenance
-from ..manifest import partition_values
+from ..errors import VindexError
+from ..lake import lake_members
+from ..manifest import MANIFEST, partition_values
 from ..schema import table_spec as _read_spec
 from .location import HubLocation
 
@@ -144,8 +146,49 @@ def write_card(root: str | Path, manifest: dict) -> bool:
     No fsync: the card is derived from vindex.json (which is fsynced) and every commit rewrites it,
     and an fsync here doubled the cost of a commit (bench/bench_card.py: ~10 ms on this machine's disk).
     """
-    path = Path(root) / CARD
-    data = dataset_card([("", manifest)], folder=Path(root).name).encode()
+    root = Path(root)
+    written = _write_ours(root / CARD, dataset_card([("", manifest)], folder=root.name).encode())
+    write_lake_card(root.parent, {root.name: manifest})
+    return written
+
+
+def write_lake_card(lake: str | Path, known: dict[str, dict] | None = None) -> bool:
+    """Write (or refresh) the card of a local lake, `lake`/README.md: one section per vindex and one
+    `configs:` entry per (vindex, table), named `<vindex>-<table>`, so `datasets.load_dataset(lake,
+    "smollm2-135m-pooled")` reads each table. Written when `lake` holds two or more vindex folders
+    (`vindex.lake.lake_members`) and no README.md of the user's; each member's commit refreshes it
+    (`write_card`), from the members' manifests as they are on disk then (a member that commits
+    at the same moment refreshes it again). Returns whether the file was written.
+
+    `known`: {folder name: manifest} already in memory (the committing writer's). The others are
+    read as plain JSON, not validated: validation (`load_manifest`) costs ~80 ms for a 100-file
+    manifest, and a card only lists; `vindex verify` reports a broken member, the card skips it."""
+    lake = Path(lake)
+    members = lake_members(lake)
+    if len(members) < 2:
+        return False
+    known = known or {}
+    manifests = []
+    for folder in members:
+        try:
+            m = known.get(folder.name) or read_json(folder / MANIFEST)
+        except (VindexError, OSError):
+            continue
+        if isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("model"), dict) \
+                and isinstance(m.get("tables"), dict):
+            manifests.append((folder.name, m))
+    if len(manifests) < 2:
+        return False
+    try:
+        data = dataset_card(manifests, folder=lake.name).encode()
+    except (KeyError, TypeError, ValueError, AttributeError):   # a member's manifest of the wrong shape
+        return False
+    return _write_ours(lake / CARD, data)
+
+
+def _write_ours(path: Path, data: bytes) -> bool:
+    """Replace `path` with `data` atomically unless it already holds them or is not vindex's (no
+    GENERATED line; an empty file is a crash's leftover and is rewritten)."""
     try:
         old = path.read_bytes()
     except FileNotFoundError:
