@@ -35,18 +35,21 @@ random prompt sets of the same size (categories shuffled over the prompts).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from vindex.errors import DegenerateInput, InvalidValue
 
-from . import cka
+from . import cka, gram_cache
 from .arguments import check
-from .macros import (DEFAULT_ESTIMATOR, DEFAULT_POOLING, POOLED_WHAT, POOLED_WHERE, PROMPT_KEY, ModelInfo,
-                     data_checks, number_checks, pair_value)
+from .macros import DEFAULT_ESTIMATOR, DEFAULT_POOLING, ModelInfo, data_checks, number_checks
 from .parallel import single_threaded_blas
-from .vectors import row_labels, row_matrices, scalars
+from .sqltext import literal
+from .vectors import row_labels, scalars
 
 FUNCTION = "cka_influence"
 SUMMARY = "cka_influence_summary"
@@ -90,22 +93,38 @@ def loo_cka(X, Y, estimator: str = "biased") -> Influence:
     X, Y = cka.as_rows(X, "X"), cka.as_rows(Y, "Y")
     if X.shape[0] != Y.shape[0]:
         raise InvalidValue(f"CKA needs row-aligned inputs: the lists have {X.shape[0]} and {Y.shape[0]} rows")
-    n = X.shape[0]
-    need = cka.MIN_ROWS[opts.estimator] + 1
+    _check_rows(X.shape[0], opts.estimator)
+    return loo_from_grams(cka.gram_linear(cka.centred(X)), cka.gram_linear(cka.centred(Y)), opts.estimator)
+
+
+def _check_rows(n: int, estimator: str) -> None:
+    need = cka.MIN_ROWS[estimator] + 1
     if n < need:
-        raise InvalidValue(f"leave-one-out CKA with the {opts.estimator} estimator needs n >= {need} rows "
+        raise InvalidValue(f"leave-one-out CKA with the {estimator} estimator needs n >= {need} rows "
                            f"(n-1 >= {need - 1} once a row is dropped), got {n}")
-    A, B = cka.gram_linear(cka.centred(X)), cka.gram_linear(cka.centred(Y))
+
+
+def loo_from_grams(A: np.ndarray, B: np.ndarray, estimator: str = "biased") -> Influence:
+    """`loo_cka` from the two sides' (n, n) Grams of column-centred rows, or any Gram that differs from
+    one by a_i + a_j off the diagonal: the stored U-centred Gram U(K) of the debiased estimator is one
+    (U-centring adds exactly such terms, and the unbiased HSIC of any subset of rows ignores them;
+    Szekely & Rizzo 2014), as is the stored HKH of the biased one, and the rows and columns of either for
+    a subset of the prompts. Any positive scale (the cache's unit norm) cancels."""
+    A, B = np.array(A, dtype=np.float64), np.array(B, dtype=np.float64)
+    n = A.shape[0]
     # scale to unit trace: CKA ignores it, and the terms then stay O(1) whatever the activations' norms
-    A /= np.trace(A)
-    B /= np.trace(B)
-    if opts.estimator == "debiased":
+    # (the debiased Grams from the cache have a zero diagonal: their Frobenius norm instead)
+    for G in (A, B):
+        scale = np.trace(G) if estimator == "biased" else np.linalg.norm(G)
+        if scale > 0:
+            G /= scale
+    if estimator == "debiased":
         np.fill_diagonal(A, 0.0)
         np.fill_diagonal(B, 0.0)
     hs = {}
     for name, (L, R) in {"ab": (A, B), "aa": (A, A), "bb": (B, B)}.items():
         full, loo = _terms(L, R, n)
-        hs[name] = (_hsic(full, n, opts.estimator), _hsic(loo, n - 1, opts.estimator))
+        hs[name] = (_hsic(full, n, estimator), _hsic(loo, n - 1, estimator))
     (ab, ab_i), (aa, aa_i), (bb, bb_i) = hs["ab"], hs["aa"], hs["bb"]
     if not (aa > 0 and bb > 0):
         raise DegenerateInput("a side has zero variance (a constant layer): CKA is undefined")
@@ -151,30 +170,135 @@ def group_influence(labels, influence, permutations: int = DEFAULT_SUMMARY_PERMU
 
 
 # -- the UDFs -----------------------------------------------------------------------------------
-INFLUENCE_TYPE = "STRUCT(cka DOUBLE, se DOUBLE, cka_without DOUBLE[])"
+INFLUENCE_TYPE = ("STRUCT(cka DOUBLE, se DOUBLE, n INTEGER, depth_a DOUBLE, depth_b DOUBLE, estimator VARCHAR, "
+                  "prompt_set VARCHAR[], prompt_id INTEGER[], cka_without DOUBLE[])")
 GROUPS_TYPE = ("STRUCT(category VARCHAR, n_prompts INTEGER, mean_influence DOUBLE, sum_influence DOUBLE, "
                "null_mean DOUBLE, null_p05 DOUBLE, null_p95 DOUBLE, p_low DOUBLE, p_high DOUBLE)[]")
+RESID_POST = "resid_post"   # the site the comparisons read (shards from before the site column: resid_post)
 
 
-def udf_influence(a, b, estimator) -> pa.Array:
-    """vindex_cka_influence(list_a, list_b, estimator) -> {cka, se, cka_without[]} (rows in list order)."""
-    xs, ys = row_matrices(a, f"{FUNCTION}: first list"), row_matrices(b, f"{FUNCTION}: second list")
-    out = []
-    for X, Y, est in zip(xs, ys, scalars(estimator, len(xs))):
-        if X is None or Y is None:
-            out.append(None)
-            continue
-        try:
-            with single_threaded_blas():   # one GEMM per side inside DuckDB's threads (see parallel.py)
-                res = loo_cka(X, Y, est)
-        except DegenerateInput as e:
-            cka.warn_undefined(FUNCTION, e)
-            out.append(None)
-            continue
-        out.append({"cka": res.cka, "se": res.se,
-                    "cka_without": [None if not np.isfinite(v) else float(v) for v in res.cka_without]})
-    return pa.array(out, pa.struct([("cka", pa.float64()), ("se", pa.float64()),
-                                    ("cka_without", pa.list_(pa.float64()))]))
+def udf_cached_influence(vindexes: dict):
+    """The UDF vindex_cka_influence(model_a, model_b, layer_a, layer_b, pooling, prompt_set, estimator,
+    allow_partial, fn) -> INFLUENCE_TYPE, from the two layers' Grams in the Gram cache (`gram_cache.model_grams`:
+    stored, or computed from the shards and stored; a model's first use forms every layer's Gram, later
+    ones read them from memory or disk) and the layers' row keys (two small columns of their shards): no
+    activation crosses into DuckDB. With allow_partial, the rows and columns of the prompts
+    both layers hold (`loo_from_grams` takes a Gram restricted to them). `vindexes`: the connection's,
+    by name. It raises the refusals of the other table functions, in their words, naming `fn`."""
+    def udf(model_a, model_b, layer_a, layer_b, pooling, prompt_set, estimator, allow_partial, fn) -> pa.Array:
+        n_rows = len(model_a)
+        out = []
+        for args in zip(*(scalars(c, n_rows) for c in (model_a, model_b, layer_a, layer_b, pooling, prompt_set,
+                                                         estimator, allow_partial, fn))):
+            out.append(_influence_row(vindexes, *args))
+        return pa.array(out, pa.struct([("cka", pa.float64()), ("se", pa.float64()), ("n", pa.int32()),
+                                        ("depth_a", pa.float64()), ("depth_b", pa.float64()),
+                                        ("estimator", pa.string()), ("prompt_set", pa.list_(pa.string())), ("prompt_id", pa.list_(pa.int32())),
+                                        ("cka_without", pa.list_(pa.float64()))]))
+    return udf
+
+
+def _influence_row(vindexes, a, b, layer_a, layer_b, pooling, prompt_set, estimator, allow_partial, fn) -> dict | None:
+    for m in (a, b):
+        if m not in vindexes:
+            raise InvalidValue(f"{fn}: unknown model {m!r}; the lake holds: {', '.join(sorted(vindexes)) or 'no models'}")
+    if pooling is None or allow_partial is None:
+        return None
+    opts = cka.options(estimator)
+    spec = gram_cache.GramSpec(pooling, prompt_set, opts)
+    sides = [_side(fn, vindexes[m], name, layer, spec) for m, name, layer in ((a, "layer_a", layer_a),
+                                                                                (b, "layer_b", layer_b))]
+    (meta_a, g_a, keys_a), (meta_b, g_b, keys_b) = sides
+    for meta in (meta_a, meta_b):
+        if meta["n_distinct"] != meta["n"]:
+            raise InvalidValue(f"{fn}: a layer lists the same row twice ({meta['n']} rows, {meta['n_distinct']} "
+                               "distinct); filter by prompt_set or pooling")
+    if g_a is None or g_b is None:      # a constant layer: CKA is undefined (warned)
+        bad = meta_a if g_a is None else meta_b
+        cka.warn_undefined(f"{fn}: model {bad['model']} layer {bad['layer']}", DegenerateInput(bad["note"]))
+        return None
+    A, B = _unpack(g_a), _unpack(g_b)
+    if allow_partial:
+        both = sorted(set(keys_a) & set(keys_b))
+        ia, ib = ({k: i for i, k in enumerate(keys)} for keys in (keys_a, keys_b))
+        sel_a, sel_b = np.array([ia[k] for k in both], np.int64), np.array([ib[k] for k in both], np.int64)
+        A, B, keys = A[np.ix_(sel_a, sel_a)], B[np.ix_(sel_b, sel_b)], both
+    elif meta_a["key"] != meta_b["key"]:
+        raise InvalidValue(
+            f"{fn}: layer {meta_a['layer']} of {a} and layer {meta_b['layer']} of {b} hold different prompts "
+            f"({meta_a['n']} vs {meta_b['n']} rows); CKA needs the same rows on both sides, in the same order: "
+            "choose one prompt_set, or pass allow_partial := true to compare the prompts both models hold")
+    else:
+        keys = keys_a
+    _check_rows(len(keys), opts.estimator)
+    try:
+        with single_threaded_blas():   # inside DuckDB's threads (see parallel.py)
+            res = loo_from_grams(A, B, opts.estimator)
+    except DegenerateInput as e:
+        cka.warn_undefined(fn, e)
+        return None
+    return {"cka": res.cka, "se": res.se, "n": len(keys), "depth_a": meta_a["depth"], "depth_b": meta_b["depth"],
+            "estimator": opts.estimator, "prompt_set": [k[0] for k in keys], "prompt_id": [int(k[1]) for k in keys],
+            "cka_without": [None if not np.isfinite(v) else float(v) for v in res.cka_without]}
+
+
+def _side(fn: str, v, name: str, layer, spec) -> tuple[dict, np.ndarray | None, list[tuple]]:
+    """One layer's (meta, packed Gram, sorted row keys), or the other functions' refusal for a layer the
+    model does not pool or rows it does not hold."""
+    files = [(v.url(e["path"]), e) for e in v.entries("pooled") if e["partition"].get("layer") == layer]
+    if layer is None or not files:
+        have = sorted({e["partition"].get("layer") for e in v.entries("pooled")} - {None}) if "pooled" in v.tables else []
+        raise InvalidValue(f"{fn}: {name} {'NULL' if layer is None else layer} is not a layer of {v.name}; its pooled "
+                           f"layers are {f'{have[0]}-{have[-1]}' if have else 'none'}")
+    layers = {meta["layer"]: (meta, g) for meta, g in gram_cache.model_grams(v, spec)}
+    meta, g = layers[layer]
+    if meta["status"] == "empty":
+        raise InvalidValue(f"{fn}: model {v.name!r} has no pooled rows with pooling = {spec.pooling}"
+                           + (f" and prompt_set = {spec.prompt_set}" if spec.prompt_set is not None else ""))
+    if meta["status"] == "invalid":
+        raise InvalidValue(f"{fn}: model {v.name} layer {layer}: {meta['note']}")
+    keys = _row_keys(files, v.filesystem, spec)
+    if cka.rows_fingerprint([np.array([k[0] for k in keys], object), np.array([k[1] for k in keys])]) != meta["key"]:
+        raise InvalidValue(f"{fn}: model {v.name} layer {layer}: the stored Gram's rows are not the shards' rows; "
+                           "the shards changed during the query: run it again")
+    return meta, g, keys
+
+
+def _row_keys(files, filesystem, spec) -> list[tuple[str, int]]:
+    """The layer's (prompt_set, prompt_id) under `spec` (pooling, prompt set, site resid_post), sorted as
+    the Gram's rows (`cka.sort_rows`): the key columns of its shards only."""
+    columns = ["prompt_set", "prompt_id", "pooling"]
+    parts = []
+    for url, entry in files:
+        if filesystem is None:
+            from vindex.reader import read_shard
+            path = Path(url)
+            t = read_shard(path, entry, columns=columns + (["site"] if "site" in pq.read_schema(path).names else []))
+        else:
+            with filesystem.open(url, "rb") as f:
+                t = pq.read_table(f, columns=[c for c in columns + ["site"] if c in pq.read_schema(f).names])
+        mask = pc.equal(t["pooling"], spec.pooling)
+        if spec.prompt_set is not None:
+            mask = pc.and_(mask, pc.equal(t["prompt_set"], spec.prompt_set))
+        if "site" in t.column_names:
+            mask = pc.and_(mask, pc.equal(pc.fill_null(t["site"], RESID_POST), RESID_POST))
+        parts.append(t.filter(mask).select(["prompt_set", "prompt_id"]))
+    t = pa.concat_tables(parts)
+    sets, ids = t["prompt_set"].to_numpy(zero_copy_only=False), t["prompt_id"].to_numpy(zero_copy_only=False)
+    order, _, _ = cka.sort_rows([sets, ids])
+    return list(zip(sets[order].tolist(), ids[order].tolist()))
+
+
+def _unpack(p: np.ndarray) -> np.ndarray:
+    """The symmetric (n, n) Gram of a packed one (`cka.pack_symmetric`: the diagonal, then sqrt(2) G_ij, i < j)."""
+    n = cka.packed_size(len(p))
+    rows, cols = cka.packed_order(n)
+    v = np.array(p, dtype=np.float64)
+    v[n:] /= np.sqrt(2.0)
+    G = np.empty((n, n))
+    G[rows, cols] = v
+    G[cols, rows] = v
+    return G
 
 
 def udf_groups(labels, values, permutations, seed) -> pa.Array:
@@ -193,78 +317,36 @@ def udf_groups(labels, values, permutations, seed) -> pa.Array:
         ("null_p95", pa.float64()), ("p_low", pa.float64()), ("p_high", pa.float64())])))
 
 
-UDFS = [("vindex_cka_influence", udf_influence, INFLUENCE_TYPE),
-        ("vindex_influence_groups", udf_groups, GROUPS_TYPE)]
+UDFS = [("vindex_influence_groups", udf_groups, GROUPS_TYPE)]
+
+
+def cached_udfs(vindexes: dict) -> list[tuple]:
+    """(name, function, return type, side effects) of the UDFs that read the connection's vindexes. Side
+    effects: its arguments are all constants, and DuckDB must not call it while it plans."""
+    return [("vindex_cka_influence", udf_cached_influence(vindexes), INFLUENCE_TYPE, True)]
 
 
 # -- the SQL ------------------------------------------------------------------------------------
-def _unknown_model(fn: str, model: str) -> str:
-    return (f"WHEN NOT EXISTS (FROM models AS mm WHERE mm.model = {model}) THEN error('{fn}: unknown model ''' || "
-            f"{model} || '''; the lake holds: ' || coalesce((SELECT string_agg(mm.model, ', ' ORDER BY mm.model) "
-            "FROM models AS mm), 'no models'))")
-
-
-def _no_layer(fn: str, model: str, layer: str) -> str:
-    """The layer asked for is none of the model's pooled layers (`fl`: the files view, read once)."""
-    have = f"(SELECT fl.layers FROM fl WHERE fl.model = {model})"
-    return (f"WHEN {layer} IS NULL OR NOT coalesce(list_contains({have}, {layer}), false) THEN error('{fn}: {layer} ' "
-            f"|| coalesce(CAST({layer} AS VARCHAR), 'NULL') || ' is not a layer of ' || {model} || '; its pooled "
-            f"layers are ' || coalesce((SELECT fl.lo || '-' || fl.hi FROM fl WHERE fl.model = {model}), 'none'))")
-
-
-def _no_rows(fn: str, model: str, flag: str) -> str:
-    """No pooled rows with this pooling (and prompt set), in the words of macros.model_checks, so that
-    the Python mirror adds the poolings the model holds."""
-    return (f"WHEN NOT EXISTS (FROM raw AS r WHERE r.{flag}) THEN error('{fn}: model ''' || {model} || ''' has no "
-            f"pooled rows with ' || {POOLED_WHAT})")
-
-
-def _side(alias: str, layer: str, flag: str) -> str:
-    """One layer's rows, sorted by prompt, with the count, distinct keys and the rows_key cka_matrix
-    compares; with allow_partial only the prompts both layers hold (`common`)."""
-    order = "ORDER BY r.prompt_set, r.prompt_id"
-    return f"""{alias} AS (
-  SELECT {layer} AS layer, count(*) AS n, count(DISTINCT {PROMPT_KEY}) AS n_distinct,
-         rows_key(list((r.prompt_set, r.prompt_id) {order})) AS rows_key,
-         list(r.act {order}) AS x, list(r.prompt_set {order}) AS sets, list(r.prompt_id {order}) AS ids
-  FROM raw AS r WHERE r.{flag} AND (NOT allow_partial OR {PROMPT_KEY} IN (SELECT c.k FROM common AS c)))"""
-
-
 def influence_body(models: list[ModelInfo], fn: str = FUNCTION) -> str:
-    """Each view is bound once (binding a view over many shards is most of a one-pair call's cost):
-    `raw` holds both layers' rows, `fl` the two models' pooled layers from the files view."""
-    guard = data_checks(fn, models)
+    """One UDF call does the work (`udf_cached_influence`: the Grams from the cache, the keys from the
+    shards' key columns, every refusal), so that the query binds no activation view: planning a query
+    over the views cost more than the whole computation. `data_checks` (prompt sets of one name but
+    other contents, incomplete sets) is a constant built from the manifests."""
     return f"""WITH
-fl AS (SELECT f.model AS model, min(f.layer) AS lo, max(f.layer) AS hi, list(DISTINCT f.layer) AS layers
-       FROM files AS f WHERE f.table_name = 'pooled' AND (f.model = model_a OR f.model = model_b) GROUP BY f.model),
-raw AS (SELECT r.model = model_a AND r.layer = layer_a AS in_a, r.model = model_b AND r.layer = layer_b AS in_b,
-               r.prompt_set, r.prompt_id, r.act
-        FROM pooled AS r
-        WHERE ((r.model = model_a AND r.layer = layer_a) OR (r.model = model_b AND r.layer = layer_b))
-          AND {POOLED_WHERE} AND {guard}),
-checks AS (SELECT {guard} AND CASE {_unknown_model(fn, 'model_a')} {_unknown_model(fn, 'model_b')}
-                  {_no_layer(fn, 'model_a', 'layer_a')} {_no_layer(fn, 'model_b', 'layer_b')}
-                  {_no_rows(fn, 'model_a', 'in_a')} {_no_rows(fn, 'model_b', 'in_b')} ELSE true END AS ok),
-opts AS (SELECT vindex_cka_options(estimator, 'linear', 'none') AS o),
-common AS (SELECT {PROMPT_KEY} AS k FROM raw AS r WHERE allow_partial GROUP BY ALL
-           HAVING bool_or(r.in_a) AND bool_or(r.in_b)),
-{_side('a', 'layer_a', 'in_a')},
-{_side('b', 'layer_b', 'in_b')},
-res AS (SELECT a.sets, a.ids, a.n, {pair_value(fn, 'vindex_cka_influence(a.x, b.x, estimator)')} AS s
-        FROM checks AS c CROSS JOIN a CROSS JOIN b WHERE c.ok),
-rows AS (SELECT unnest(res.sets) AS prompt_set, unnest(res.ids) AS prompt_id,
-                unnest(res.s.cka_without) AS cka_without, res.s.cka AS cka, res.s.se AS se, res.n AS n
-         FROM res),
-depths AS (SELECT (SELECT any_value(layer_a / mm.n_layers) FROM models AS mm WHERE mm.model = model_a) AS depth_a,
-                  (SELECT any_value(layer_b / mm.n_layers) FROM models AS mm WHERE mm.model = model_b) AS depth_b)
+res AS (SELECT vindex_cka_influence(model_a, model_b, layer_a, layer_b, pooling, prompt_set, estimator, allow_partial,
+                                    {literal(fn)}) AS s
+        WHERE {data_checks(fn, models)}),
+rows AS (SELECT unnest(res.s.prompt_set) AS prompt_set, unnest(res.s.prompt_id) AS prompt_id,
+                unnest(res.s.cka_without) AS cka_without, res.s.cka AS cka, res.s.se AS se, res.s.n AS n,
+                res.s.depth_a AS depth_a, res.s.depth_b AS depth_b, res.s.estimator AS estimator
+         FROM res)
 SELECT model_a AS model_a, model_b AS model_b, layer_a::INTEGER AS layer_a, layer_b::INTEGER AS layer_b,
-       d.depth_a, d.depth_b, r.prompt_set, r.prompt_id, p.category, r.cka, r.cka_without,
+       r.depth_a, r.depth_b, r.prompt_set, r.prompt_id, p.category, r.cka, r.cka_without,
        r.cka - r.cka_without AS influence,
        (row_number() OVER (ORDER BY r.cka - r.cka_without NULLS LAST, r.prompt_set, r.prompt_id))::INTEGER AS rank,
-       r.se AS jackknife_se, r.n::INTEGER AS n, pooling AS pooling, o.o.estimator AS estimator
-FROM checks AS c CROSS JOIN opts AS o CROSS JOIN depths AS d CROSS JOIN rows AS r
-LEFT JOIN prompts AS p ON p.model = model_a AND p.prompt_set = r.prompt_set AND p.prompt_id = r.prompt_id
-WHERE c.ok"""
+       r.se AS jackknife_se, r.n::INTEGER AS n, pooling AS pooling, r.estimator
+FROM rows AS r
+LEFT JOIN prompts AS p ON p.model = model_a AND p.prompt_set = r.prompt_set AND p.prompt_id = r.prompt_id"""
 
 
 def influence_sql(models: list[ModelInfo]) -> str:
