@@ -394,8 +394,8 @@ def register_functions(con, vindexes=()) -> None:
         con.create_function(name, fn, None, duckdb.sqltype(ret), type="arrow", null_handling="special",
                             side_effects=effects)
     models = lake_models(con, grams)
-    for sql in macros(models) + influence.macros(models) + layer_stages.macros(models) + rosetta_sql.macros(models) + measure_sql.macros(models) + describe.macros():
-        con.execute(sql)
+    con.execute(";\n".join(macros(models) + influence.macros(models) + layer_stages.macros(models)
+                            + rosetta_sql.macros(models) + measure_sql.macros(models) + describe.macros()))
 
 
 _CONNECTION_VINDEXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

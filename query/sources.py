@@ -43,13 +43,21 @@ class ResolvedVindex(ManifestView):
     base: str
     source: str
     filesystem: object | None = field(default=None, compare=False, repr=False)
+    # relpath -> url, resolved once per object (a connection's views, its Gram cache lookups): resolving
+    # symlinks is a few stats per path, and a lake lists thousands of paths
+    _urls: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def url(self, relpath: str) -> str:
         """Where DuckDB reads the manifest path `relpath` (refusing paths that escape the vindex)."""
-        if self.filesystem is None and "://" not in self.base:
-            return str(safe_join(self.base, relpath))
-        safe_join("/", relpath)  # same traversal rules, no disk access
-        return f"{self.base.rstrip('/')}/{relpath}"
+        url = self._urls.get(relpath)
+        if url is None:
+            if self.filesystem is None and "://" not in self.base:
+                url = str(safe_join(self.base, relpath))
+            else:
+                safe_join("/", relpath)  # same traversal rules, no disk access
+                url = f"{self.base.rstrip('/')}/{relpath}"
+            self._urls[relpath] = url
+        return url
 
 
 def resolve_source(src) -> list[ResolvedVindex]:

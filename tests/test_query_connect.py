@@ -91,8 +91,15 @@ def test_cka_matrix_reads_only_its_two_models(lake, tmp_path):
     con = connect(lake)
     read = scans(con, "SELECT * FROM cka_matrix('a', 'c')")
     assert all("/b/" not in names for _, names in read)
-    # each model's 5 layer files once for the Grams, at most one more each for the existence checks
-    assert 10 <= sum(n for n, _ in read) <= 12
+    # the Grams come from the Gram cache (read or computed from a's and c's shards alone, outside
+    # DuckDB): DuckDB scans at most one file per model, for the existence checks
+    assert sum(n for n, _ in read) <= 2
+    assert not (lake / "b" / "grams").exists() and (lake / "a" / "grams").is_dir() and (lake / "c" / "grams").is_dir()
+    # the scanning path (allow_partial): each model's 5 layer files once for the Grams, once for the
+    # prompts both hold, at most one more each for the existence checks
+    read = scans(con, "SELECT * FROM cka_matrix('a', 'c', allow_partial := true)")
+    assert all("/b/" not in names for _, names in read)
+    assert 20 <= sum(n for n, _ in read) <= 22
 
 
 def test_only_manifest_files_exist(lake):

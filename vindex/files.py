@@ -25,11 +25,12 @@ def safe_join(root: str | os.PathLike, relpath: str) -> Path:
             or any(part in ("..", "") for part in p.parts) or "\\" in relpath:
         raise UnsafePath(f"path {relpath!r} escapes the vindex folder {str(root)!r} "
                          "(absolute paths, '..' and backslashes are not allowed)")
-    root = Path(root).resolve()
-    full = (root / Path(*p.parts)).resolve()
-    if full != root and root not in full.parents:
-        raise UnsafePath(f"path {relpath!r} resolves outside the vindex folder {str(root)!r} (symlink?)")
-    return full
+    # os.path.realpath is what Path.resolve runs, without the Path objects (a lake lists thousands of paths)
+    root = os.path.realpath(root)
+    full = os.path.realpath(os.path.join(root, *p.parts))
+    if full != root and not full.startswith(root.rstrip(os.sep) + os.sep):
+        raise UnsafePath(f"path {relpath!r} resolves outside the vindex folder {root!r} (symlink?)")
+    return Path(full)
 
 
 def cache_home(area: str = "") -> Path:
