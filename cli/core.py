@@ -139,16 +139,26 @@ def _print_info(d: dict) -> None:
         layers = f"{t['layers'][0]}-{t['layers'][-1]}" if t["layers"] else "-"
         vec = f"{t['vector_dtype']}[{t['vector_width']}]" if t["vector_width"] else "-"
         click.echo(f"{name:<12} {t['files']:>6} {t['rows']:>10} {human_bytes(t['bytes']):>10}  {layers:<7} {vec}")
+    for g in d.get("grams", []):
+        spec = g["spec"] or {}
+        state = g["problem"] or (f"{len(g['current'])} current, {len(g['stale'])} stale layer(s)"
+                                 + (" (stale: `vindex verify --prune` removes it)" if not g["current"] else ""))
+        click.echo(f"grams   {spec.get('table')}/{spec.get('site')} pooling={spec.get('pooling')} "
+                   f"estimator={spec.get('estimator')} kernel={spec.get('kernel')} "
+                   f"prompt_set={spec.get('prompt_set')}: {state}, {human_bytes(g['bytes'])}")
 
 
 @click.command()
 @click.argument("path", type=click.Path(file_okay=False))
 @click.option("--checksums/--no-checksums", default=True, show_default=True,
               help="Check every file's sha256; --no-checksums still checks sizes, schemas and rows.")
-def verify(path, checksums):
-    """Check every file of a vindex (of each vindex, for a lake folder) against its manifest; exit 1
-    on any problem."""
-    results = verify_each(path, checksums=checksums)
+@click.option("--prune", is_flag=True, default=False,
+              help="First remove from the Gram cache (grams/) what can never be used: damaged entries, temp "
+                   "files of a killed write, entries of shards no longer listed.")
+def verify(path, checksums, prune):
+    """Check every file of a vindex (of each vindex, for a lake folder) against its manifest, and its
+    Gram cache entries by their names; exit 1 on any problem."""
+    results = verify_each(path, checksums=checksums, prune=prune)
     for folder, problems in results.items():
         for p in problems:
             click.echo(str(p), err=True)

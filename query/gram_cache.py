@@ -23,8 +23,10 @@ reported (`GramCacheRebuilt`), never used, and rebuilt. The sha256 is checked on
 version, as for shards (`vindex.verified`: a warm check is a stat).
 
 How it is written: `vindex.files.atomic_write_bytes` (a hidden temp file, fsync, rename) under the
-vindex's write lock (`vindex.lock.WriteLock`), briefly, like a manifest commit; a busy or
-unwritable vindex falls back to the user cache, and failing that the Grams are only kept in memory.
+vindex's write lock (`vindex.lock.WriteLock`), briefly, like a manifest commit, removing the older
+entry of the same spec and any temp file a killed write left; a busy or unwritable vindex falls
+back to the user cache, and failing that the Grams are only kept in memory. The files' format and
+checks are core's (`vindex.grams`: what verify, info, publish and pull use too).
 In this process the Grams of the last entries used stay in memory too (`MEMORY_BYTES`), keyed by
 the same content, so a lake of N models computes or reads each model's Grams once for all its pairs.
 """
@@ -46,27 +48,17 @@ import pyarrow.parquet as pq
 from vindex.errors import (ChecksumError, CorruptShard, GramCacheRebuilt, InvalidValue, ManifestError, NotFound,
                            VindexBusy)
 from vindex.files import atomic_write_bytes, cache_home
+from vindex.grams import (ENTRY_SCHEMA, FOLDER, FORMAT, META_KEY, entry_name, layer_digest, layer_digests,
+                          read_entry, spec_key, temp_files)
 from vindex.lock import WriteLock
 from vindex.verified import verify_shard
 
 from . import cka
 from .parallel import map_layers
 
-FOLDER = "grams"
-FORMAT = "vindex-grams/1"
 DEFAULT_SITE = "resid_post"    # shards written before the `site` column hold resid_post only
 MEMORY_BYTES = 1 << 30         # Grams kept in this process, most recently used first
 LOCK_WAIT_S = 5.0              # how long a cache write waits for the vindex's write lock
-_META_KEY = b"vindex.grams"
-
-ENTRY_SCHEMA = pa.schema([
-    ("layer", pa.int32()), ("shards", pa.string()), ("n", pa.int32()), ("n_distinct", pa.int32()),
-    ("rows_key", pa.int64()), ("status", pa.string()), ("note", pa.string()), ("g", pa.list_(pa.float64())),
-])
-# status of a layer's row: ok (g is its Gram); empty (no rows match the spec); duplicate (a prompt
-# twice); undefined (a constant layer: CKA is NULL); invalid (the Gram cannot be formed: too few
-# rows, a saturated kernel; SQL raises it)
-STATUSES = ("ok", "empty", "duplicate", "undefined", "invalid")
 
 
 @dataclass(frozen=True)
@@ -86,12 +78,7 @@ class GramSpec:
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.record(), sort_keys=True).encode()).hexdigest()[:32]
-
-
-def layer_digest(entries: list[dict]) -> str:
-    """The content a layer's Gram is computed from: sha256 over its shards' sha256s (as the manifest lists them)."""
-    return hashlib.sha256("\n".join(sorted(e["sha256"] for e in entries)).encode()).hexdigest()
+        return spec_key(self.record())
 
 
 # -- one layer: read its shards, sort its rows, form its Gram -------------------------------------
@@ -247,10 +234,7 @@ def _meta_gram(v, layer: int, r: dict) -> tuple[dict, np.ndarray | None]:
 
 
 def _digests(v, spec: GramSpec) -> dict[int, str]:
-    by_layer: dict[int, list] = {}
-    for e in v.entries(spec.table):
-        by_layer.setdefault(e["partition"].get("layer"), []).append(e)
-    return {layer: layer_digest(es) for layer, es in by_layer.items()}
+    return layer_digests(v.entries(spec.table))
 
 
 def _memory_key(spec: GramSpec, digests: dict) -> tuple:
@@ -267,10 +251,6 @@ def _folders(v) -> list[tuple[Path, str]]:
     user = cache_home(FOLDER) / hashlib.sha256(v.base.encode()).hexdigest()[:16]
     out.append((user, ""))
     return out
-
-
-def _entry_name(spec: GramSpec, sha256: str) -> str:
-    return f"{spec.key}.{sha256}.parquet"
 
 
 def _read_entry(folder: Path, rel: str, spec: GramSpec) -> dict[int, dict]:
@@ -297,38 +277,9 @@ def _read_entry(folder: Path, rel: str, spec: GramSpec) -> dict[int, dict]:
 
 
 def _checked_rows(path: Path, rel: str, spec: GramSpec) -> dict[int, dict]:
-    """Verify an entry (its sha256 is in its name; checked once per file version, `vindex.verified`),
-    then its spec and each Gram's size; the rows by layer."""
-    sha = path.name[len(spec.key) + 1:-len(".parquet")]
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise CorruptShard("its name does not end in the sha256 of its bytes")
-    # flush=False: the memo is written by the next lookup's shard check (one file write, not one per entry)
-    verify_shard(path, {"path": rel, "bytes": path.stat().st_size, "sha256": sha}, rel, where=str(path), flush=False)
-    try:
-        f = pq.ParquetFile(path)
-        said = json.loads((f.schema_arrow.metadata or {}).get(_META_KEY, b"null"))
-        t = f.read()
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise CorruptShard(f"not a readable Gram cache entry ({e})") from None
-    if said != spec.record():
-        raise InvalidValue(f"holds Grams of {said!r}, not of {spec.record()!r}")
-    if not t.schema.equals(ENTRY_SCHEMA):
-        raise InvalidValue(f"columns {t.schema.names} are not a Gram cache entry's {ENTRY_SCHEMA.names}")
-    g = t["g"].combine_chunks()
-    offsets = g.offsets.to_numpy()
-    values = g.values.to_numpy(zero_copy_only=False)
-    valid = g.is_valid().to_numpy(zero_copy_only=False)
-    rows = {}
-    for i, r in enumerate(t.drop_columns(["g"]).to_pylist()):
-        if r["status"] not in STATUSES or r["layer"] in rows:
-            raise InvalidValue(f"row {i}: status {r['status']!r} or layer {r['layer']} is not a Gram cache row's")
-        size = offsets[i + 1] - offsets[i]
-        if (r["status"] == "ok") != bool(valid[i]) or (valid[i] and size != r["n"] * (r["n"] + 1) // 2):
-            raise InvalidValue(f"layer {r['layer']}: a Gram of {size} numbers for n = {r['n']} rows "
-                               f"(expected n(n+1)/2 = {r['n'] * (r['n'] + 1) // 2})")
-        r["g"] = values[offsets[i]:offsets[i + 1]] if valid[i] else None
-        rows[r["layer"]] = r
-    return rows
+    """The rows of an entry that passes every check (`vindex.grams.read_entry`: its sha256 is in its
+    name, checked once per file version; its spec; each Gram's size), by layer."""
+    return read_entry(path, rel, spec.record())[1]
 
 
 def _entry_table(rows: dict[int, dict], spec: GramSpec) -> pa.Table:
@@ -341,7 +292,7 @@ def _entry_table(rows: dict[int, dict], spec: GramSpec) -> pa.Table:
                                  mask=pa.array([x is None for x in gs]))
     cols = {name: [r[name] for r in ordered] for name in ENTRY_SCHEMA.names if name != "g"}
     arrays = [pa.array(cols[f.name], f.type) if f.name != "g" else g for f in ENTRY_SCHEMA]
-    meta = {_META_KEY: json.dumps(spec.record(), sort_keys=True).encode()}
+    meta = {META_KEY: json.dumps(spec.record(), sort_keys=True).encode()}
     return pa.Table.from_arrays(arrays, schema=ENTRY_SCHEMA.with_metadata(meta))
 
 
@@ -354,7 +305,7 @@ def _write_entry(v, folder: Path, rel: str, spec: GramSpec, table: pa.Table) -> 
     pq.write_table(table, sink, compression="none", write_page_checksum=True, use_dictionary=False,
                    write_statistics=False)
     data = sink.getvalue().to_pybytes()
-    final = folder / _entry_name(spec, hashlib.sha256(data).hexdigest())
+    final = folder / entry_name(spec.key, hashlib.sha256(data).hexdigest())
 
     def write() -> Path:
         atomic_write_bytes(final, data)
@@ -365,7 +316,11 @@ def _write_entry(v, folder: Path, rel: str, spec: GramSpec, table: pa.Table) -> 
 
     if rel:   # inside the vindex: a short critical section under its write lock, like a manifest commit
         with WriteLock(Path(v.base), LOCK_WAIT_S):
-            return write()
+            path = write()
+            # every write into grams/ holds this lock: a hidden file left now is a killed write's temp file
+            for tmp in temp_files(v.base):
+                tmp.unlink(missing_ok=True)
+            return path
     return write()
 
 

@@ -245,3 +245,92 @@ def test_the_warm_path_refuses_what_the_scanning_path_refuses(lake):
     for extra in ("", ", allow_partial := false"):
         with pytest.raises(duckdb.Error, match=r"layer 0 of a and layer 1 of b hold different prompts \(20 vs 19"):
             connect(lake).sql(f"SELECT * FROM cka_matrix('a', 'b', pooling := 'mean'{extra})").fetchall()
+
+
+# -- verify, prune, info: the cache's files by their self-checking names -----------------------------
+def test_verify_checks_entries_by_their_names_and_prune_removes_what_cannot_be_used(lake):
+    from vindex import info, verify
+    sql_matrix(lake)                                                  # one biased entry per model
+    sql_matrix(lake, "debiased")                                      # and a debiased one
+    assert verify(lake) == []
+    biased = gram_cache.GramSpec("mean", None, cka.options("biased")).key
+    entry = next(p for p in entry_files(lake) if p.name.startswith(biased))
+    # a killed write's temp file, a damaged entry (bytes not its name's sha256), an entry of old shards
+    tmp = lake / "a" / "grams" / f".{entry.name}.x1y2.tmp"
+    tmp.write_bytes(b"half an entry")
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    write_model(lake, "a", 12, 8, layers=range(LAYERS + 1))          # every layer rewritten: the debiased entry is stale
+    kinds = sorted((p.kind, os.path.basename(p.path)) for p in verify(lake / "a"))
+    assert kinds == [("grams", entry.name), ("temp", tmp.name)]
+    d = info(lake / "a")
+    (stale,) = [g for g in d["grams"] if g["problem"] is None]
+    assert stale["spec"]["estimator"] == "debiased" and stale["current"] == [] and stale["stale"] == [0, 1, 2, 3]
+    assert [g["file"] for g in d["grams"] if g["problem"]] == [entry.name]
+    # --prune: all three are gone, b's entries (current) stay
+    assert verify(lake, prune=True) == []
+    assert entry_files(lake, "a") == [] and not tmp.exists() and len(entry_files(lake, "b")) == 2
+    np.testing.assert_allclose(sql_matrix(lake), reference_matrix(lake), rtol=0, atol=1e-12)
+
+
+def test_a_cache_write_removes_a_killed_writes_temp_file(lake):
+    sql_matrix(lake)
+    tmp = lake / "a" / "grams" / ".killed.parquet.abc.tmp"
+    tmp.write_bytes(b"x")
+    write_model(lake, "a", 12, 4, layers=[1])                        # layer 1 changed: the entry is rewritten
+    sql_matrix(lake)
+    assert not tmp.exists() and len(entry_files(lake)) == 1
+
+
+def test_the_cli_verify_prune_and_info(lake):
+    from click.testing import CliRunner
+    from vindex.cli import main
+    sql_matrix(lake)
+    tmp = lake / "b" / "grams" / ".x.tmp"
+    tmp.write_bytes(b"x")
+    r = CliRunner().invoke(main, ["verify", str(lake)])
+    assert r.exit_code == 1 and "[temp]" in r.output
+    r = CliRunner().invoke(main, ["verify", "--prune", str(lake)])
+    assert r.exit_code == 0 and not tmp.exists()
+    r = CliRunner().invoke(main, ["info", str(lake / "a")])
+    assert r.exit_code == 0 and "grams   pooled/resid_post pooling=mean estimator=biased" in r.output
+    assert "4 current, 0 stale layer(s)" in r.output
+
+
+# -- publish and pull carry the entries by their names ------------------------------------------------
+def test_publish_and_pull_carry_the_gram_cache(lake, hub_server, tmp_path, monkeypatch):
+    from vindex import verify
+    from vindex.hub import publish
+    from vindex.hub.download import pull
+    want = sql_matrix(lake)
+    sql_matrix(lake, "debiased")
+    write_model(lake, "b", 16, 6, layers=range(LAYERS + 1))        # b's entries are now all stale
+    want_b = sql_matrix(lake)                                       # b's biased entry rewritten; debiased stale
+    res = publish(lake, "vindex-org/lake", progress=False)
+    remote = hub_server.files("vindex-org/lake")
+    grams_a = {f"a/grams/{p.name}" for p in entry_files(lake, "a")}
+    grams_b = {f"b/grams/{p.name}" for p in entry_files(lake, "b")}
+    assert len(grams_a) == 2 and len(grams_b) == 2
+    published_b = {p for p in remote if p.startswith("b/grams/")}
+    assert grams_a <= set(remote) and len(published_b) == 1 and published_b < grams_b   # the stale one stays home
+    assert all(hub_server.read_file("vindex-org/lake", p) == (lake / p).read_bytes() for p in grams_a | published_b)
+    assert publish(lake, "vindex-org/lake", progress=False).uploaded == []
+    # pulled: the entries arrive checked, and a warm query uses them (nothing is computed)
+    out = tmp_path / "pulled"
+    pull("hf://datasets/vindex-org/lake", out=out, progress=False)
+    assert {f"a/grams/{p.name}" for p in entry_files(out, "a")} == grams_a
+    assert verify(out) == []
+    gram_cache.forget()
+    monkeypatch.setattr(gram_cache, "_run_here", lambda jobs: pytest.fail(f"computed {len(jobs)} Grams"))
+    np.testing.assert_allclose(sql_matrix(out), want_b, rtol=0, atol=1e-12)
+    assert np.abs(want_b - want).max() > 1e-3
+    # a remote entry whose bytes are not its name's sha256 is never kept
+    path = sorted(grams_a)[0]
+    good = hub_server.read_file("vindex-org/lake", path)
+    hub_server.tamper("vindex-org/lake", path, good[:-8] + b"\0" * 8)
+    out2 = tmp_path / "pulled2"
+    with pytest.raises(Exception, match="sha256"):
+        pull("hf://datasets/vindex-org/lake", models=["a"], out=out2, progress=False)
+    assert not (out2 / "a" / path.split("/", 1)[1]).exists() and not (out2 / path.split("/", 1)[1]).exists()
+    assert res.commit

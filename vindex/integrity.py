@@ -7,6 +7,14 @@ no layer above the model's n_layers; with checksums, also that its vector column
 Inf (read a batch at a time, so memory stays bounded whatever the shard's size). Problems are
 collected, not raised, so one run reports them all. A lake root (a folder of vindex folders) is
 checked one vindex at a time (`verify_each`).
+
+The Gram cache (`grams/`, a derived cache the manifest does not list: `vindex.grams`) is checked
+by its self-checking names: each entry's bytes against the sha256 in its name, its spec against its
+key, its Grams' sizes ('grams' problems: such an entry is never used, the cache rebuilds it), and
+the hidden temp files of a killed cache write ('temp'). Entries of older shards (stale) are not
+problems (never used; `vindex info` lists them). With prune, what can never be used (damaged
+entries, temp files, entries no row of which matches the shards now) is removed first, under the
+vindex's write lock.
 """
 from __future__ import annotations
 
@@ -18,9 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import grams
 from .errors import SchemaMismatch, VindexError
 from .files import safe_join, sha256_file
 from .lake import lake_members
+from .lock import WriteLock
 from .manifest import MANIFEST, consistency_problems, load_manifest
 from .schema import TABLES, arrow_schema, check_schema, defaults_if_absent, table_spec, vector_columns
 
@@ -32,27 +42,28 @@ SCAN_ROWS = 16_384                            # rows per batch of the NaN/Inf sc
 class Problem:
     path: str      # the file (or vindex.json) the problem is about
     kind: str      # manifest | unsafe-path | duplicate | missing | size | checksum | corrupt | schema |
-    #                other-table | rows | partition | layers | nonfinite | orphan | twin
+    #                other-table | rows | partition | layers | nonfinite | orphan | twin | grams | temp
     message: str
 
     def __str__(self) -> str:
         return f"{self.path}: [{self.kind}] {self.message}"
 
 
-def verify(path: str | Path, checksums: bool = True) -> list[Problem]:
+def verify(path: str | Path, checksums: bool = True, prune: bool = False) -> list[Problem]:
     """All problems of the vindex at `path`, or of every vindex of the lake at `path` (an empty list
-    means it is sound; each problem's path names its vindex folder)."""
-    return [p for problems in verify_each(path, checksums).values() for p in problems]
+    means it is sound; each problem's path names its vindex folder). prune: first remove from each
+    vindex's Gram cache what can never be used (`vindex.grams.prune`)."""
+    return [p for problems in verify_each(path, checksums, prune).values() for p in problems]
 
 
-def verify_each(path: str | Path, checksums: bool = True) -> dict[str, list[Problem]]:
+def verify_each(path: str | Path, checksums: bool = True, prune: bool = False) -> dict[str, list[Problem]]:
     """{vindex folder: its problems}: one entry for a vindex folder, one per vindex of a lake root
     (in name order; a vindex with no problems maps to [])."""
     members = lake_members(path) or [Path(path)]
-    return {str(p): _verify_vindex(p, checksums) for p in members}
+    return {str(p): _verify_vindex(p, checksums, prune) for p in members}
 
 
-def _verify_vindex(path: str | Path, checksums: bool) -> list[Problem]:
+def _verify_vindex(path: str | Path, checksums: bool, prune: bool = False) -> list[Problem]:
     root = Path(path)
     try:
         m = load_manifest(root)
@@ -85,7 +96,20 @@ def _verify_vindex(path: str | Path, checksums: bool) -> list[Problem]:
             if rel not in listed:
                 problems.append(Problem(str(f), "orphan", "not listed in the manifest (left by an "
                                         "interrupted write?); readers ignore it"))
-    return problems
+    return problems + _gram_problems(root, m, checksums, prune)
+
+
+def _gram_problems(root: Path, m: dict, checksums: bool, prune: bool) -> list[Problem]:
+    """The Gram cache's damaged entries and temp files (after pruning them, with prune)."""
+    if prune and (root / grams.FOLDER).is_dir():
+        with WriteLock(root):
+            grams.prune(root, m)
+    out = [Problem(str(p), "temp", "a temp file of a Gram cache write that was killed; never read "
+                   "(`vindex verify --prune` removes it)") for p in grams.temp_files(root)]
+    out += [Problem(str(item["path"]), "grams", f"{item['problem']}; never used, the Gram cache computes it "
+                    "again (`vindex verify --prune` removes it)")
+            for item in grams.survey(root, m, rehash=checksums) if item["problem"] is not None]
+    return out
 
 
 def _listed_key(root: Path, relpath: str) -> str:

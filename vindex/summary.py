@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.filesize import decimal
 
+from . import grams
 from .files import safe_join
 from .lake import lake_members
 from .manifest import partition_values
@@ -48,7 +49,14 @@ def _vindex_info(path: str | Path) -> dict:
             "provenance": provenance(vx.manifest),
             "extraction": vx.manifest.get("extraction", {}), "prompt_sets": prompt_sets,
             "tables": tables, "created_by": vx.manifest.get("created_by"),
-            "updated_at": vx.manifest.get("updated_at")}
+            "updated_at": vx.manifest.get("updated_at"), "grams": gram_entries(vx.root, vx.manifest)}
+
+
+def gram_entries(root, manifest: dict) -> list[dict]:
+    """The Gram cache entries in the vindex's grams/ (`vindex.grams.survey`): file, bytes, spec, the
+    layers whose shards are listed now (current) and the rest (stale), or why it cannot be used."""
+    return [{"file": item["path"].name, "bytes": item["bytes"], "spec": item["record"], "current": item["current"],
+             "stale": item["stale"], "problem": item["problem"]} for item in grams.survey(root, manifest)]
 
 
 # "Q4_1", "Q4_K_M", "IQ3_XS", "Q8_0" -> bits; float file types are named by their dtype

@@ -13,7 +13,9 @@ short) is reported and fetched once more from scratch; if it is still wrong it i
 ChecksumError and never kept.
 
 The local vindex gets a manifest restricted to the files it holds, plus `pulled_from` (repo,
-revision, commit, selection), so a partial pull is itself a valid vindex. Pulls into the same
+revision, commit, selection), so a partial pull is itself a valid vindex. The Gram cache's entries
+(`grams/`, derived, not in the manifest) come with the pooled table, checked against the sha256
+their names carry (`vindex.grams`); the cache itself uses only their rows of the shards pulled. Pulls into the same
 folder accumulate (pull layer 3 today, layer 4 tomorrow).
 """
 from __future__ import annotations
@@ -28,14 +30,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
+from .. import grams
 from ..errors import ChecksumError, HubError, NotFound, VindexError
 from ..files import fsync_dir, safe_join, sha256_file
 from .remote import (HubLocation, RemoteVindex, cache_dir_for, endpoint, failure_message, find_remote_vindexes,
-                     hub_session, hub_timeout, is_transient, resolve_commit)
+                     hub_api, hub_session, hub_timeout, is_transient, resolve_commit)
 from ..lock import WriteLock
 from ..manifest import MANIFEST, load_manifest, save_manifest, validate_manifest
 
@@ -117,10 +120,14 @@ def pull(source: str, tables: list[str] | None = None, layers: list[int] | None 
     _check_selection_found(plans, tables, layers, loc)
     result = PullResult(target, commit, [dest for _, dest, _ in plans])
     jobs = []
-    present = [(rv, dest, e) for rv, dest, entries in plans for e in entries if safe_join(dest, e["path"]).exists()]
+    # the Gram cache's entries (not in the manifest) come along with pooled, by their self-checking names
+    grams_of = {id(rv): _remote_grams(rv, token) if tables is None or "pooled" in tables else []
+                for rv, _, _ in plans}
+    present = [(rv, dest, e) for rv, dest, entries in plans for e in entries + grams_of[id(rv)]
+               if safe_join(dest, e["path"]).exists()]
     verified = _verify_present(present, progress)
     for rv, dest, entries in plans:
-        for e in entries:
+        for e in entries + grams_of[id(rv)]:
             result.allow_patterns.append(rv.repo_path(e["path"]))
             if (str(dest), e["path"]) in verified:
                 result.reused.append(rv.repo_path(e["path"]))
@@ -137,6 +144,31 @@ def pull(source: str, tables: list[str] | None = None, layers: list[int] | None 
     if failures:
         _raise_failures(failures, len(jobs))
     return result
+
+
+def _remote_grams(rv: RemoteVindex, token) -> list[dict]:
+    """The Gram cache entries of a remote vindex (`grams/<spec key>.<sha256>.parquet`, `vindex.grams`)
+    as manifest-like entries: path, bytes (as listed), sha256 (from the name), so that a pulled entry
+    is kept only if its bytes are its name's sha256. Names of another form are not fetched."""
+    from huggingface_hub import errors as hf_errors
+
+    api = hub_api(token)
+    loc = rv.location
+    try:
+        listed = list(api.list_repo_tree(loc.repo_id, path_in_repo=rv.repo_path(grams.FOLDER), repo_type=loc.repo_type,
+                                         revision=rv.commit))
+    except hf_errors.EntryNotFoundError:
+        return []                       # no Gram cache published
+    except hf_errors.HfHubHTTPError as e:
+        raise HubError(f"{rv.location.uri(revision=rv.commit, path=rv.repo_path(grams.FOLDER))}: "
+                       f"the Hub answered {e}".splitlines()[0]) from None
+    out = []
+    for f in listed:
+        name = PurePosixPath(f.path).name
+        parsed = grams.parse_name(name)
+        if parsed is not None and not hasattr(f, "tree_id") and f.path == rv.repo_path(f"{grams.FOLDER}/{name}"):
+            out.append({"path": f"{grams.FOLDER}/{name}", "bytes": int(f.size), "sha256": parsed[1]})
+    return out
 
 
 def _check_dest(dest: Path, rv: RemoteVindex) -> None:

@@ -4,7 +4,8 @@
 
 The local vindex is verified first; files whose sha256 (LFS) or git blob id the Hub already has
 are skipped; data files go in batches and the manifest and generated card (vindex.hub.card) go last,
-so the repo never lists a file it does not have yet. Public as `vindex.hub.publish`.
+so the repo never lists a file it does not have yet. The Gram cache (`grams/`, derived, not in the
+manifest) travels by its self-checking names: each sound entry with a layer of the current shards. Public as `vindex.hub.publish`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .. import grams
 from ..errors import ChecksumError, HubError, NotFound, VindexError
 from ..files import safe_join, sha256_file
 from .remote import CARD, HubLocation, hub_call, endpoint, hub_api, hub_timeout
@@ -89,9 +91,10 @@ def publish(path: str | Path, repo: str, revision: str | None = None, private: b
     revision = revision or loc.revision or "main"
     vindexes = local_vindexes(path)
     # 1. the local side must be sound: schemas, sizes and checksums
-    manifests, local_files = [], {}
+    manifests, local_files, local_grams = [], {}, {}
     for sub, folder in vindexes:
-        problems = [p for p in verify(folder, checksums=False) if p.kind != "orphan"]
+        # orphans are never read; a damaged Gram cache entry or temp file is never used, nor uploaded
+        problems = [p for p in verify(folder, checksums=False) if p.kind not in ("orphan", "grams", "temp")]
         if problems:
             raise VindexError(f"{folder}: refusing to publish a vindex that does not verify:\n  "
                               + "\n  ".join(map(str, problems[:10])))
@@ -101,6 +104,7 @@ def publish(path: str | Path, repo: str, revision: str | None = None, private: b
         for t in m["tables"].values():
             for e in t.get("files", []):
                 local_files[_join(prefix, e["path"])] = (safe_join(folder, e["path"]), e)
+        local_grams.update(_gram_files(prefix, folder, m))
     names = [m["name"] for _, m in manifests]
     if len(set(names)) < len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -120,10 +124,10 @@ def publish(path: str | Path, repo: str, revision: str | None = None, private: b
     if private and not info.private:
         warnings.warn(f"{where}: the repo already exists and is public; --private only applies to new repos",
                       stacklevel=2)
-    # 3. what changed
+    # 3. what changed (Gram cache entries travel as data files: their names carry their sha256)
     result = PublishResult(loc.repo_id, revision, "", f"{endpoint()}/datasets/{loc.repo_id}")
     data_ops = []
-    for rpath, (local, e) in sorted(local_files.items()):
+    for rpath, (local, e) in sorted({**local_files, **local_grams}.items()):
         r = remote.get(rpath)
         same = r is not None and r.size == e["bytes"] and (
             (r.lfs is not None and r.lfs.sha256 == e["sha256"])
@@ -150,10 +154,12 @@ def publish(path: str | Path, repo: str, revision: str | None = None, private: b
             result.uploaded.append(rpath)
             result.bytes_uploaded += len(data)
     # stale shards: under a published vindex's data/ but no longer in its manifest
+    # and Gram cache entries the local vindex no longer has (stale, pruned, or of another spec version)
     for prefix, _m in manifests:
-        data_dir = _join(prefix, "data") + "/"
+        data_dir, grams_dir = _join(prefix, "data") + "/", _join(prefix, grams.FOLDER) + "/"
         for rpath in remote:
-            if rpath.startswith(data_dir) and rpath not in local_files:
+            if (rpath.startswith(data_dir) and rpath not in local_files) or (
+                    rpath.startswith(grams_dir) and rpath not in local_grams):
                 final_ops.append(CommitOperationDelete(path_in_repo=rpath))
                 result.deleted.append(rpath)
     # 4. commit: data in batches, then the manifest(s), card and deletions
@@ -209,6 +215,19 @@ def _hf_progress(enabled: bool):
 
 def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def _gram_files(prefix: str, folder: Path, manifest: dict) -> dict[str, tuple[Path, dict]]:
+    """repo path -> (local file, entry as a manifest lists a file) of the vindex's Gram cache entries
+    worth publishing: sound (bytes rehashed against the sha256 in the name, spec, sizes) and with at
+    least one layer computed from the shards the manifest lists now (`vindex.grams.survey`)."""
+    out = {}
+    for item in grams.survey(folder, manifest, rehash=True):
+        if item["problem"] is None and item["current"]:
+            name = item["path"].name
+            out[_join(prefix, grams.FOLDER, name)] = (item["path"], {
+                "path": f"{grams.FOLDER}/{name}", "bytes": item["bytes"], "sha256": grams.parse_name(name)[1]})
+    return out
 
 
 def _check_checksums(files: dict[str, tuple[Path, dict]], progress: bool) -> None:
