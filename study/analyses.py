@@ -37,7 +37,8 @@ def band_of(depth: float, bands=DEPTH_BANDS) -> str:
 # -- CKA across layers ---------------------------------------------------------------------------
 def cka_matrices(con, pairs, poolings, estimators, prompt_set: str, allow_partial: bool = False) -> pa.Table:
     """Every layer pair's CKA for each (pair, pooling, estimator), without a null (the heatmaps)."""
-    parts = [cka_matrix(con, a, b, pooling=p, estimator=e, prompt_set=prompt_set, allow_partial=allow_partial)
+    parts = [cka_matrix(con, a, b, pooling=p, estimator=e, prompt_set=prompt_set, permutations=0,
+                        allow_partial=allow_partial)
              for a, b in pairs for p in poolings for e in estimators]
     return pa.concat_tables(parts) if parts else pa.table({})
 
