@@ -37,8 +37,9 @@ def _feature_layers(value: str):
               help="run on a Ray cluster, a task per layer range: --ray alone uses RAY_ADDRESS or a local "
                    "cluster; or ray://head:10001, auto, local (needs the `distributed` extra).")
 @click.option("--layers-per-task", type=int, help="with --ray: layers per task (default: spread over the CPUs).")
+@click.option("--device", help="torch device for down_meta's matmuls (default: cuda when available, else cpu).")
 def weights(source, out, name, top_k, unembedding, ov_variants, feature_layers, ov_top_k, vectors, vector_dtype,
-            tables, layers, resume, quiet, ray, layers_per_task):
+            tables, layers, resume, quiet, ray, layers_per_task, device):
     """Write a model's weight-derived tables (features/down_meta, ov_gate, layer_stats) into a vindex.
 
     SOURCE is a model folder, a .gguf file, a Hub id or an offline model name (smollm2-135m,
@@ -51,7 +52,7 @@ def weights(source, out, name, top_k, unembedding, ov_variants, feature_layers, 
                          feature_layers=_feature_layers(feature_layers), ov_top_k=ov_top_k,
                          vectors=None if vectors == "none" else vectors, vector_dtype=vector_dtype,
                          tables=[t for t in tables.split(",") if t], layers=layers, resume=resume,
-                         progress=not quiet, ray=ray, layers_per_task=layers_per_task)
+                         progress=not quiet, ray=ray, layers_per_task=layers_per_task, device=device)
     click.echo(str(root))
 
 

@@ -203,7 +203,8 @@ def build_weights(source, out: str | Path | None = None, *, name: str | None = N
                   feature_layers: str | int = "same", ov_top_k: int | None = None,
                   vectors: str | None = DEFAULT_VECTORS, vector_dtype: str = "float16",
                   tables: Iterable[str] = TABLES, layers=None, resume: bool = True,
-                  progress: bool = True, ray=None, layers_per_task: int | None = None) -> Path:
+                  progress: bool = True, ray=None, layers_per_task: int | None = None,
+                  device: str | None = None) -> Path:
     """Write `features`, `ov_gate` and `layer_stats` for a model into the vindex at `out`.
 
     source: anything `resolve_model` takes (folder, GGUF, offline short name, Hub id) or a ModelSource.
@@ -220,6 +221,8 @@ def build_weights(source, out: str | Path | None = None, *, name: str | None = N
     resume: skip shards already written with the same parameters; False rewrites them.
     ray: run on a Ray cluster (True, or its address), one task per `layers_per_task` layers; same
         shards, one manifest commit (see vindex.ingest.on_ray.build_weights_on_ray).
+    device: where down_meta's matmuls run (default: cuda when available, else cpu; bf16 screened
+        where it has bf16 matrix units, see vindex.ingest.down_meta); the other tables use numpy.
     Returns the vindex folder.
     """
     if ray is not None and ray is not False:
@@ -229,9 +232,11 @@ def build_weights(source, out: str | Path | None = None, *, name: str | None = N
             progress=progress, top_k=top_k, unembedding=unembedding, ov_variants=ov_variants,
             feature_layers=feature_layers, ov_top_k=ov_top_k, vectors=vectors, vector_dtype=vector_dtype,
             tables=tables)
+    import torch
+    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     src = resolve_weights_source(source)
     writer, weights = open_weights_vindex(src, out, name)
     write_weights(writer, weights, top_k=top_k, unembedding=unembedding, ov_variants=ov_variants,
                   feature_layers=feature_layers, ov_top_k=ov_top_k, vectors=vectors, vector_dtype=vector_dtype,
-                  tables=tables, layers=layers, resume=resume, progress=progress)
+                  tables=tables, layers=layers, resume=resume, progress=progress, device=device)
     return writer.root

@@ -180,6 +180,14 @@ class VocabularyScorer:
                 ids[a:a + feature_chunk] = best_i.cpu().numpy()
         return ids, vals
 
+    def describe(self) -> dict:
+        """How the top-k are computed, for the manifest (the ids and logits are float32's either way)."""
+        if self.compute == "float32":
+            return {"compute": "float32", "device": str(self.device)}
+        return {"compute": "bfloat16 screen, float32 scores of the candidates", "device": str(self.device),
+                "candidates": f"top_k + {SCREEN_EXTRA}", "margin": SCREEN_C,
+                "note": "same ids and logits as float32: a feature whose bound check fails is scored in float32"}
+
     def _exact(self, rows, k: int, max_block_bytes: int):
         """float32 logits over the vocabulary in blocks, the running top-k."""
         import torch

@@ -102,8 +102,11 @@ def _feature_blocks(mode, block: int, n_layers: int) -> list[int]:
 def write_weights(writer: VindexWriter, weights: ModelWeights, *, top_k: int = 10, unembedding: str = "embedding",
                   ov_variants: Iterable[str] = ("o", "ov"), feature_layers: str | int = "same",
                   ov_top_k: int | None = None, vectors: str | None = DEFAULT_VECTORS, vector_dtype: str = "float16",
-                  tables: Iterable[str] = TABLES, layers=None, resume: bool = True, progress: bool = True) -> dict:
-    """Write the weight tables into an open writer (the body of `build_weights`); returns a summary."""
+                  tables: Iterable[str] = TABLES, layers=None, resume: bool = True, progress: bool = True,
+                  device: str | None = None) -> dict:
+    """Write the weight tables into an open writer (the body of `build_weights`); returns a summary.
+
+    device: where down_meta's matmuls run (None: the CPU)."""
     tables = tuple(tables)
     ov_variants = tuple(ov_variants)
     for t in tables:
@@ -126,6 +129,7 @@ def write_weights(writer: VindexWriter, weights: ModelWeights, *, top_k: int = 1
         raise InvalidValue(f"top_k={top_k} exceeds the vocabulary size {weights.vocab_rows}")
 
     unemb = down_meta.unembedding_matrix(weights, unembedding) if "features" in tables else None
+    scorer = down_meta.VocabularyScorer(unemb.matrix, device=device) if unemb is not None else None
     params = {"top_k": top_k, "ov_top_k": ov_top_k,
               "unembedding": unemb.info if unemb else {"kind": unembedding},
               "ov_variants": list(ov_variants), "feature_layers": feature_layers, "vectors": vectors,
@@ -133,15 +137,13 @@ def write_weights(writer: VindexWriter, weights: ModelWeights, *, top_k: int = 1
               "token_text": "tokenizer decode of one id, whitespace stripped (as LarQL)",
               "layer_convention": "block b (0-based) is stored at layer b+1; layer_stats layer 0 = embedding",
               "moe": "experts are (layer, expert, feature); a shared expert has expert = -1"}
+    if scorer is not None:
+        params["top_k_scoring"] = scorer.describe()
     _check_resume(writer, params, resume)
     writer.update(extraction={"weights": params})
     if vectors and "features" in tables:
         writer.declare_vectors("features", weights.shape.d_model, vector_dtype)
     vocab = down_meta.vocabulary_strings(weights.folder, weights.vocab_rows) if "features" in tables else None
-    u_tensor = None
-    if unemb is not None:
-        import torch
-        u_tensor = torch.from_numpy(unemb.matrix)
 
     summary = {t: 0 for t in tables}
     started = time.perf_counter()
@@ -165,7 +167,7 @@ def write_weights(writer: VindexWriter, weights: ModelWeights, *, top_k: int = 1
                 parts = []
                 for block in weights.ffn(b):
                     directions = down_meta.output_directions(weights, block, b, unemb)
-                    ids, logits = down_meta.top_tokens(u_tensor, directions, top_k)
+                    ids, logits = scorer.top_k(directions, top_k)
                     parts.append(down_meta.feature_rows(block, ids, logits, vocab, vectors))
                 summary["features"] += shards.write("features", down_meta.concat_rows(parts), part, 0)
             if "ov_gate" in tables and ov_variants and _todo(writer, "ov_gate", part, 0, resume):

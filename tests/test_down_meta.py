@@ -81,3 +81,32 @@ def test_auto_and_bad_arguments():
         VocabularyScorer(u).top_k(np.ones((4, 3), np.float32), 101)
     with pytest.raises(InvalidValue, match="W_down"):
         VocabularyScorer(u).top_k(np.ones((5, 3), np.float32), 3)
+
+
+def test_weights_on_a_device_that_is_not_there(tmp_path):
+    """build_weights(device=...) is checked before any work: a named error, nothing written."""
+    import torch
+    from click.testing import CliRunner
+
+    from ingest_fixtures import make_tiny_model
+    from vindex.cli import main
+    from vindex.errors import DeviceUnavailable
+    from vindex.ingest import build_weights
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    folder = make_tiny_model(tmp_path / "tiny", "llama")
+    with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
+        build_weights(folder, tmp_path / "vx", device="cuda", progress=False)
+    assert not (tmp_path / "vx").exists()
+    r = CliRunner().invoke(main, ["weights", str(folder), str(tmp_path / "vx"), "--device", "cuda", "--quiet"])
+    assert r.exit_code == 1 and "CUDA is not available" in r.output and "Traceback" not in r.output
+
+
+def test_weights_record_how_the_top_k_were_computed(tmp_path):
+    from ingest_fixtures import make_tiny_model
+    from vindex import Vindex
+    from vindex.ingest import build_weights
+    folder = make_tiny_model(tmp_path / "tiny", "llama")
+    root = build_weights(folder, tmp_path / "vx", tables=("features",), device="cpu", progress=False)
+    scoring = Vindex.open(root).manifest["extraction"]["weights"]["top_k_scoring"]
+    assert scoring == {"compute": "float32", "device": "cpu"}                 # a tiny vocabulary: no screen
