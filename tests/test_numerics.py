@@ -117,7 +117,7 @@ def test_debiased_matrix_with_n_below_4_says_n_ge_4_not_constant_layer(lakes, n)
     with warnings.catch_warnings():
         warnings.simplefilter("error")          # no "constant layer" CKAWarning either
         sql_error(con, "SELECT * FROM cka_matrix('a', 'b', estimator := 'debiased')",
-                  r"model a layer \d: the debiased estimator needs n >= 4 rows \(it divides by n-3\), got " + str(n))
+                  r"model [ab] layer \d: the debiased estimator needs n >= 4 rows \(it divides by n-3\), got " + str(n))
         with pytest.raises(InvalidValue, match="needs n >= 4"):    # the Python mirror: a vindex error
             cka_matrix(con, "a", "b", estimator="debiased")
     with pytest.raises(InvalidValue, match="needs n >= 4"):
@@ -147,19 +147,19 @@ def test_biased_cka_with_two_rows_is_refused_everywhere(lakes):
     with pytest.raises(InvalidValue, match=msg):
         permutation_test(X, Y, permutations_count=9)
     con = connect(lakes[2])
-    sql_error(con, "SELECT * FROM cka_matrix('a', 'b')", msg)
-    sql_error(con, "SELECT * FROM cka_depth('a', 'b')", msg)
+    sql_error(con, "SELECT * FROM cka_matrix('a', 'b', estimator := 'biased')", msg)
+    sql_error(con, "SELECT * FROM cka_depth('a', 'b', estimator := 'biased')", msg)
     sql_error(con, "SELECT cka(list(a.act ORDER BY prompt_id), list(b.act ORDER BY prompt_id)) "
                    "FROM pooled a JOIN pooled b USING (prompt_set, prompt_id, pooling) "
                    "WHERE a.model = 'a' AND b.model = 'b' AND a.layer = 1 AND b.layer = 1", msg)
     sql_error(con, "SELECT cka_gram(list(act)) FROM pooled WHERE model = 'a' AND layer = 1", msg)
     with pytest.warns(Warning, match="n >= 3"):     # cka_all goes on without the pair, and says why
-        assert cka_all(lakes[2], progress=False).num_rows == 0
+        assert cka_all(lakes[2], estimator="biased", progress=False).num_rows == 0
 
 
 def test_biased_cka_with_three_rows_is_the_reference(lakes):
     con = connect(lakes[3])
-    for la, lb, value in con.sql("SELECT layer_a, layer_b, cka FROM cka_matrix('a', 'b')").fetchall():
+    for la, lb, value in con.sql("SELECT layer_a, layer_b, cka FROM cka_matrix('a', 'b', estimator := 'biased')").fetchall():
         X, Y = pooled(lakes[3], "a", la), pooled(lakes[3], "b", lb)
         assert value == pytest.approx(ref_biased(X, Y), abs=TOL)
         assert value < 1 - 1e-6 or la == 0      # no forced 1.0
@@ -187,7 +187,7 @@ def test_a_saturated_rbf_kernel_is_refused_and_a_sane_one_is_the_reference(con12
     with pytest.raises(InvalidValue, match=r"is ~1"):
         C.cka(X, Y, kernel="rbf:1e5")
     for sigma in (0.5, 1.0, 2.0):
-        got = con12.sql(f"SELECT cka FROM cka_matrix('a', 'b', kernel := 'rbf:{sigma}') "
+        got = con12.sql(f"SELECT cka FROM cka_matrix('a', 'b', kernel := 'rbf:{sigma}', estimator := 'biased') "
                         "WHERE layer_a = 1 AND layer_b = 2").fetchone()[0]
         assert got == pytest.approx(ref_rbf_biased(X, Y, sigma), abs=TOL)
 
@@ -207,7 +207,7 @@ def test_bad_bands_are_refused_in_python(con12, band):
 
 
 def test_a_good_band_gives_the_reference_diagonal_and_off_diagonal_mean(con12, lakes):
-    depth = {r["layer_a"]: r for r in cka_depth(con12, "a", "b", band=1.0).to_pylist()}
+    depth = {r["layer_a"]: r for r in cka_depth(con12, "a", "b", estimator="biased", band=1.0).to_pylist()}
     # band 1: only the pairs a whole depth apart are off-diagonal (layer 0 of a with layer 3 of b)
     off = depth[0]
     assert off["n_off"] == 1 and off["band"] == 1.0
