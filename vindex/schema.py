@@ -15,7 +15,7 @@ import pyarrow as pa
 from .errors import InvalidValue, SchemaMismatch
 
 TABLES = ("prompts", "activations", "pooled", "features", "ov_gate", "layer_stats", "feature_acts", "feature_stats",
-          "routing", "patching", "ablations", "steering", "maps")
+          "routing", "patching", "ablations", "steering", "maps", "embeddings")
 VECTOR_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 _SCALARS = {
     "string": pa.string(), "bool": pa.bool_(), "int16": pa.int16(), "int32": pa.int32(),

@@ -21,6 +21,7 @@ INDEX = "index.json"
 DOWN_META_BIN = "down_meta.bin"
 DOWN_META_JSONL = "down_meta.jsonl"
 GATE_VECTORS = "gate_vectors.bin"
+EMBEDDINGS = "embeddings.bin"
 TOKENIZER = "tokenizer.json"
 FEATURE_LABELS = "feature_labels.json"
 FEATURE_LABELS_RICH = "feature_labels_rich.json"
@@ -416,13 +417,68 @@ class GateVectors:
 
     def rows(self, layer: int, start: int, stop: int) -> np.ndarray:
         """Rows start..stop of `layer` as float16/float32 in memory (bf16 widened to float32)."""
-        block = self.layer(layer)[start:stop]
-        if self.index.dtype == "bf16":
-            # bfloat16 is the top half of a float32: shift the 16 bits into place
-            return (np.asarray(block, dtype=np.uint32) << 16).view(np.float32)
-        return np.array(block)
+        return in_memory(self.layer(layer)[start:stop], self.index.dtype)
+
+
+def in_memory(block: np.ndarray, dtype: str) -> np.ndarray:
+    """A memory-mapped block of `dtype` ("f32" | "f16" | "bf16") as float32/float16 in memory."""
+    if dtype == "bf16":
+        # bfloat16 is the top half of a float32: shift the 16 bits into place
+        return (np.asarray(block, dtype=np.uint32) << 16).view(np.float32)
+    return np.array(block)
 
 
 def vector_dtype_for(index: LarqlIndex) -> str:
     """The vindex vector dtype that holds the source values exactly."""
     return "float16" if index.dtype == "f16" else "float32"
+
+
+# -- embeddings.bin -----------------------------------------------------------------------------
+
+class EmbeddingsBin:
+    """embeddings.bin: the input embedding W_E, (vocab_size x hidden_size) raw little-endian floats,
+    row-major, no header; memory-mapped and handed out in blocks of rows.
+
+    The element type is told by the size, as LarQL's own loader tells it: vocab x hidden x 4 bytes
+    is f32; x 2 bytes is 16-bit: index.json's dtype when that is f16 or bf16, else f16 (what
+    LarQL's loader decodes it as). Any other size is a named error: a truncated download or an
+    index.json of another extraction. The rows are W_E as stored: LarQL applies `embed_scale`
+    when it uses them (its DESCRIBE queries with embed_scale * W_E[t]), not in the file.
+    """
+
+    def __init__(self, path: str | Path, index: LarqlIndex):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise LarqlFormatError(f"{self.path}: not found (embeddings were asked for); LarQL writes it at "
+                                   "extract level 'inference' or 'all', and client or browse slices may lack it")
+        vocab = index.raw.get("vocab_size")
+        if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+            raise LarqlFormatError(f"{index.path}: field 'vocab_size' must be an integer >= 1 to read "
+                                   f"{self.path.name}, got {vocab!r}")
+        self.vocab_size, self.hidden_size = vocab, index.hidden_size
+        size = self.path.stat().st_size
+        cells = vocab * index.hidden_size
+        if size == cells * 4:
+            self.dtype = "f32"
+        elif size == cells * 2:
+            self.dtype = index.dtype if index.dtype in ("f16", "bf16") else "f16"
+        else:
+            raise LarqlFormatError(
+                f"{self.path}: {size} bytes is neither vocab_size {vocab} x hidden_size {index.hidden_size} x 4 "
+                f"(f32) = {cells * 4} nor x 2 (f16) = {cells * 2}: the file is truncated or {index.path.name} "
+                "is from another extraction")
+
+    @property
+    def vector_dtype(self) -> str:
+        """The vindex vector dtype that holds the file's values exactly."""
+        return "float16" if self.dtype == "f16" else "float32"
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """W_E[start:stop] as float16/float32 in memory (bf16 widened to float32)."""
+        stop = min(stop, self.vocab_size)
+        if stop <= start:
+            return np.zeros((0, self.hidden_size), dtype=DTYPES[self.dtype])
+        item = DTYPES[self.dtype]
+        block = np.memmap(self.path, dtype=item, mode="r", offset=start * self.hidden_size * item.itemsize,
+                          shape=(stop - start, self.hidden_size))
+        return in_memory(block, self.dtype)

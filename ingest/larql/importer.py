@@ -3,10 +3,12 @@
     from vindex.ingest.larql import import_larql
     import_larql("path/to/gemma3-4b.vindex", "lake/gemma3-4b")
     import_larql("hf://example-org/gemma-3-4b-it-vindex@main", "lake/gemma3-4b", gate_vectors=True)
+    import_larql("gemma3-4b.vindex", "lake/gemma3-4b", gate_vectors=True, embeddings=True)   # + W_E
 
 What becomes what (docs/larql.md has the whole mapping):
   down_meta.bin / down_meta.jsonl  -> `features` (one row per FFN feature; MoE -> expert, feature)
   gate_vectors.bin (on request)    -> features.vector (the W_gate row) and features.gate_norm
+  embeddings.bin (on request)      -> `embeddings` (token_id, token, vector = the row of W_E): embeddings.py
   feature_labels.json, relation_clusters.json, feature_clusters.jsonl -> features.label, .cluster
   ov-gate NDJSON files             -> `ov_gate` (variant 'o')
   index.json                       -> the manifest: model config, layer bands, provenance
@@ -16,7 +18,7 @@ Layers: LarQL counts transformer blocks from 0; a vindex's `layer` i is the outp
 the offset, and label keys / ov-gate rows are translated the same way.
 
 Only the files listed above are read (or downloaded); the inference weights a LarQL vindex may
-also hold (attn_weights.bin, embeddings.bin, ...) are never touched.
+also hold (attn_weights.bin, up_weights.bin, ...) are never touched, nor embeddings.bin unless asked for.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from vindex.manifest import MANIFEST, load_manifest
 from vindex.writer import VindexWriter
 
 from . import format as lf
+from .embeddings import embeddings_meta, write_embeddings
 from .labels import FeatureLabels
 from .ov_gate import read_ov_gate, write_ov_gate
 from .source import LABEL_FILES, LarqlSource, fetch_from_hub, resolve_source
@@ -43,16 +46,21 @@ MAX_PART_ROWS = 1 << 18
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def import_larql(src, out, *, name: str | None = None, gate_vectors: bool = False,
+def import_larql(src, out, *, name: str | None = None, gate_vectors: bool = False, embeddings: bool = False,
                  revision: str | None = None, progress: bool = True) -> Path:
     """Write the LarQL vindex at `src` (a folder or hf://[datasets/]org/name[@rev]) as a vindex at `out`.
+
+    gate_vectors: also import gate_vectors.bin (features.vector, the rows of W_gate).
+    embeddings: also import embeddings.bin as the `embeddings` table (the rows of W_E); with the
+    gate vectors, the SQL macro `describe` then also ranks features by gate . embedding.
 
     Everything is checked before the first shard is written: index.json, the down_meta layout,
     the gate ranges, label and ov-gate files, and the sha256 of every file read that index.json
     lists a checksum for. Re-importing the same source into the same `out` replaces the tables.
     Returns the vindex folder.
     """
-    source = resolve_source(src, revision=revision, gate_vectors=gate_vectors, progress=progress)
+    source = resolve_source(src, revision=revision, gate_vectors=gate_vectors, embeddings=embeddings,
+                            progress=progress)
     folder = source.folder
     index = lf.read_index(folder)
     missing: list[str] = []
@@ -69,9 +77,11 @@ def import_larql(src, out, *, name: str | None = None, gate_vectors: bool = Fals
                            "nothing to import")
     read = [lf.INDEX, *([down_name] if down_name else []), lf.TOKENIZER, *LABEL_FILES,
             *[p.name for p in source.ov_files]]
-    verified = lf.verify_checksums(folder, index, read + ([lf.GATE_VECTORS] if gate_vectors else []), progress)
+    verified = lf.verify_checksums(folder, index, read + ([lf.GATE_VECTORS] if gate_vectors else [])
+                                   + ([lf.EMBEDDINGS] if embeddings else []), progress)
     down = DownMeta(folder / down_name if down_name else None, index)
     gates = lf.GateVectors(folder / lf.GATE_VECTORS, index) if gate_vectors else None
+    emb = lf.EmbeddingsBin(folder / lf.EMBEDDINGS, index) if embeddings else None
     tokens = TokenText.load(folder / lf.TOKENIZER)
     if tokens is None:
         missing.append(f"{lf.TOKENIZER}: token strings are null (the ids are kept)")
@@ -86,7 +96,8 @@ def import_larql(src, out, *, name: str | None = None, gate_vectors: bool = Fals
         warnings.warn(LarqlImportWarning(f"{source.uri}: {line}"), stacklevel=2)
 
     writer = _open_writer(Path(out), name, index, source)
-    old = {e["path"] for t in ("features", "ov_gate") for e in writer.manifest["tables"].pop(t, {}).get("files", [])}
+    old = {e["path"] for t in ("features", "ov_gate", "embeddings")
+           for e in writer.manifest["tables"].pop(t, {}).get("files", [])}
     if gates is not None:
         writer.declare_vectors("features", index.hidden_size, lf.vector_dtype_for(index))
     written: set[str] = set()
@@ -96,8 +107,13 @@ def import_larql(src, out, *, name: str | None = None, gate_vectors: bool = Fals
         written.update(e["path"] for e in entries)
     ov_meta = write_ov_gate(writer, index, ov, target_text=_top_token_text(down, tokens))
     written.update(e["path"] for e in writer.manifest["tables"].get("ov_gate", {}).get("files", []))
-    writer.update(extraction=_extraction(index, source, down, gates is not None, verified, labels, ov_meta,
-                                         missing))
+    extraction = _extraction(index, source, down, gates is not None, verified, labels, ov_meta, missing)
+    extraction["embeddings"] = None   # update() merges: a re-import without embeddings clears the old entry
+    if emb is not None:
+        tokenizer = tokens.tokenizer if tokens is not None else None
+        written.update(e["path"] for e in write_embeddings(writer, emb, tokenizer, progress))
+        extraction["embeddings"] = embeddings_meta(emb, index, tokenizer)
+    writer.update(extraction=extraction)
     _remove_stale(writer.root, old - written)
     return writer.root
 

@@ -2,7 +2,7 @@
 
 A LarQL repo on the Hub can hold tens of GB of inference weights next to the few files an import
 reads, so `fetch_from_hub` lists the repo first and downloads only those files (plus
-gate_vectors.bin on request) into the Hugging Face cache, pinned to the commit it listed. The URI
+gate_vectors.bin and embeddings.bin on request) into the Hugging Face cache, pinned to the commit it listed. The URI
 is split by `vindex.hub.location.HubLocation` (the grammar: docs/hub.md); one that names no repo
 type (`hf://org/name`) is looked up as a model repo, then as a dataset repo, as LarQL does.
 """
@@ -37,17 +37,19 @@ def is_ov_gate_name(filename: str) -> bool:
     return bool(_OV_NAME.search(filename))
 
 
-def resolve_source(src, *, revision: str | None = None, gate_vectors: bool = False,
+def resolve_source(src, *, revision: str | None = None, gate_vectors: bool = False, embeddings: bool = False,
                    progress: bool = True) -> LarqlSource:
     """A local folder as is; an hf:// repo downloaded (only the files an import reads)."""
     uri = str(src)
     if is_hub_uri(uri):
-        return fetch_from_hub(uri, revision=revision, gate_vectors=gate_vectors, progress=progress)
+        return fetch_from_hub(uri, revision=revision, gate_vectors=gate_vectors, embeddings=embeddings,
+                              progress=progress)
     folder = Path(src)
     if not folder.exists() and _BARE_REPO.match(uri):
         # LarQL's bare `org/name`: not a folder here, so the Hub repo of that name (model, then dataset)
         try:
-            return fetch_from_hub("hf://" + uri, revision=revision, gate_vectors=gate_vectors, progress=progress)
+            return fetch_from_hub("hf://" + uri, revision=revision, gate_vectors=gate_vectors,
+                                  embeddings=embeddings, progress=progress)
         except NotFound as e:
             raise NotFound(f"{uri}: no such folder, and on the Hub: {e}") from None
     if revision is not None:
@@ -59,7 +61,7 @@ def resolve_source(src, *, revision: str | None = None, gate_vectors: bool = Fal
     return LarqlSource(uri, folder, {"uri": str(folder.resolve())}, ov)
 
 
-def fetch_from_hub(uri: str, *, revision: str | None = None, gate_vectors: bool = False,
+def fetch_from_hub(uri: str, *, revision: str | None = None, gate_vectors: bool = False, embeddings: bool = False,
                    progress: bool = True) -> LarqlSource:
     """Download the files an import needs from a Hub repo (never the inference weights).
 
@@ -100,8 +102,12 @@ def fetch_from_hub(uri: str, *, revision: str | None = None, gate_vectors: bool 
     if gate_vectors and lf.GATE_VECTORS not in present:
         raise NotFound(f"{uri}: gate vectors were asked for, but the repo has no {lf.GATE_VECTORS}")
     wanted = {lf.INDEX, lf.TOKENIZER, lf.DOWN_META_BIN, lf.DOWN_META_JSONL, *LABEL_FILES}
+    if embeddings and lf.EMBEDDINGS not in present:
+        raise NotFound(f"{uri}: embeddings were asked for, but the repo has no {lf.EMBEDDINGS}")
     if gate_vectors:
         wanted.add(lf.GATE_VECTORS)
+    if embeddings:
+        wanted.add(lf.EMBEDDINGS)
     chosen = sorted(f for f in present if f in wanted or is_ov_gate_name(f))
     was_disabled = are_progress_bars_disabled()
     if not progress:
