@@ -179,3 +179,25 @@ def test_cli_mirror(tmp_path):
     assert res.exit_code == 0, res.output
     assert "embeddings 40 rows" in res.output
     assert Vindex.open(tmp_path / "out").read("embeddings").num_rows == 40
+
+
+def test_from_the_hub_embeddings_bin_is_downloaded_only_when_asked_for(hub_server, tmp_path):
+    from vindex import NotFound
+    fx = write_larql_fixture(tmp_path / "src", vocab=40, hidden=8)
+    hub_server.put_folder("org/no-embeddings", fx.folder, repo_type="model")
+    stored = write_embeddings_bin(fx.folder, np.random.default_rng(3).standard_normal((40, 8)), "f32")
+    hub_server.put_folder("org/tiny", fx.folder, repo_type="model")
+
+    def downloaded():
+        return {r["path"].rsplit("/", 1)[-1] for r in hub_server.log if "/resolve/" in r["path"]}
+    import_larql("hf://org/tiny", tmp_path / "plain", progress=False)
+    assert "embeddings.bin" not in downloaded()
+    hub_server.clear_log()
+    root = import_larql("hf://org/tiny", tmp_path / "emb", embeddings=True, progress=False)
+    assert downloaded() == {"embeddings.bin"}          # the rest is in the local Hub cache
+    got = np.array(Vindex.open(root).read("embeddings").column("vector").to_pylist(), np.float32)
+    np.testing.assert_array_equal(got, stored)
+    assert "embeddings.bin" in Vindex.open(root).manifest["extraction"]["imported_from"]["files"]
+    with pytest.raises(NotFound, match=r"hf://org/no-embeddings: embeddings were asked for, but the repo has no "
+                                       r"embeddings\.bin"):
+        import_larql("hf://org/no-embeddings", tmp_path / "none", embeddings=True, progress=False)
