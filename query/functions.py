@@ -152,21 +152,26 @@ CKA_PAIRS = ("STRUCT(layer_a INTEGER, layer_b INTEGER, depth_a DOUBLE, depth_b D
 
 def udf_cka_pairs(vindexes: dict):
     """The UDF vindex_cka_pairs(model_a, model_b, pooling, prompt_set, estimator, kernel, preprocess,
-    permutations, seed, fn) -> CKA_PAIRS: every layer pair of the two models from the Gram cache
-    (`gram_cache.model_grams`: stored, or computed from the shards and stored), as `cka_matrix`'s rows.
+    permutations, seed, allow_partial, fn) -> CKA_PAIRS: every layer pair of the two models, as
+    `cka_matrix`'s rows, read through Python rather than DuckDB's scans.
 
-    A warm matrix is one GEMM: each model's Grams stacked once (`lake_cka.model_stack`), then
-    CKA(a, b) = <g_a, g_b> for all layer pairs at once, G_A G_B^T (Kornblith et al. 2019, eq. 4), and
-    the permutation null over the same stored Grams (`lake_cka.pair_cka`, `cka.null_scores`): no Gram
-    crosses into DuckDB. `vindexes`: the connection's, by name (a model not among them gives NULL). It
-    raises what the scanning path raises: a layer pair whose rows differ, a prompt listed twice, a
-    Gram that cannot be formed (InvalidValue); an undefined Gram (a constant layer) gives NULL with a
-    CKAWarning. `fn` names the macro in all of them."""
-    def udf(model_a, model_b, pooling, prompt_set, estimator, kernel, preprocess, permutations, seed, fn) -> pa.Array:
+    Each model's Grams come from the Gram cache (`gram_cache.model_grams`: stored, or computed from
+    the shards and stored); with allow_partial from the prompts both models hold (`gram_cache.model_keys`,
+    as the scanning path's `common`), computed each time (they depend on the pair). Then one GEMM:
+    each model's Grams stacked (`lake_cka.model_stack`), CKA(a, b) = <g_a, g_b> for all layer pairs at
+    once, G_A G_B^T (Kornblith et al. 2019, eq. 4), and the permutation null over the same Grams
+    (`lake_cka.pair_cka`, `cka.null_scores`): no Gram crosses into DuckDB. `vindexes`: the
+    connection's, by name (a model not among them gives NULL). It refuses what the scanning path
+    refuses, in its words: a model without rows of the spec, a layer pair whose rows differ, a prompt
+    listed twice, a Gram that cannot be formed (InvalidValue); an undefined Gram (a constant layer)
+    gives NULL with a CKAWarning. `fn` names the macro in all of them."""
+    def udf(model_a, model_b, pooling, prompt_set, estimator, kernel, preprocess, permutations, seed, allow_partial,
+            fn) -> pa.Array:
         n_rows = len(model_a)
         tables = []
-        for a, b, pool, ps, est, ker, pre, perms, s, f in zip(*(scalars(c, n_rows) for c in (
-                model_a, model_b, pooling, prompt_set, estimator, kernel, preprocess, permutations, seed, fn))):
+        for a, b, pool, ps, est, ker, pre, perms, s, partial, f in zip(*(scalars(c, n_rows) for c in (
+                model_a, model_b, pooling, prompt_set, estimator, kernel, preprocess, permutations, seed, allow_partial,
+                fn))):
             if a not in vindexes or b not in vindexes or pool is None:
                 tables.append(None)
                 continue
@@ -175,7 +180,15 @@ def udf_cka_pairs(vindexes: dict):
                     "preprocess": opts.preprocess_name, "permutations": check(f, "permutations", perms),
                     "seed": check(f, "seed", s)}
             gspec = gram_cache.GramSpec(pool, ps, opts)
-            stacks = [model_stack(*_cached_layers(vindexes[m], gspec, f)) for m in (a, b)]
+            if partial:
+                keys = {m: gram_cache.model_keys(vindexes[m], gspec) for m in (a, b)}
+                for m in (a, b):
+                    if not keys[m]:
+                        _no_rows(f, m, pool, ps)
+                keep = keys[a] & keys[b]
+                stacks = [model_stack(*_layers(vindexes[m], gspec, f, keep)) for m in (a, b)]
+            else:
+                stacks = [model_stack(*_layers(vindexes[m], gspec, f)) for m in (a, b)]
             _check_same_rows(f, a, b, stacks[0]["metas"], stacks[1]["metas"])
             with single_threaded_blas():   # inside DuckDB's threads (see query.parallel)
                 tables.append(pair_cka(*stacks, spec)[0].select(_PAIR_FIELDS))
@@ -190,10 +203,17 @@ _PAIR_FIELDS = ["layer_a", "layer_b", "depth_a", "depth_b", "cka", "null_mean", 
 _PAIR_TYPE = pa.struct([RESULT_SCHEMA.field(name) for name in _PAIR_FIELDS])
 
 
-def _cached_layers(v, spec, fn: str) -> list:
-    """A model's (meta, g) per layer with rows for `spec`, from the Gram cache; an invalid Gram raises,
-    an undefined one warns (as the scanning path's UDF does)."""
-    layers = [(meta, g) for meta, g in gram_cache.model_grams(v, spec) if meta["status"] != "empty"]
+def _layers(v, spec, fn: str, keep: frozenset | None = None) -> list:
+    """A model's (meta, g) per layer with rows for `spec`: from the Gram cache, or (keep: only those
+    prompts) computed here. A model with no such rows is refused (the scanning path's `model_checks`),
+    an invalid Gram raises, an undefined one warns (as the scanning path's UDF does)."""
+    if keep is None:
+        layers = gram_cache.model_grams(v, spec, run=_in_turn)
+        if all(meta["status"] == "empty" for meta, _ in layers):
+            _no_rows(fn, v.name, spec.pooling, spec.prompt_set)
+    else:
+        layers = _in_turn([(*job, keep) for job in gram_cache.layer_jobs(v, spec).values()])
+    layers = [(meta, g) for meta, g in layers if meta["status"] != "empty"]
     for meta, _ in layers:
         label = f"{fn}: model {v.name} layer {meta['layer']}"
         if meta["status"] == "invalid":
@@ -201,6 +221,19 @@ def _cached_layers(v, spec, fn: str) -> list:
         if meta["status"] == "undefined":
             cka.warn_undefined(label, cka.DegenerateInput(meta["note"]))
     return layers
+
+
+def _no_rows(fn: str, model: str, pooling: str, prompt_set: str | None):
+    raise cka.InvalidValue(f"{fn}: model '{model}' has no pooled rows with pooling = {pooling}"
+                           + (f" and prompt_set = {prompt_set}" if prompt_set is not None else ""))
+
+
+def _in_turn(jobs: list[tuple]) -> list:
+    """`gram_cache.layer_gram` of each job in turn, BLAS on one thread. Inside this UDF a thread pool
+    of ours runs pathologically slowly when DuckDB has more than one thread (measured here, a cold
+    19 x 25 layer pair: 4.6 s with layers on threads, 0.76 s in turn; 0.92 s with DuckDB on one thread)."""
+    with single_threaded_blas():
+        return [gram_cache.layer_gram(*job) for job in jobs]
 
 
 def _check_same_rows(fn: str, a: str, b: str, metas_a: list, metas_b: list) -> None:

@@ -83,26 +83,22 @@ class GramSpec:
 
 # -- one layer: read its shards, sort its rows, form its Gram -------------------------------------
 def layer_gram(model: str, layer: int, n_layers: int, files: list[tuple[str, dict]], filesystem, pooling: str,
-               prompt_set: str | None, opts: cka.Options, site: str = DEFAULT_SITE) -> tuple[dict, np.ndarray | None]:
+               prompt_set: str | None, opts: cka.Options, site: str = DEFAULT_SITE,
+               keep: frozenset | None = None) -> tuple[dict, np.ndarray | None]:
     """Read one layer's pooled shards and return (meta, g), g the packed unit Gram or None.
 
     meta: model, layer, depth (layer / n_layers, as the SQL layer), n, n_distinct, key (`cka.sort_rows`'
     fingerprint of the sorted (prompt_set, prompt_id) rows, the SQL layer's rows_key: two layers are
     comparable only when their keys agree), status (STATUSES) and note (why g is None, if it is).
+    keep: only the rows whose `row_keys` are in it (allow_partial: the prompts both models hold).
     """
     parts = [_read_pooled(url, entry, filesystem) for url, entry in files]
     t = pa.concat_tables(parts, promote_options="default") if parts else None
+    t = _spec_rows(t, pooling, prompt_set, site)
+    if t is not None and keep is not None:
+        t = t.filter(pc.is_in(row_keys(t), pa.array(sorted(keep), pa.string())))
     meta = {"model": model, "layer": int(layer), "depth": layer / n_layers, "n": 0, "n_distinct": 0, "key": None,
             "status": "ok", "note": None}
-    if t is not None:
-        mask = pc.equal(t["pooling"], pooling)
-        if prompt_set is not None:
-            mask = pc.and_(mask, pc.equal(t["prompt_set"], prompt_set))
-        if "site" in t.column_names:   # NULL where a shard predates sites: resid_post, as the views read it
-            mask = pc.and_(mask, pc.equal(pc.fill_null(t["site"], DEFAULT_SITE), site))
-        elif site != DEFAULT_SITE:
-            mask = pc.and_(mask, pa.scalar(False))
-        t = t.filter(mask)
     if t is None or t.num_rows == 0:
         meta.update(status="empty", note=f"no pooled rows with pooling = {pooling!r}" + (
             f" and prompt_set = {prompt_set!r}" if prompt_set is not None else "") + (
@@ -125,6 +121,36 @@ def layer_gram(model: str, layer: int, n_layers: int, files: list[tuple[str, dic
     except InvalidValue as e:          # n too small for the estimator, a saturated kernel
         meta.update(status="invalid", note=str(e))
     return meta, None
+
+
+def _spec_rows(t: pa.Table | None, pooling: str, prompt_set: str | None, site: str) -> pa.Table | None:
+    """The rows of the spec: pooling, prompt set (None: all) and site."""
+    if t is None:
+        return None
+    mask = pc.equal(t["pooling"], pooling)
+    if prompt_set is not None:
+        mask = pc.and_(mask, pc.equal(t["prompt_set"], prompt_set))
+    if "site" in t.column_names:   # NULL where a shard predates sites: resid_post, as the views read it
+        mask = pc.and_(mask, pc.equal(pc.fill_null(t["site"], DEFAULT_SITE), site))
+    elif site != DEFAULT_SITE:
+        mask = pc.and_(mask, pa.scalar(False))
+    return t.filter(mask)
+
+
+def row_keys(t: pa.Table) -> pa.Array:
+    """Each row's prompt as one text, prompt_set + chr(31) + prompt_id (the SQL layer's PROMPT_KEY)."""
+    return pc.binary_join_element_wise(t["prompt_set"], pc.cast(t["prompt_id"], pa.string()), "\x1f")
+
+
+def model_keys(v, spec: GramSpec) -> frozenset:
+    """The prompts (`row_keys`) any layer of `v` holds rows of under `spec` (allow_partial's common rows
+    are those both models hold, as the SQL layer's `common`)."""
+    out = set()
+    for files in shard_files(v, spec).values():
+        for url, entry in files:
+            t = _spec_rows(_read_pooled(url, entry, v.filesystem), spec.pooling, spec.prompt_set, spec.site)
+            out.update(row_keys(t).to_pylist())
+    return frozenset(out)
 
 
 def _read_pooled(url: str, entry: dict, filesystem) -> pa.Table:
@@ -377,4 +403,5 @@ def entries(v) -> list[Path]:
     return out
 
 
-__all__ = ["GramSpec", "model_grams", "lookup", "store", "layer_gram", "layer_digest", "shard_files", "entries", "forget"]
+__all__ = ["GramSpec", "model_grams", "lookup", "store", "layer_gram", "layer_digest", "shard_files", "model_keys",
+           "row_keys", "entries", "forget"]

@@ -51,14 +51,14 @@ SCALAR_MACROS = [
 ]
 
 
-def model_checks(fn: str, table: str, models: list[str], where: str, what: str) -> str:
-    """CASE expression raising a clear error for an unknown model or one without matching rows."""
+def model_checks(fn: str, table: str, models: list[str], where: str, what: str, rows: bool = True) -> str:
+    """CASE expression raising a clear error for an unknown model or (rows) one without matching rows."""
     whens = []
     for m in models:
         whens.append(f"WHEN NOT EXISTS (FROM models AS mm WHERE mm.model = {m}) THEN error('{fn}: unknown "
                      f"model ''' || {m} || '''; the lake holds: ' || coalesce((SELECT string_agg(mm.model, ', ' "
                      "ORDER BY mm.model) FROM models AS mm), 'no models'))")
-    for m in models:
+    for m in models if rows else ():
         whens.append(f"WHEN NOT EXISTS (FROM {table} AS r WHERE r.model = {m} AND {where}) THEN error('{fn}: "
                      f"model ''' || {m} || ''' has no {table} rows with ' || {what})")
     return "CASE " + " ".join(whens) + " ELSE true END"
@@ -211,18 +211,45 @@ def pair_value(fn: str, expr: str, what: str = "prompts") -> str:
             f"ELSE {expr} END")
 
 
-def cached(models: list[ModelInfo]) -> str:
-    """true where model_a and model_b both read the Gram cache and their rows do not depend on each
-    other (not allow_partial: the prompts both hold depend on the pair); folded at plan time."""
-    names = [literal(m.name) for m in models if m.grams]
-    if not names:
-        return "false"
-    return f"(NOT allow_partial AND model_a IN ({', '.join(names)}) AND model_b IN ({', '.join(names)}))"
-
-
 def cka_matrix_body(models: list[ModelInfo], fn: str = "cka_matrix", more_checks: tuple[str, ...] = ()) -> str:
     """The query of `cka_matrix`, its errors naming `fn` (cka_depth inlines it rather than calling
-    cka_matrix, so that its errors name cka_depth); `more_checks`: more numeric parameters to check."""
+    cka_matrix, so that its errors name cka_depth); `more_checks`: more numeric parameters to check.
+
+    Over a `connect` connection (every model reads the Gram cache) the whole matrix is one UDF call,
+    `vindex_cka_pairs`: the stored Grams' product, allow_partial's common prompts included, checked
+    as the scanning path checks them. The query then names no shard at all, so it plans in a few ms
+    whatever the lake's size (the scanning text, a branch per model, took 0.5 s CPU to plan on a
+    20-model lake). On a bare connection, the scanning path (`scan_matrix_body`)."""
+    if not models or not all(m.grams for m in models):
+        return scan_matrix_body(models, fn, more_checks)
+    return f"""WITH
+opts AS (SELECT vindex_cka_options(estimator, kernel, preprocess) AS o),
+checks AS (SELECT {number_checks(fn, *more_checks, 'permutations', 'seed')} AND {data_checks(fn, models)}
+                  AND {model_checks(fn, 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT, rows=False)} AS ok),
+pairs AS (
+  SELECT u.p.layer_a AS layer_a, u.p.layer_b AS layer_b, u.p.depth_a AS depth_a, u.p.depth_b AS depth_b,
+         u.p.cka AS cka,
+         CASE WHEN permutations > 0 THEN struct_pack(null_mean := u.p.null_mean, null_p95 := u.p.null_p95,
+                                                    p_value := u.p.p_value) END AS nul,
+         u.p.n AS n
+  FROM (SELECT unnest(vindex_cka_pairs(model_a, model_b, pooling, prompt_set, estimator, kernel, preprocess,
+                                       permutations, seed, allow_partial, {literal(fn)})) AS p
+        WHERE {number_checks(fn, *more_checks, 'permutations', 'seed')} AND {data_checks(fn, models)}) AS u)
+{_MATRIX_SELECT}"""
+
+
+_MATRIX_SELECT = """SELECT model_a AS model_a, model_b AS model_b, p.layer_a, p.layer_b, p.depth_a, p.depth_b, p.cka,
+       p.nul.null_mean AS null_mean, p.nul.null_p95 AS null_p95, p.nul.p_value AS p_value, p.n,
+       pooling AS pooling, prompt_set::VARCHAR AS prompt_set, o.o.estimator AS estimator, o.o.kernel AS kernel,
+       o.o.preprocess AS preprocess, permutations::INTEGER AS permutations, seed::INTEGER AS seed
+FROM checks AS c CROSS JOIN opts AS o CROSS JOIN pairs AS p
+WHERE c.ok
+ORDER BY p.layer_a, p.layer_b"""
+
+
+def scan_matrix_body(models: list[ModelInfo], fn: str = "cka_matrix", more_checks: tuple[str, ...] = ()) -> str:
+    """`cka_matrix`'s query from DuckDB's scans: a Gram per (model, layer) by `vindex_layer_gram` over
+    the rows, then `list_dot_product` and `vindex_cka_null` per layer pair."""
     return f"""WITH
 opts AS (SELECT vindex_cka_options(estimator, kernel, preprocess) AS o),
 checks AS (SELECT {number_checks(fn, *more_checks, 'permutations', 'seed')} AND {data_checks(fn, models)}
@@ -237,23 +264,8 @@ pairs AS (
          {pair_value(fn, 'list_dot_product(a.g, b.g)')} AS cka,
          CASE WHEN permutations > 0 THEN vindex_cka_null(a.g, b.g, permutations, seed) END AS nul,
          a.n AS n
-  FROM ga AS a CROSS JOIN gb AS b WHERE NOT {cached(models)}
-  UNION ALL
-  SELECT u.p.layer_a, u.p.layer_b, u.p.depth_a, u.p.depth_b, u.p.cka,
-         CASE WHEN permutations > 0 THEN struct_pack(null_mean := u.p.null_mean, null_p95 := u.p.null_p95,
-                                                    p_value := u.p.p_value) END,
-         u.p.n
-  FROM (SELECT unnest(vindex_cka_pairs(model_a, model_b, pooling, prompt_set, estimator, kernel, preprocess,
-                                       permutations, seed, {literal(fn)})) AS p
-        WHERE {cached(models)} AND {number_checks(fn, *more_checks, 'permutations', 'seed')}
-              AND {data_checks(fn, models)}) AS u)
-SELECT model_a AS model_a, model_b AS model_b, p.layer_a, p.layer_b, p.depth_a, p.depth_b, p.cka,
-       p.nul.null_mean AS null_mean, p.nul.null_p95 AS null_p95, p.nul.p_value AS p_value, p.n,
-       pooling AS pooling, prompt_set::VARCHAR AS prompt_set, o.o.estimator AS estimator, o.o.kernel AS kernel,
-       o.o.preprocess AS preprocess, permutations::INTEGER AS permutations, seed::INTEGER AS seed
-FROM checks AS c CROSS JOIN opts AS o CROSS JOIN pairs AS p
-WHERE c.ok
-ORDER BY p.layer_a, p.layer_b"""
+  FROM ga AS a CROSS JOIN gb AS b)
+{_MATRIX_SELECT}"""
 
 
 def cka_matrix_sql(models: list[ModelInfo]) -> str:

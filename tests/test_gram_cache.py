@@ -201,11 +201,23 @@ def connect_vindex(lake, name):
     return {v.name: v for v in resolve_sources(lake)}[name]
 
 
+def scanning_connection(lake):
+    """A connection whose functions know no vindex: cka_matrix takes the scanning path (DuckDB scans
+    the rows, `vindex_layer_gram` forms each Gram, `list_dot_product` each pair), never the cache."""
+    import duckdb
+    from vindex.query.functions import register_functions
+    from vindex.query.sources import resolve_sources
+    from vindex.query.views import create_views
+    con = duckdb.connect()
+    create_views(con, resolve_sources(lake))
+    register_functions(con)
+    return con
+
+
 def sql_matrix_fresh(lake, estimator):
-    """The same matrix without any cache: the SQL layer's own Grams over the scanned rows (allow_partial
-    takes the scan path; both models hold every prompt, so the rows are the same)."""
-    rows = connect(lake).sql(f"SELECT cka FROM cka_matrix('a', 'b', pooling := 'mean', estimator := '{estimator}', "
-                             "allow_partial := true)").fetchall()
+    """The same matrix without any cache: the scanning path's own Grams over the scanned rows."""
+    rows = scanning_connection(lake).sql(f"SELECT cka FROM cka_matrix('a', 'b', pooling := 'mean', "
+                                         f"estimator := '{estimator}')").fetchall()
     return np.array([r[0] for r in rows]).reshape(LAYERS + 1, LAYERS + 1)
 
 
@@ -219,9 +231,13 @@ def test_a_warm_matrix_and_its_null_equal_the_scanning_path_and_a_hand_written_n
     cold = np.array(con.sql(q.format("")).fetchall(), dtype=float)
     gram_cache.forget()
     warm = np.array(con.sql(q.format("")).fetchall(), dtype=float)
-    scan = np.array(con.sql(q.format(", allow_partial := true")).fetchall(), dtype=float)
+    partial = np.array(con.sql(q.format(", allow_partial := true")).fetchall(), dtype=float)   # computed afresh
+    scan = np.array(scanning_connection(lake).sql(q.format("")).fetchall(), dtype=float)
     np.testing.assert_allclose(warm, cold, rtol=0, atol=1e-12)
     np.testing.assert_allclose(warm, scan, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(partial, scan, rtol=0, atol=1e-12)
+    scan_partial = np.array(scanning_connection(lake).sql(q.format(", allow_partial := true")).fetchall(), dtype=float)
+    np.testing.assert_allclose(partial, scan_partial, rtol=0, atol=1e-12)
     perms = cka.permutations(N, 19, 3)
     for la, lb, value, null_mean, null_p95, p_value, n in warm[::5]:
         X, Y = shard_matrix(lake / "a", int(la)), shard_matrix(lake / "b", int(lb))
@@ -242,9 +258,12 @@ def test_the_warm_path_refuses_what_the_scanning_path_refuses(lake):
     w.write_shard("pooled", {"prompt_set": ["default"] * (N - 1), "prompt_id": np.arange(N - 1),
                              "pooling": ["mean"] * (N - 1), "act": act}, partition={"layer": 1})
     w.close()
-    for extra in ("", ", allow_partial := false"):
-        with pytest.raises(duckdb.Error, match=r"layer 0 of a and layer 1 of b hold different prompts \(20 vs 19"):
-            connect(lake).sql(f"SELECT * FROM cka_matrix('a', 'b', pooling := 'mean'{extra})").fetchall()
+    for con in (connect(lake), scanning_connection(lake)):
+        for extra in ("", ", allow_partial := true"):   # the prompts both hold: 19, but a's other layers hold 20
+            with pytest.raises(duckdb.Error, match=r"layer \d of a and layer \d of b hold different prompts"):
+                con.sql(f"SELECT * FROM cka_matrix('a', 'b', pooling := 'mean'{extra})").fetchall()
+    with pytest.raises(duckdb.Error, match=r"cka_matrix: model 'a' has no pooled rows with pooling = last"):
+        connect(lake).sql("SELECT * FROM cka_matrix('a', 'b', pooling := 'last')").fetchall()
 
 
 # -- verify, prune, info: the cache's files by their self-checking names -----------------------------
