@@ -201,3 +201,28 @@ def test_from_the_hub_embeddings_bin_is_downloaded_only_when_asked_for(hub_serve
     with pytest.raises(NotFound, match=r"hf://org/no-embeddings: embeddings were asked for, but the repo has no "
                                        r"embeddings\.bin"):
         import_larql("hf://org/no-embeddings", tmp_path / "none", embeddings=True, progress=False)
+
+
+def test_gate_route_averages_the_ids_that_share_the_text(tmp_path):
+    """Two ids whose text is ' w9' (id 9, and an added token at id 47): q is the mean of their rows, as LarQL
+    averages the rows of a multi-token entity; n = 2."""
+    fx = larql_fixture_from_model(tmp_path / "src")
+    tj = json.loads((fx.folder / "tokenizer.json").read_text())
+    del tj["model"]["vocab"]["Ġw47"]
+    tj["added_tokens"].append({"id": 47, "content": " w9", "single_word": False, "lstrip": False, "rstrip": False,
+                               "normalized": False, "special": False})
+    (fx.folder / "tokenizer.json").write_text(json.dumps(tj))
+    index = json.loads((fx.folder / "index.json").read_text())
+    edit_index(fx.folder, checksums={**index["checksums"], "tokenizer.json": sha256(fx.folder / "tokenizer.json")})
+    write_embeddings_bin(fx.folder, fx.weights["W_E"], "f32")
+    import_larql(fx.folder, tmp_path / "lake" / "tiny", gate_vectors=True, embeddings=True, progress=False)
+    con = connect(tmp_path / "lake")
+    assert con.sql("SELECT token_id FROM embeddings WHERE token = ' w9' ORDER BY 1").fetchall() == [(9,), (47,)]
+    got = con.sql("""SELECT * FROM "describe"('tiny', ' w9', k := 3) WHERE source = 'gate'""").df()
+    q = fx.weights["W_E"][[9, 47]].astype(np.float64).mean(axis=0)          # embed_scale 1.0 in this index
+    for block in range(2):
+        scores = fx.weights[block]["W_gate"].astype(np.float64) @ q
+        order = sorted(range(len(scores)), key=lambda f: (-abs(scores[f]), f))[:3]
+        mine = got[got["layer"] == block + 1].sort_values("rank")
+        assert list(mine["feature"]) == order and list(mine["n"]) == [2, 2, 2]
+        np.testing.assert_allclose(mine["score"], scores[order], rtol=1e-5, atol=1e-6)
