@@ -22,8 +22,8 @@ records, whose spec is not the one asked for, or whose Grams are not of the size
 reported (`GramCacheRebuilt`), never used, and rebuilt. The sha256 is checked once per file
 version, as for shards (`vindex.verified`: a warm check is a stat).
 
-How it is written: `vindex.files.atomic_write_bytes` (a hidden temp file, fsync, rename) under the
-vindex's write lock (`vindex.lock.WriteLock`), briefly, like a manifest commit, removing the older
+How it is written: a hidden temp file renamed into place (no fsync: the name's sha256 catches a torn
+file) under the vindex's write lock (`vindex.lock.WriteLock`), briefly, like a manifest commit, removing the older
 entry of the same spec and any temp file a killed write left; a busy or unwritable vindex falls
 back to the user cache, and failing that the Grams are only kept in memory. The files' format and
 checks are core's (`vindex.grams`: what verify, info, publish and pull use too).
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -47,7 +48,7 @@ import pyarrow.parquet as pq
 
 from vindex.errors import (ChecksumError, CorruptShard, GramCacheRebuilt, InvalidValue, ManifestError, NotFound,
                            VindexBusy)
-from vindex.files import atomic_write_bytes, cache_home
+from vindex.files import cache_home, temp_path_for
 from vindex.grams import (ENTRY_SCHEMA, FOLDER, FORMAT, META_KEY, entry_name, layer_digest, layer_digests,
                           read_entry, spec_key, temp_files)
 from vindex.lock import WriteLock
@@ -334,7 +335,7 @@ def _write_entry(v, folder: Path, rel: str, spec: GramSpec, table: pa.Table) -> 
     final = folder / entry_name(spec.key, hashlib.sha256(data).hexdigest())
 
     def write() -> Path:
-        atomic_write_bytes(final, data)
+        _write_unsynced(final, data)
         for old in folder.glob(f"{spec.key}.*.parquet"):
             if old != final:
                 old.unlink(missing_ok=True)
@@ -348,6 +349,21 @@ def _write_entry(v, folder: Path, rel: str, spec: GramSpec, table: pa.Table) -> 
                 tmp.unlink(missing_ok=True)
             return path
     return write()
+
+
+def _write_unsynced(final: Path, data: bytes) -> None:
+    """A hidden temp file renamed to `final`, without the fsyncs of `vindex.files.atomic_path`: an
+    entry's name is the sha256 of its bytes, checked on its first read, so one a crash tore is found
+    and rebuilt, never used (a manifest or a shard is fsynced; a cache entry need not be, and the
+    fsyncs were a quarter of a cold matrix's time on a busy disk)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(final)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # -- the memory -------------------------------------------------------------------------------------
