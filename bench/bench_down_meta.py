@@ -1,6 +1,8 @@
 """Benchmark: down_meta extraction against the bare float32 matmul + top-k it needs (same run).
 
     python bench/bench_down_meta.py [--model smollm2-135m] [--repeats 3] [--rss-model gemma3-270m] [--blocks N]
+    python bench/bench_down_meta.py --model gemma3-270m --blocks 4 --device cuda --no-numpy --no-rss
+    python bench/bench_down_meta.py --model gemma3-270m --check-all      # auto (bf16 screen) ids == float32, every layer
 
 Baseline: for every layer, W_down (d, F) in 256-feature chunks against the float32 embedding
 (V, d) with torch matmul + torch.topk (the fastest bare form here; numpy matmul + argpartition is
@@ -33,14 +35,46 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def bare_torch(emb, downs, k, chunk=256):
+def bare_torch(emb, downs, k, chunk=256, device="cpu"):
     import torch
-    u = torch.from_numpy(emb)
+    u = torch.from_numpy(emb).to(device)
     with torch.inference_mode():
         for down in downs:
-            dt = torch.from_numpy(np.ascontiguousarray(down.T))
+            dt = torch.from_numpy(np.ascontiguousarray(down.T)).to(device)
             for a in range(0, dt.shape[0], chunk):
                 torch.topk(dt[a:a + chunk] @ u.T, k, dim=1)
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+
+def check_all(model: str, k: int, device: str, blocks: int | None = None) -> None:
+    """Every layer (or the first `blocks`), both unembeddings: the bf16 screen's ids against float32's."""
+    from vindex.ingest.checkpoint import ModelWeights
+    from vindex.ingest.down_meta import VocabularyScorer, output_directions, unembedding_matrix
+    from vindex.ingest.sources import resolve_model
+    src = resolve_model(model, progress=False)
+    w = ModelWeights(src.path, src.config)
+    for kind in ("embedding", "lm_head"):
+        unemb = unembedding_matrix(w, kind)
+        f32 = VocabularyScorer(unemb.matrix, compute="float32", device=device)
+        auto = VocabularyScorer(unemb.matrix, compute="bfloat16", device=device)
+        differ = n = 0
+        max_dv = 0.0
+        c32 = c16 = 0.0
+        for b in range(blocks or w.n_layers):
+            for block in w.ffn(b):
+                directions = output_directions(w, block, b, unemb)
+                t = _cpu_seconds()
+                i32, v32 = f32.top_k(directions, k)
+                t2 = _cpu_seconds()
+                i16, v16 = auto.top_k(directions, k)
+                c32, c16 = c32 + t2 - t, c16 + _cpu_seconds() - t2
+                differ += int((i32 != i16).any(1).sum())
+                n += len(i32)
+                max_dv = max(max_dv, float(np.abs(v32 - v16).max()))
+        print(f"{model} {kind}: bf16 screen vs float32 over {n} features: {differ} with other ids, max |logit "
+              f"difference| {max_dv:.1e}, {auto.failed} failed checks scored in float32; cpu {c16:.1f} s vs "
+              f"{c32:.1f} s ({c32 / max(c16, 1e-9):.2f}x)", flush=True)
 
 
 def bare_numpy(emb, downs, k, chunk=256):
@@ -55,6 +89,9 @@ def extraction(model, k, blocks, **kw):
     with tempfile.TemporaryDirectory() as tmp:
         build_weights(model, f"{tmp}/vx", top_k=k, tables=("features",), layers=list(range(1, blocks + 1)),
                       progress=False, **kw)
+        if kw.get("device", "cpu") != "cpu":
+            import torch
+            torch.cuda.synchronize()
 
 
 def peak_rss(model: str, k: int) -> dict:
@@ -85,7 +122,13 @@ def main(argv=None):
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--blocks", type=int, help="only the first N blocks (default: all)")
     ap.add_argument("--no-numpy", action="store_true", help="skip the (slow) numpy baseline")
+    ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    ap.add_argument("--device", default="cpu", help="torch device of the floor and the extraction (cpu, cuda)")
+    ap.add_argument("--check-all", action="store_true",
+                    help="only compare the bf16 screen's ids with float32 on every layer of --model, and exit")
     args = ap.parse_args(argv)
+    if args.check_all:
+        return check_all(args.model, args.top_k, args.device, args.blocks)
 
     from vindex.ingest.sources import resolve_model
     from vindex.ingest.checkpoint import ModelWeights
@@ -99,10 +142,15 @@ def main(argv=None):
     print(f"{args.model}: {blocks} of {w.n_layers} blocks, vocab {emb.shape[0]}, d {emb.shape[1]}, "
           f"{sum(d.shape[1] for d in downs)} features; top-{args.top_k}; median of {args.repeats}", flush=True)
 
-    runs = [("bare torch", lambda: bare_torch(emb, downs, args.top_k)),
-            ("extraction", lambda: extraction(src, args.top_k, blocks)),
-            ("extraction (no vectors)", lambda: extraction(src, args.top_k, blocks, vectors=None))]
-    if not args.no_numpy:
+    from vindex.ingest.down_meta import VocabularyScorer
+    print(f"extraction computes top-k as: {VocabularyScorer(emb[:1], device=args.device).describe()} for a tiny "
+          f"vocabulary, {VocabularyScorer(emb, device=args.device).describe()['compute']} for this one "
+          f"({args.device})", flush=True)
+    dev = {"device": args.device}
+    runs = [("bare torch", lambda: bare_torch(emb, downs, args.top_k, device=args.device)),
+            ("extraction", lambda: extraction(src, args.top_k, blocks, **dev)),
+            ("extraction (no vectors)", lambda: extraction(src, args.top_k, blocks, vectors=None, **dev))]
+    if not args.no_numpy and args.device == "cpu":
         runs.append(("bare numpy", lambda: bare_numpy(emb, downs, args.top_k)))
     times = {label: [] for label, _ in runs}
     cpu = {label: [] for label, _ in runs}
@@ -123,7 +171,7 @@ def main(argv=None):
               f"{', '.join(f'{r:.2f}' for r in ratios)}), {statistics.median(cpu_ratios):.2f} cpu; target <= 1.3",
               flush=True)
 
-    for model in dict.fromkeys([args.model, args.rss_model]):
+    for model in dict.fromkeys([args.model, args.rss_model] if not args.no_rss else []):
         r = peak_rss(model, args.top_k)
         limit = r["embedding_f32"] + 1.5 * GiB
         print(f"peak RSS {model} (vocab {r['vocab']}, embedding {r['embedding_f32'] / GiB:.2f} GiB float32, "
