@@ -41,7 +41,8 @@ def _common(f):
               help="sites to patch (TransformerLens names: resid_post, attn_out, mlp_out, mlp_post, ...).")
 @click.option("--layers", help="vindex layers, e.g. '0-8,12' (default: all; attn_out/mlp_out start at 1).")
 @click.option("--positions", default="all", show_default=True,
-              help="all (every position; pairs must tokenize to equal lengths), last, or indices like 0,3,-1.")
+              help="all (every position; pairs must tokenize to equal lengths), last, or indices and names "
+                   "like 0,3,-1 or subject,last (subject: the last position where the prompts differ).")
 @click.option("--pairs-per-part", type=int, default=16, show_default=True, help="pairs per shard (the unit of resume).")
 @_common
 def patch(source, pairs, sites, layers, positions, pairs_per_part, out, name, run_id, batch_size, resume, quiet,

@@ -37,16 +37,27 @@ import click
 @click.option("--layers", help="layers to build for new vindexes, e.g. '0-8,12' (default: all).")
 @click.option("--allow-partial", is_flag=True,
               help="study an existing vindex whose build was cut off, over the prompts there are (else an error).")
+@click.option("--causal/--no-causal", default=True, show_default=True,
+              help="the causal section: patch each decoder (resid_post, every layer, subject and last positions) "
+                   "over --causal-pairs pairs and compare the depth of peak restoration across models and with "
+                   "the CKA peak (CPU: a few minutes per model).")
+@click.option("--pairs", default="factual", show_default=True,
+              help="clean/corrupt pairs for the causal section: 'factual' (shipped, 78) or a JSONL/CSV file.")
+@click.option("--causal-pairs", type=int, default=24, show_default=True,
+              help="pairs patched per model, stratified by category and drawn with --seed.")
+@click.option("--resamples", type=int, default=1000, show_default=True,
+              help="bootstrap resamples of the pairs for every causal interval.")
 @click.option("--quiet", is_flag=True, help="no progress, no summary (the report path is still printed).")
 def study(models, out, lake, prompts, poolings, estimators, permutations, seed, band, knn_k, lexicon, weights,
-          feature_vectors, dtype, batch_size, layers, allow_partial, quiet):
+          feature_vectors, dtype, batch_size, layers, allow_partial, causal, pairs, causal_pairs, resamples, quiet):
     """Reproduce the cross-model study: do models converge at matched depth, above chance?
 
     MODELS are offline names (smollm2-135m, gemma3-270m, qwen2.5-0.5b, minilm-l6), model folders,
     .gguf files, Hub ids, or existing vindex folders; default: smollm2-135m gemma3-270m. Builds
     what the lake lacks, then writes OUT/report.md with CKA heatmaps, the matched-depth table with
     permutation nulls (biased and debiased), mutual k-NN, per-category CKA, concept clustering
-    and the confounds (attention sinks, last-token identity, estimator gap). A rerun reuses
+    and the confounds (attention sinks, last-token identity, estimator gap), and the causal section
+    (where patching the clean run into the corrupted one restores the answer). A rerun reuses
     everything already computed and takes seconds.
     """
     from vindex.study import study as study_fn
@@ -54,6 +65,7 @@ def study(models, out, lake, prompts, poolings, estimators, permutations, seed, 
                       estimators=estimators, permutations=permutations, seed=seed, band=band,
                       knn_k=knn_k, lexicon=lexicon, weights=weights, feature_vectors=feature_vectors,
                       dtype=dtype, batch_size=batch_size, layers=layers, allow_partial=allow_partial,
+                      causal=causal, pairs=pairs, causal_pairs=causal_pairs, resamples=resamples,
                       progress=not quiet)
     if quiet:
         click.echo(str(report))

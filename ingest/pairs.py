@@ -147,28 +147,46 @@ class EncodedPair:
     positions: tuple[tuple[int, int], ...]   # (clean position, corrupt position) pairs to patch
 
 
-def parse_positions(positions) -> str | tuple[int, ...]:
-    """'all', 'last', or indices ("0,3,-1"; negative counts from the end, -1 = last)."""
+def parse_positions(positions) -> str | tuple:
+    """'all', 'last', or a list of indices and names ("0,3,-1", "subject,last"): negative indices count
+    from the end (-1 = last = the last position); `subject` is the last position where the two prompts'
+    tokens differ (the last subject token of a subject-swap pair, as in Meng et al. 2022)."""
     if isinstance(positions, str):
         text = positions.strip()
         if text in ("all", "last"):
             return text
+        positions = [x.strip() for x in text.split(",") if x.strip()]
+    out = []
+    for x in positions:
+        if x in ("subject", "last"):
+            out.append("subject" if x == "subject" else -1)
+            continue
         try:
-            positions = [int(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise InvalidValue(f"positions {positions!r}: give all, last, or indices like 0,3,-1") from None
-    out = tuple(int(x) for x in positions)
+            out.append(int(x))
+        except (TypeError, ValueError):
+            raise InvalidValue(f"positions {positions!r}: give all, last, or indices and names like 0,3,-1 "
+                               "or subject,last") from None
     if not out:
         raise InvalidValue("positions: none given; give all, last, or indices like 0,3,-1")
-    return out
+    return tuple(out)
+
+
+def subject_position(p: Pair, c: np.ndarray, k: np.ndarray) -> int:
+    """The last position where the clean and corrupted token ids differ (equal lengths)."""
+    diff = np.flatnonzero(c != k)
+    if not len(diff):
+        raise InvalidValue(f"pair {p.pair_id}: the clean and corrupted prompts tokenize alike, so there is no "
+                           "subject position")
+    return int(diff[-1])
 
 
 def encode_pairs(tokenizer, ps: PairSet, positions="all") -> list[EncodedPair]:
     """Tokenize every pair and decide the positions each patches (clean position -> corrupt position).
 
     positions: 'all' (every position; both prompts must have the same length), 'last' (the last
-      position of each, whatever the lengths), or indices (non-negative ones need equal lengths;
-      negative ones count from each prompt's end).
+      position of each, whatever the lengths), or indices and names (non-negative ones and `subject`,
+      the last position where the prompts differ, need equal lengths; negative ones count from each
+      prompt's end); a position named twice is patched once.
     Raises InvalidValue naming every answer that is not a single token, and every pair whose prompts
     differ in length where the positions must align.
     """
@@ -187,11 +205,15 @@ def encode_pairs(tokenizer, ps: PairSet, positions="all") -> list[EncodedPair]:
         elif pos == "all":
             where = tuple((i, i) for i in range(len(c)))
         else:
-            where = tuple((i if i >= 0 else len(c) + i, i if i >= 0 else len(k) + i) for i in pos)
+            subject = subject_position(p, c, k) if same and "subject" in pos else None
+            where = tuple(dict.fromkeys((subject, subject) if i == "subject" else
+                                        (i if i >= 0 else len(c) + i, i if i >= 0 else len(k) + i)
+                                        for i in pos if i != "subject" or same))
             if any(not (0 <= a < len(c) and 0 <= b < len(k)) for a, b in where):
                 raise InvalidValue(f"pair {p.pair_id}: positions {list(pos)} fall outside its prompts "
                                    f"({len(c)} and {len(k)} tokens)")
-        if not same and (pos == "all" or any(i >= 0 for i in (pos if pos not in ("all", "last") else ()))):
+        if not same and (pos == "all" or any(i == "subject" or i >= 0
+                                             for i in (pos if pos not in ("all", "last") else ()))):
             misaligned.append(f"pair {p.pair_id} ({len(c)} clean vs {len(k)} corrupt tokens)")
         out.append(EncodedPair(p, c, k, single_token(tokenizer, p.answer), single_token(tokenizer, p.wrong), where))
     if misaligned:

@@ -168,7 +168,7 @@ def patch(source, pairs="factual", out=None, *, name: str | None = None, sites: 
       JSONL/CSV file of clean, corrupt, answer, wrong. out: the vindex (default lake/<name>).
     sites: comma-separated site names (vindex.ingest.sites). layers: '0-8,12' or None for all.
     positions: 'all' (every position: both prompts of a pair must tokenize to one length), 'last', or
-      indices '0,3,-1'.
+      indices and names '0,3,-1', 'subject,last' (subject: the last position where the prompts differ).
     run_id: the run's name in the table (default: the pair set's name). batch_size: rows (patched
       runs) per forward pass. pairs_per_part: pairs per shard (the unit of resume).
     resume: skip the parts a killed run committed (same arguments); False redoes the run.

@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 from vindex.files import atomic_write_bytes
 
 from .analyses import DEPTH_BANDS, band_name
+from .causal_report import causal_figure, causal_section, causal_summary_lines
+from .markdown import fmt, md_table
 
 # every table the report writes to out/data, with what one row is
 DATA_TABLES = {
@@ -40,18 +42,13 @@ DATA_TABLES = {
     "influence_categories": "mean influence per prompt category at the peak, with its label-permutation null",
     "influence_traits": "do the prompts that pull CKA down most share a trait: the tests and their p-values",
     "stages": "each model's layers cut into stages (count chosen, and four given) with the count's support",
+    "causal_profile": "mean restoration per model, position (subject, last) and layer, with its 95% bootstrap interval",
+    "causal_peaks": "per model: the depth of peak restoration, its bootstrap interval and resamples, the entity band",
+    "causal_tests": "the causal verdicts: peak in the entity band, across models, at the CKA peak; the claim",
 }
 
 
 # -- formatting ----------------------------------------------------------------------------------
-def fmt(x, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
 def fmt_p(p, permutations: int | None = None) -> str:
     """p-values: '<= 0.01' at the resolution limit of 99 permutations, else two digits."""
     if p is None or (isinstance(p, float) and math.isnan(p)):
@@ -65,15 +62,6 @@ def _p_bound(p, permutations) -> str:
     """'<= 0.01' for the largest p of a set (every member is at least that significant)."""
     text = fmt_p(p, permutations)
     return text if text.startswith("<=") or text == "-" else f"<= {text}"
-
-
-def md_table(rows: list[dict], columns: list[tuple[str, str]], formats: dict | None = None) -> str:
-    """A GitHub Markdown table of `rows` with (key, header) columns; `formats` maps key -> callable."""
-    formats = formats or {}
-    head = "| " + " | ".join(h for _, h in columns) + " |"
-    sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(formats.get(k, fmt)(r.get(k)) for k, _ in columns) + " |" for r in rows]
-    return "\n".join([head, sep, *body]) if rows else "_(no rows)_"
 
 
 def verdict(cka, null_p95, p, alpha: float = 0.05) -> str:
@@ -186,7 +174,7 @@ def summary_lines(res: dict[str, pa.Table], ctx: dict) -> list[str]:
                              f"p {fmt_p(r.get('ami_p'), perms)}), {r['n_labelled']} labelled features")
             else:
                 lines.append(f"concepts {r['model']}: {r.get('status')}")
-    return lines
+    return lines + causal_summary_lines(res)
 
 
 def render(res: dict[str, pa.Table], ctx: dict, figures: dict) -> str:
@@ -260,6 +248,7 @@ def render(res: dict[str, pa.Table], ctx: dict, figures: dict) -> str:
     md += measure_section(res, ctx)
     md += convergence_section(res, ctx)
     md += stages_section(res, ctx)
+    md += causal_section(res, ctx, figures.get("causal"))
     md += ["## Per-category CKA", "",
            f"CKA at matched depth over the prompts of one category only ({primary} pooling; the null shuffles "
            "within the category). Where a category falls to its null, convergence breaks down for that kind of "
@@ -489,7 +478,9 @@ def write_report(out: Path, res: dict[str, pa.Table], ctx: dict) -> Path:
     out = Path(out)
     write_tables(out / "data", {k: res.get(k) for k in DATA_TABLES})
     figures = {"heatmaps": heatmaps(out / "figures", res["cka_matrix"]),
-               "sinks": sink_figure(out / "figures", res["sink_profile"])}
+               "sinks": sink_figure(out / "figures", res["sink_profile"]),
+               "causal": causal_figure(out / "figures", res.get("causal_profile"), res.get("cka_depth"),
+                                       *(ctx.get("causal") or {}).get("cka", (None, None)))}
     path = out / "report.md"
     atomic_write_bytes(path, render(res, ctx, figures).encode("utf-8"))
     return path

@@ -8,9 +8,12 @@ Stages, each reusing what exists, so a rerun takes seconds:
   1. vindexes: `vindex.ingest.build` (activations over the prompt set) and
      `vindex.ingest.build_weights` (the `features` table: down_meta + feature vectors),
      skipped when the vindex already holds them for this prompt set;
-  2. analyses: each writes out/data/<table>.parquet under a key made of its options and the sha256
+  2. patching (causal=True): one `vindex.ingest.patching.patch` run per decoder over a stratified subset
+     of the pairs (resid_post, every layer, the subject and last positions; see study/causal.py),
+     resumed part by part after a kill and skipped when the vindex holds it;
+  3. analyses: each writes out/data/<table>.parquet under a key made of its options and the sha256
      of the shards it reads; a stage whose key is unchanged is read back instead of recomputed;
-  3. the report: out/report.md + figures; the summary is printed.
+  4. the report: out/report.md + figures; the summary is printed.
 """
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
           poolings=POOLINGS, estimators=ESTIMATORS, permutations: int = 99, seed: int = 0,
           band: float = 0.15, knn_k: int = 10, lexicon=None, weights: bool = True,
           feature_vectors: str = "down", dtype: str = "auto", batch_size: int = 16, layers=None,
-          allow_partial: bool = False, progress: bool = True) -> Path:
+          allow_partial: bool = False, causal: bool = True, pairs="factual", causal_pairs: int = 24,
+          resamples: int = 1000, progress: bool = True) -> Path:
     """Run the cross-model study and write `out`/report.md; returns the report's path.
 
     models: offline short names (smollm2-135m, gemma3-270m, qwen2.5-0.5b, minilm-l6), model folders,
@@ -69,6 +73,13 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
         whatever layers the vindexes hold.
     allow_partial: study an existing vindex whose build of the prompt set was cut off, over the
         prompts there are (otherwise IncompleteData; the study's own builds always finish first).
+    causal: the causal section: patch each decoder (resid_post, every layer, subject and last positions)
+        over `causal_pairs` pairs of `pairs`, stratified by category and drawn with `seed`, and compare
+        the depth of peak restoration across models and with the peak cross-model CKA
+        (study/causal.py; on CPU about 3-7 min per model for 24 pairs).
+    pairs: the pair set ('factual', shipped: 78 pairs in 5 categories, or a JSONL/CSV file).
+    causal_pairs: pairs patched per model (all of them when the set has fewer).
+    resamples: bootstrap resamples of the pairs for every causal interval.
     """
     t_start = time.perf_counter()
     models = [models] if isinstance(models, (str, Path)) else list(models)
@@ -79,7 +90,14 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
         raise InvalidValue(f"poolings must be among mean, last, mean_nosink; got {list(poolings)}")
     if permutations < 0:
         raise InvalidValue(f"permutations must be >= 0, got {permutations}")
+    if causal and resamples < 1:
+        raise InvalidValue(f"resamples must be >= 1, got {resamples}")
     lex = load_lexicon(lexicon)
+    if causal:       # the clean/corrupt pairs, checked before any build (`pairs` below is the model pairs)
+        from vindex.ingest.pairs import load_pairs
+        from .causal import ensure_patching, run_id, stratified_pairs
+        chosen = stratified_pairs(load_pairs(pairs), causal_pairs, seed)
+        rid = run_id(len(chosen), seed)
     from vindex.ingest.prompts import load_prompts
     ps = load_prompts(prompts)
     out = Path(out)
@@ -93,6 +111,16 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
     if len(set(names)) != len(names):
         raise InvalidValue(f"study: two sources give the same vindex name ({names}); pass distinct models")
     check_complete(vxs, ps.name, allow_partial)
+    if causal:
+        say.stage(f"patching {len(chosen)} pairs per model (run {rid})")
+        t_patch = time.perf_counter()
+        statuses = {v.name: ensure_patching(None if (Path(str(m)).expanduser() / "vindex.json").is_file() else m,
+                                            r, v, chosen, rid, layers, progress=progress)
+                    for m, r, v in zip(models, roots, vxs)}
+        for name, status in statuses.items():
+            say.line(f"{name}: patching {status}")
+        say.line(f"patching: {time.perf_counter() - t_patch:.0f} s")
+        vxs = [Vindex.open(r) for r in roots]
     pairs = [(names[0], names[0])] if len(names) == 1 else \
         [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     all_poolings = tuple(dict.fromkeys((*poolings, "mean")))
@@ -190,6 +218,22 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
                 analyses.concept_clustering(con, m, lex, permutations=permutations, seed=seed) if m in have_features
                 else [{"model": m, "scope": "all layers", "status": "no features table (build with weights)"}])]),
             "concept clustering")
+        if causal:
+            from .causal import causal_tables
+            causal_key = {**base, "models": names, "run_id": rid, "pairs_sha256": chosen.sha256,
+                          "statuses": statuses, "pooling": break_pool, "estimator": break_est,
+                          "resamples": resamples, "seed": seed}
+            causal_res: dict = {}
+
+            def _causal():
+                if "all" not in causal_res:
+                    causal_res["all"] = causal_tables(
+                        dict(zip(names, roots)), statuses, rid, res["cka_depth"], pairs, pooling=break_pool,
+                        estimator=break_est, resamples=resamples, seed=seed)
+                return causal_res["all"]
+            for i, name in enumerate(("causal_profile", "causal_peaks", "causal_tests")):
+                res[name] = cache.stage(name, causal_key, ("patching", "pooled"), lambda i=i: _causal()[i],
+                                        f"causal: restoration by depth ({name})")
     res["models"] = pa.Table.from_pylist([_model_row(v) for v in vxs])
 
     say.stage("report")
@@ -197,6 +241,8 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
            "permutations": permutations, "band": band, "knn_k": knn_k, "prompt_set": prompt_set,
            "n_prompts": len(ps), "ending_shares": shares, "command": _command(models, out, lake),
            "lexicon": f"{lex.source} ({len(lex.categories)} categories, {len(lex)} words)",
+           "causal": {"pairs": chosen.source, "n_pairs": len(chosen), "seed": seed, "run_id": rid, "resamples": resamples,
+                      "pooling": break_pool, "estimator": break_est, "cka": (break_pool, break_est)} if causal else None,
            "settings": json.dumps({"permutations": permutations, "seed": seed, "band": band, "knn_k": knn_k,
                                    "poolings": list(all_poolings), "estimators": list(estimators),
                                    "kernel": "linear", "preprocess": "none"})}

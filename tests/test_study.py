@@ -23,7 +23,7 @@ from toy_lakes import STUDY, write_toy_lake
 
 SECTIONS = ["## Summary", "## Models", "## CKA across layers", "## Matched depth", "## Depth correspondence",
             "## Mutual k-NN alignment", "## Do the measures agree?", "## Where convergence breaks", "## Stages",
-            "## Per-category CKA", "## Concept clustering", "## Confounds",
+            "## Causal: where patching restores the answer", "## Per-category CKA", "## Concept clustering", "## Confounds",
             "### Attention sinks", "### Last-token identity", "### Estimator gap", "## Data"]
 
 
@@ -151,7 +151,7 @@ def test_rerun_reuses_every_stage(toy_lake, toy_report, capsys):
     stamps = {p.name: p.stat().st_mtime_ns for p in (toy_report.parent / "data").glob("*.parquet")}
     study(list(toy_lake), toy_report.parent, permutations=19, progress=True)
     err = capsys.readouterr().err
-    assert err.count("reused") == 14 and " rows in " not in err
+    assert err.count("reused") == 17 and " rows in " not in err
     for name, t in before.items():
         assert data(toy_report, name).equals(t)
     index = json.loads((toy_report.parent / "data" / "stages.json").read_text())
