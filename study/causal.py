@@ -31,8 +31,8 @@ Verdicts, never more confident than the intervals: a depth (or a difference of d
 interval lies within the target range is `matches`, one whose interval lies wholly outside it
 `differs`, anything else `undecided`. Targets: the claimed entity band [0.5, 0.6] widened by half a
 layer; |difference| <= TOLERANCE (0.1 of normalized depth) between two models' peaks, and between a
-model's peak and its side of the peak matched-depth CKA (a point: `cka_depth`'s permutation null says
-the CKA is above chance, not where its peak lies within error).
+model's peak and its side of the peak matched-depth CKA above layer 0 (a point: `cka_depth`'s
+permutation null says the CKA is above chance, not where its peak lies within error).
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ TOLERANCE = 0.1                # |depth difference| that still counts as the sam
 SITE = "resid_post"
 POSITIONS = "subject,last"     # vindex.ingest.pairs.parse_positions names
 CONFIDENCE = 0.95
+VERSION = 2                    # bump when the causal analysis changes meaning: invalidates its cached stages
 
 
 # -- which pairs, which run ------------------------------------------------------------------------
@@ -269,8 +270,13 @@ def claim_verdict(rows: list[dict], n_models: int) -> str:
 
 
 def cka_peaks(diag: pa.Table, pairs, pooling: str, estimator: str) -> dict:
-    """(model_a, model_b) -> (depth_a, depth_b, layer_a, layer_b, cka) of the peak matched-depth CKA."""
+    """(model_a, model_b) -> (depth_a, depth_b, layer_a, layer_b, cka) of the peak matched-depth CKA over
+    the computed layers (layer 0, the embedding output, is left out: its CKA says how alike the two
+    tokenizers split the prompts, and a restoration peak, a gain over the layer before, is never there)."""
+    import pyarrow.compute as pc
+
     from .analyses import peak_pair
+    diag = diag.filter(pc.and_(pc.greater(diag["layer_a"], 0), pc.greater(diag["layer_b"], 0)))
     out = {}
     for a, b in pairs:
         r = peak_pair(diag, a, b, pooling, estimator)

@@ -40,7 +40,11 @@ def causal_figure(fig_dir: Path, profile: pa.Table | None, diag: pa.Table | None
             ax.plot(x, [p[1] for p in pts], marker=".", lw=1, color=colour, label=f"{pos} position")
         for other in dict.fromkeys((r["model_a"], r["model_b"]) for r in cka if m in (r["model_a"], r["model_b"])):
             side = "a" if other[0] == m else "b"
-            pts = sorted((r[f"depth_{side}"], r["diagonal"]) for r in cka if (r["model_a"], r["model_b"]) == other)
+            by_depth: dict = {}   # model_b's layers can match several of model_a's: their mean
+            for r in cka:
+                if (r["model_a"], r["model_b"]) == other:
+                    by_depth.setdefault(r[f"depth_{side}"], []).append(r["diagonal"])
+            pts = sorted((d, sum(v) / len(v)) for d, v in by_depth.items())
             if other[0] != other[1]:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", lw=1, color="0.3",
                         label=f"CKA vs {other[1] if side == 'a' else other[0]}")
@@ -100,8 +104,9 @@ def causal_section(res: dict, ctx: dict, figure: Path | None) -> list[str]:
           f"A depth matches a target only when its whole interval lies within it (entity band {ENTITY_BAND[0]}-"
           f"{ENTITY_BAND[1]} widened by half a layer; two depths within +-{TOLERANCE}), differs when the whole "
           "interval lies outside, and is undecided otherwise. The CKA peak is the layer pair of highest "
-          f"matched-depth CKA ({c.get('pooling', '?')} pooling, {c.get('estimator', '?')}), a point without an "
-          "interval.", ""]
+          f"matched-depth CKA ({c.get('pooling', '?')} pooling, {c.get('estimator', '?')}) above layer 0 (the "
+          "embedding output, where CKA says how alike the tokenizers split the prompts), a point without an "
+          "interval: its null says the CKA is above chance, not how sharp its peak is.", ""]
     if figure is not None:
         md += [f"![restoration by depth](figures/{figure.name})", ""]
     rows = peaks.to_pylist()

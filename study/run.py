@@ -219,8 +219,8 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
                 else [{"model": m, "scope": "all layers", "status": "no features table (build with weights)"}])]),
             "concept clustering")
         if causal:
-            from .causal import causal_tables
-            causal_key = {**base, "models": names, "run_id": rid, "pairs_sha256": chosen.sha256,
+            from .causal import VERSION, causal_tables
+            causal_key = {**base, "causal_version": VERSION, "models": names, "run_id": rid, "pairs_sha256": chosen.sha256,
                           "statuses": statuses, "pooling": break_pool, "estimator": break_est,
                           "resamples": resamples, "seed": seed}
             causal_res: dict = {}

@@ -199,11 +199,11 @@ def test_peak_depth_verdicts_on_planted_profiles():
     assert C.verdict(0.5, 0.6, 0.49, 0.61) == "matches" and C.verdict(0.7, 0.8, 0.49, 0.61) == "differs"
 
 
-def test_cka_peaks_take_the_highest_matched_depth_row():
+def test_cka_peaks_take_the_highest_matched_depth_row_above_the_embedding():
     diag = pa.Table.from_pylist([
         {"model_a": "a", "model_b": "b", "pooling": "p", "estimator": "e", "layer_a": la, "layer_b": lb,
          "depth_a": la / 10, "depth_b": lb / 8, "diagonal": c}
-        for la, lb, c in ((2, 2, 0.3), (5, 4, 0.9), (8, 6, 0.5))] + [
+        for la, lb, c in ((0, 0, 0.95), (2, 2, 0.3), (5, 4, 0.9), (8, 6, 0.5))] + [
         {"model_a": "a", "model_b": "b", "pooling": "q", "estimator": "e", "layer_a": 1, "layer_b": 1,
          "depth_a": 0.1, "depth_b": 0.125, "diagonal": 0.99}])
     assert C.cka_peaks(diag, [("a", "b")], "p", "e") == {("a", "b"): (0.5, 0.5, 5, 4, 0.9)}
