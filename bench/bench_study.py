@@ -65,18 +65,20 @@ print("FLOOR", json.dumps(out))
 
 
 def run_child(code: str, env: dict) -> tuple[float, float, int, list[tuple[float, str]], str]:
-    """(wall s, CPU s, peak RSS bytes, time-stamped stderr lines, stdout) of `python -c code`."""
+    """(wall s, CPU s, peak RSS bytes, time-stamped output lines, all output) of `python -c code`
+    (stdout and stderr read as one stream, as they arrive: neither pipe can fill up and stall it)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, bufsize=1)
-    lines = []
-    for line in p.stderr:
+    lines, raw = [], []
+    for line in p.stdout:
+        raw.append(line)
         for part in line.rstrip("\n").split("\r"):          # progress bars redraw with \r
             if part.strip() and "it/s]" not in part and "s/it]" not in part and "%|" not in part:
                 lines.append((time.perf_counter() - t0, part.rstrip()))
                 print(f"  {time.perf_counter() - t0:7.1f} s  {part.rstrip()}", file=sys.stderr, flush=True)
-    stdout = p.stdout.read()
+    stdout = "".join(raw)
     if p.wait() != 0:
         raise SystemExit(f"child failed ({p.returncode}):\n" + "\n".join(t for _, t in lines[-20:]))
     wall = time.perf_counter() - t0
