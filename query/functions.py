@@ -14,12 +14,9 @@ import weakref
 import numpy as np
 import pyarrow as pa
 
-from . import cka
-from . import measure_sql
-from . import cluster, gram_cache, knn
-from . import influence, layer_stages
-from . import rosetta_sql
-from . import describe
+from vindex.errors import IncompleteData
+
+from . import cka, cluster, describe, gram_cache, influence, knn, layer_stages, measure_sql, rosetta_sql
 from .arguments import check
 from .lake_cka import RESULT_SCHEMA, model_stack, pair_cka
 from .macros import ModelInfo, PromptSetInfo, macros
@@ -244,8 +241,8 @@ def _check_same_rows(fn: str, a: str, b: str, metas_a: list, metas_b: list) -> N
                 m = ma if ma["n_distinct"] != ma["n"] else mb
                 raise cka.InvalidValue(f"{fn}: a layer lists the same row twice ({m['n']} rows, {m['n_distinct']} "
                                        "distinct); filter by prompt_set or pooling")
-            if ma["key"] != mb["key"]:
-                raise cka.InvalidValue(
+            if ma["key"] != mb["key"]:   # IncompleteData, as error_from_message classes the scanning path's
+                raise IncompleteData(
                     f"{fn}: layer {ma['layer']} of {a} and layer {mb['layer']} of {b} hold different prompts "
                     f"({ma['n']} vs {mb['n']} rows); CKA needs the same rows on both sides, in the same order: "
                     "choose one prompt_set, or pass allow_partial := true to compare the prompts both models hold")

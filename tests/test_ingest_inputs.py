@@ -188,7 +188,7 @@ def test_float16_overflow_is_caught_and_auto_picks_float32(gpt2_folder, tmp_path
         model.transformer.wte.weight.mul_(1e6)
     model.save_pretrained(big)
     with pytest.raises(InvalidValue, match=r"layer 0: .*beyond float16.*auto"):
-        build(big, tmp_path / "f16", prompts="heldout", layers="0", progress=False)
+        build(big, tmp_path / "f16", prompts="heldout", layers="0", dtype="float16", progress=False)
     root = build(big, tmp_path / "auto", prompts="heldout", layers="0", dtype="auto", progress=False)
     vx = Vindex.open(root)
     assert vx.manifest["tables"]["activations"]["vector_dtype"] == "float32"

@@ -20,7 +20,8 @@ def test_docs_examples_run(tmp_path, monkeypatch):
     namespace = run_doc_examples(DOC, at_least={"python": 3}, standins={name: f"./{name}" for name in STANDINS})
     assert (tmp_path / "study-report" / "report.md").is_file()
     assert (tmp_path / "study-3" / "data" / "matched_depth.parquet").is_file()
-    assert sorted(p.name for p in (tmp_path / "lake").iterdir()) == sorted(STANDINS)
+    assert sorted(p.name for p in (tmp_path / "lake").iterdir() if p.is_dir()) == sorted(STANDINS)
+    assert (tmp_path / "lake" / "README.md").is_file()     # the lake card
     assert namespace["report"] == Path("study-report") / "report.md"
     assert len(namespace["matched"]) == 3 * 5    # poolings x depth bands
 

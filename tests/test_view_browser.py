@@ -231,7 +231,7 @@ def test_provenance_names_models_revisions_prompt_set_and_estimator(page):
     pg = page
     prov = pg.locator("#provenance").text_content()
     for text in ("toy-org/alpha", "rev-alpha", "toy-org/beta", "rev-beta", "default: 24 prompts",
-                 "debiased", "mean", f"{PERMUTATIONS}", "cka_matrix (vindex SQL)", "unembedding", "W_E"):
+                 "debiased", "mean", f"{PERMUTATIONS}", "cka_matrix", "unembedding", "W_E"):
         assert text in prov, text
 
 
