@@ -15,6 +15,8 @@ import numpy as np
 
 from vindex.errors import InvalidValue
 
+from .sqltext import literal
+
 INT_MAX = 2 ** 31 - 1  # results store counts and seeds as INTEGER
 
 
@@ -78,3 +80,10 @@ def sql_check(fn: str, name: str) -> str:
     return (f"CASE WHEN coalesce({' AND '.join(cond)}, false) THEN true "
             f"ELSE error('{fn}: {name} must be {str(d).replace(chr(39), chr(39) * 2)}, got ' || "
             f"coalesce(CAST({name} AS VARCHAR), 'NULL')) END")
+
+
+def choice_check(fn: str, name: str, allowed) -> str:
+    """true, or an error naming the argument and what it may be."""
+    return (f"CASE WHEN lower({name}) IN ({', '.join(literal(m) for m in allowed)}) THEN true "
+            f"ELSE error('{fn}: unknown {name} ' || coalesce('''' || {name} || '''', 'NULL') || "
+            f"'; expected one of {', '.join(allowed)}') END")

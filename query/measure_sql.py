@@ -20,12 +20,11 @@ import pyarrow as pa
 from vindex.errors import DegenerateInput, InvalidValue
 
 from . import measures
-from .arguments import check, sql_check
+from .arguments import check, choice_check, sql_check
 from .cka import warn_undefined
 from .macros import (DEFAULT_PERMUTATIONS, DEFAULT_POOLING, POOLED_WHAT, POOLED_WHERE, ModelInfo, common_keys,
                      data_checks, model_checks, number_checks, pair_value, side_grams)
 from .parallel import map_layers
-from .sqltext import literal
 from .vectors import double_lists, row_arrays, row_keys, row_matrices, scalars
 
 FUNCTION = "measure_depth"
@@ -164,14 +163,6 @@ SCALAR_MACROS = [
 ]
 
 
-def measure_check(fn: str) -> str:
-    """true, or an error naming the measures there are."""
-    names = ", ".join(measures.MEASURES)
-    return (f"CASE WHEN lower(measure) IN ({', '.join(literal(m) for m in measures.MEASURES)}) THEN true "
-            f"ELSE error('{fn}: unknown measure ' || coalesce('''' || measure || '''', 'NULL') || "
-            f"'; expected one of {names}') END")
-
-
 def measure_depth_sql(models: list[ModelInfo]) -> str:
     fn = FUNCTION
     guard = data_checks(fn, models)
@@ -182,7 +173,7 @@ CREATE OR REPLACE MACRO {fn}(model_a, model_b, measure := 'pwcca', pooling := '{
                              permutations := {DEFAULT_PERMUTATIONS}, seed := 0, {MEASURE_OPTIONS},
                              allow_partial := false) AS TABLE
 WITH
-checks AS (SELECT {measure_check(fn)} AND {number_checks(fn, 'permutations', 'seed', 'k', 'variance')}
+checks AS (SELECT {choice_check(fn, 'measure', measures.MEASURES)} AND {number_checks(fn, 'permutations', 'seed', 'k', 'variance')}
                   AND (dims IS NULL OR {sql_check(fn, 'dims')}) AND {guard}
                   AND {model_checks(fn, 'pooled', ['model_a', 'model_b'], POOLED_WHERE, POOLED_WHAT)} AS ok),
 {common_keys('pooled', POOLED_WHERE)},

@@ -17,7 +17,7 @@ import pyarrow as pa
 from vindex.errors import DegenerateInput, InvalidValue
 
 from . import linear_maps
-from .arguments import check
+from .arguments import check, choice_check
 from .cka import warn_undefined
 from .macros import (DEFAULT_POOLING, POOLED_WHAT, POOLED_WHERE, ModelInfo, common_keys, data_checks, model_checks,
                      number_checks, pair_value, side_grams)
@@ -106,13 +106,6 @@ UDFS = [
 
 
 # -- the SQL ------------------------------------------------------------------------------------
-def choice_check(fn: str, name: str, allowed) -> str:
-    """true, or an error naming the argument and what it may be."""
-    return (f"CASE WHEN lower({name}) IN ({', '.join(literal(m) for m in allowed)}) THEN true "
-            f"ELSE error('{fn}: unknown {name} ' || coalesce('''' || {name} || '''', 'NULL') || "
-            f"'; expected one of {', '.join(allowed)}') END")
-
-
 def rosetta_sql(models: list[ModelInfo]) -> str:
     fn = FUNCTION
     guard = data_checks(fn, models)
