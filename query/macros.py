@@ -71,6 +71,12 @@ def number_checks(fn: str, *names: str) -> str:
 
 INCOMPLETE_ADVICE = "an interrupted build: rerun it to resume"
 
+# Each layer of side ga paired with side gb's layer at the nearest normalized depth (ties: the lower
+# layer), as cka_depth pairs them; measure_depth and rosetta share this one CTE.
+MATCHED_DEPTH = """matched AS (SELECT a.layer AS layer_a, arg_min(b.layer, (round(abs(a.depth - b.depth), 9), b.layer)) AS layer_b
+            FROM (SELECT x.layer, x.depth FROM ga AS x) AS a CROSS JOIN (SELECT x.layer, x.depth FROM gb AS x) AS b
+            GROUP BY a.layer)"""
+
 
 def incomplete_note(model: str, ps: PromptSetInfo) -> str:
     """How an incomplete prompt set is named, in SQL errors and Python's IncompleteData alike."""

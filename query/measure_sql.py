@@ -22,7 +22,8 @@ from vindex.errors import DegenerateInput, InvalidValue
 from . import measures
 from .arguments import check, choice_check, sql_check
 from .cka import warn_undefined
-from .macros import (DEFAULT_PERMUTATIONS, DEFAULT_POOLING, POOLED_WHAT, POOLED_WHERE, ModelInfo, common_keys,
+from .macros import (MATCHED_DEPTH,
+                     DEFAULT_PERMUTATIONS, DEFAULT_POOLING, POOLED_WHAT, POOLED_WHERE, ModelInfo, common_keys,
                      data_checks, model_checks, number_checks, pair_value, side_grams)
 from .parallel import map_layers
 from .vectors import double_lists, row_arrays, row_keys, row_matrices, scalars
@@ -179,9 +180,7 @@ checks AS (SELECT {choice_check(fn, 'measure', measures.MEASURES)} AND {number_c
 {common_keys('pooled', POOLED_WHERE)},
 {side_grams('ga', 'model_a', layer, models, guard=guard)},
 {side_grams('gb', 'model_b', layer, models, guard=guard)},
-matched AS (SELECT a.layer AS layer_a, arg_min(b.layer, (round(abs(a.depth - b.depth), 9), b.layer)) AS layer_b
-            FROM (SELECT x.layer, x.depth FROM ga AS x) AS a CROSS JOIN (SELECT x.layer, x.depth FROM gb AS x) AS b
-            GROUP BY a.layer),
+{MATCHED_DEPTH},
 pairs AS (SELECT a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a, b.depth AS depth_b, a.n AS n,
                  {value} AS res
           FROM matched AS m JOIN ga AS a ON a.layer = m.layer_a JOIN gb AS b ON b.layer = m.layer_b)

@@ -19,7 +19,8 @@ from vindex.errors import DegenerateInput, InvalidValue
 from . import linear_maps
 from .arguments import check, choice_check
 from .cka import warn_undefined
-from .macros import (DEFAULT_POOLING, POOLED_WHAT, POOLED_WHERE, ModelInfo, common_keys, data_checks, model_checks,
+from .macros import (MATCHED_DEPTH,
+                     DEFAULT_POOLING, POOLED_WHAT, POOLED_WHERE, ModelInfo, common_keys, data_checks, model_checks,
                      number_checks, pair_value, side_grams)
 from .parallel import map_layers
 from .sqltext import literal
@@ -125,9 +126,7 @@ checks AS (SELECT {choice_check(fn, 'method', linear_maps.METHODS)} AND {choice_
 {common_keys('pooled', POOLED_WHERE)},
 {side_grams('ga', 'model_a', layer, models, guard=guard)},
 {side_grams('gb', 'model_b', layer, models, guard=guard)},
-matched AS (SELECT a.layer AS layer_a, arg_min(b.layer, (round(abs(a.depth - b.depth), 9), b.layer)) AS layer_b
-            FROM (SELECT x.layer, x.depth FROM ga AS x) AS a CROSS JOIN (SELECT x.layer, x.depth FROM gb AS x) AS b
-            GROUP BY a.layer),
+{MATCHED_DEPTH},
 chosen AS (SELECT a.layer AS layer_a, b.layer AS layer_b FROM (SELECT x.layer FROM ga AS x) AS a
            CROSS JOIN (SELECT x.layer FROM gb AS x) AS b
            WHERE lower(pairs) = 'all' OR EXISTS (SELECT 1 FROM matched AS m WHERE m.layer_a = a.layer
