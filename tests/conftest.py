@@ -1,4 +1,4 @@
-"""Shared fixtures: a toy vindex (toy_lakes), the local Hub, one local Ray."""
+"""Shared fixtures: a toy vindex (toy_lakes), the local Hub, one local Ray, the study's lake (study_lake)."""
 from __future__ import annotations
 
 import gc
@@ -14,6 +14,29 @@ from toy_lakes import write_toy_vindex
 @pytest.fixture
 def toy_vindex(tmp_path):
     return write_toy_vindex(tmp_path / "toy")
+
+
+@pytest.fixture(scope="session")
+def study_build(tmp_path_factory):
+    """The lake `vindex study --prompts heldout --no-causal` builds (tests/study_lake.py), once per
+    session on the real models, or $VINDEX_STUDY_LAKE's; skipped when a model package is absent."""
+    from real_models import require_model_package
+    from study_lake import PACKAGES, build_study_lake, reused_build
+    for package, dist in PACKAGES:
+        require_model_package(package, dist)
+    return reused_build() or build_study_lake(tmp_path_factory.mktemp("study-build"))
+
+
+@pytest.fixture
+def study_lake(study_build, tmp_path):
+    """A copy of the study's build in tmp_path (lake/ and study-report/), tmp_path as the working
+    folder, so that docs examples say `lake` as a user who ran `vindex study` would; returns tmp_path."""
+    from study_lake import copy_study_lake
+    copy_study_lake(study_build, tmp_path)
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    yield tmp_path
+    os.chdir(old)
 
 
 @pytest.fixture(scope="session")
