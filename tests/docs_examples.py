@@ -67,3 +67,81 @@ def assert_cli_reference_matches_help(doc: Path, command: str) -> None:
     ref = re.search(r"## CLI reference\n\n```text\n(.*?)```", doc.read_text(), flags=re.S).group(1)
     assert " ".join(res.output.split()).startswith(" ".join(ref.split())), \
         f"docs/{doc.name}'s CLI reference drifted from `vindex {command} --help`"
+
+
+FENCE = re.compile(r"```(\w*)\n(.*?)```", re.S)
+
+
+def run_doc_checked(doc: Path, *, update: bool = False, at_least: Mapping[str, int] | None = None,
+                    other: Mapping[str, Callable[[str], str | None]] | None = None,
+                    masks: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+    """Run the blocks of `doc` in order, as run_doc_examples does, and check the results it shows.
+
+    A ```text block right after a python, console or `other` block (only blank lines between) is the
+    result of that block: what it printed (python: stdout; console: each command's stdout, in order;
+    other: what its callable returns). Returns (namespace, mismatches), each mismatch a unified diff
+    naming the block; with update=True the page's results are rewritten from this run instead.
+    masks: regexes for what a rerun does not reproduce (a timing): a match reads `...` on both sides,
+      so the page shows `...` there.
+    """
+    import contextlib
+    import difflib
+    import io
+    doc, at_least, other = Path(doc), at_least or {}, other or {}
+    text = doc.read_text()
+    blocks = list(FENCE.finditer(text))
+    langs = [b.group(1) for b in blocks]
+    for lang, n in at_least.items():
+        assert langs.count(lang) >= n, f"{doc.name}: {langs.count(lang)} ```{lang} blocks, expected >= {n}"
+
+    def masked(s: str) -> str:
+        for m in masks:
+            s = re.sub(m, "...", s)
+        return "\n".join(line.rstrip() for line in s.strip("\n").splitlines()) + "\n"
+
+    namespace: dict = {}
+    runner = CliRunner()
+    mismatches, edits, printed = [], [], None
+    for i, b in enumerate(blocks):
+        lang, code = b.group(1), b.group(2)
+        after_run = i and printed is not None and not text[blocks[i - 1].end():b.start()].strip()
+        if lang == "text" and after_run:
+            got = masked(printed)
+            if update:
+                edits.append((b.span(2), got))
+            elif masked(code) != got:
+                where = f"{doc.name}:{text.count(chr(10), 0, b.start()) + 1}"
+                mismatches.append("".join(difflib.unified_diff(masked(code).splitlines(True), got.splitlines(True),
+                                                               f"{where} (shown)", f"{where} (this run)")))
+        printed = None
+        if lang == "python":
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                exec(compile(code, str(doc), "exec"), namespace)  # noqa: S102 (our own docs)
+            printed = out.getvalue()
+        elif lang == "console":
+            printed = ""
+            for line in code.splitlines():
+                assert line.startswith(PROMPT), line
+                res = runner.invoke(main, shlex.split(line[len(PROMPT):]))
+                assert res.exit_code == 0, f"{line}\n{res.output}"
+                printed += res.stdout
+        elif lang in other:
+            printed = other[lang](code) or ""
+    if update:
+        for (a, z), new in sorted(edits, reverse=True):
+            text = text[:a] + new + text[z:]
+        doc.write_text(text)
+    return namespace, mismatches
+
+
+def study_lake_here(folder: Path) -> Path:
+    """For `python tests/test_<page>_docs.py --update`: copy the study's lake ($VINDEX_STUDY_LAKE, or
+    a build made now) into `folder` and make it the working folder, as the `study_lake` fixture does."""
+    import os
+
+    from study_lake import build_study_lake, copy_study_lake, reused_build
+    master = reused_build() or build_study_lake(Path(folder) / "build")
+    copy_study_lake(master, folder)
+    os.chdir(folder)
+    return Path(folder)
