@@ -1,30 +1,42 @@
-"""The examples of docs/study.md run as written (console and Python blocks in order), with tiny random
-models standing in for the real ones; the CLI reference matches `vindex study --help`."""
+"""docs/study.md's examples run as written on the lake `vindex study --prompts heldout --no-causal`
+builds (tests/study_lake.py: the real smollm2-135m and gemma3-270m), and print the results the page
+shows; the CLI reference matches `vindex study --help`.
+
+    python tests/test_study_docs.py --update     # rewrite the shown results, on $VINDEX_STUDY_LAKE's
+                                                 # build or on one made now (about 2 min)
+"""
 from __future__ import annotations
 
+import sys
+import tempfile
 from pathlib import Path
 
-from docs_examples import assert_cli_reference_matches_help, run_doc_examples
-from ingest_fixtures import make_tiny_model
+import pytest
+
+from docs_examples import assert_cli_reference_matches_help, run_doc_checked, study_lake_here
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "study.md"
-STANDINS = {"smollm2-135m": "llama", "gemma3-270m": "gemma3", "qwen2.5-0.5b": "qwen2"}
+MASKS = (r"\(\d+(?:\.\d+)? s\)",)    # the report line's timing: `report: study-report/report.md (7.1 s)`
+AT_LEAST = {"console": 1, "python": 8, "text": 10}
 
 
-def test_docs_examples_run(tmp_path, monkeypatch):
-    import vindex.study.run as run
-    monkeypatch.chdir(tmp_path)
-    for name, family in STANDINS.items():
-        make_tiny_model(tmp_path / name, family, n_layers=4)
-    monkeypatch.setattr(run, "DEFAULT_MODELS", tuple(f"./{m}" for m in run.DEFAULT_MODELS))
-    namespace = run_doc_examples(DOC, at_least={"python": 3}, standins={name: f"./{name}" for name in STANDINS})
-    assert (tmp_path / "study-report" / "report.md").is_file()
-    assert (tmp_path / "study-3" / "data" / "matched_depth.parquet").is_file()
-    assert sorted(p.name for p in (tmp_path / "lake").iterdir() if p.is_dir()) == sorted(STANDINS)
-    assert (tmp_path / "lake" / "README.md").is_file()     # the lake card
+@pytest.mark.integration
+def test_docs_examples_run_on_the_study_lake_and_show_their_results(study_lake):
+    namespace, problems = run_doc_checked(DOC, at_least=AT_LEAST, masks=MASKS)
+    assert not problems, "\n".join(problems) + "\nafter a deliberate change: python tests/test_study_docs.py --update"
     assert namespace["report"] == Path("study-report") / "report.md"
-    assert len(namespace["matched"]) == 3 * 5    # poolings x depth bands
+    # the rerun reused the build: still the two vindexes of the study, and the lake card beside them
+    assert sorted(p.name for p in (study_lake / "lake").iterdir() if p.is_dir()) == ["gemma3-270m", "smollm2-135m"]
+    assert (study_lake / "lake" / "README.md").is_file()
 
 
 def test_docs_cli_reference_matches_help():
     assert_cli_reference_matches_help(DOC, "study")
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as tmp:
+        study_lake_here(Path(tmp))
+        _, problems = run_doc_checked(DOC, update="--update" in sys.argv, at_least=AT_LEAST, masks=MASKS)
+        print("\n".join(problems))
+        print(f"docs/{DOC.name}:", "updated" if "--update" in sys.argv else f"{len(problems)} mismatch(es)")
