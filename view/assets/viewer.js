@@ -157,7 +157,10 @@ function dl(parent, pairs) {
   return d;
 }
 
-const SHOWN_MODEL_KEYS = ["id", "revision", "family", "source", "n_layers", "d_model", "d_ffn", "n_heads", "vocab_size"];
+const SHOWN_MODEL_KEYS = ["id", "revision", "family", "source", "n_layers", "d_model", "d_ffn", "n_heads", "vocab_size",
+  "quantization", "license", "license_from", "language", "language_from"];
+// the provenance in words (vindex.summary.provenance, as `vindex info` and the card say it), first
+const PROVENANCE_KEYS = ["source", "quantization", "variant", "license", "language"];
 
 function drawProvenance(M) {
   const host = document.getElementById("provenance-body");
@@ -171,11 +174,13 @@ function drawProvenance(M) {
     const info = m.model || {};
     const sets = Object.entries(m.prompt_sets || {}).map(([k, v]) =>
       k + ": " + v.n_prompts + " prompts, sha256 " + String(v.sha256 || "").slice(0, 12));
-    dl(box, [["model id", info.id], ["revision", info.revision || "(none recorded)"], ["family", info.family],
-             ["source", info.source], ["layers", info.n_layers], ["d_model", info.d_model], ["d_ffn", info.d_ffn],
-             ["heads", info.n_heads], ["vocab", info.vocab_size], ["prompt sets", sets.join("; ")],
-             ["tables", Object.entries(m.tables || {}).map(([k, v]) => k + " (" + v.rows + " rows)").join(", ")]]
-             .concat(Object.entries(info).filter(([k]) => !SHOWN_MODEL_KEYS.includes(k))));
+    const prov = m.provenance || {source: info.source};
+    dl(box, [["model id", info.id]].concat(PROVENANCE_KEYS.map((k) => [k, prov[k]]),
+      [["revision", info.revision || "(none recorded)"], ["family", info.family], ["layers", info.n_layers],
+       ["d_model", info.d_model], ["d_ffn", info.d_ffn], ["heads", info.n_heads], ["vocab", info.vocab_size],
+       ["prompt sets", sets.join("; ")],
+       ["tables", Object.entries(m.tables || {}).map(([k, v]) => k + " (" + v.rows + " rows)").join(", ")]],
+      Object.entries(info).filter(([k]) => !SHOWN_MODEL_KEYS.includes(k))));
     const ex = Object.entries(m.extraction || {});
     if (ex.length) { VX.el("h3", {}, box, "extraction"); dl(box, ex); }
   });
