@@ -53,6 +53,12 @@ SCALAR_MACROS = [
 
 def model_checks(fn: str, table: str, models: list[str], where: str, what: str, rows: bool = True) -> str:
     """CASE expression raising a clear error for an unknown model or (rows) one without matching rows."""
+
+    def have(m: str) -> str:   # pooled rows: the poolings the model has (a misspelt pooling is the usual cause)
+        if table != "pooled":
+            return ""
+        return (f" || coalesce('; its poolings: ' || (SELECT string_agg(DISTINCT r.pooling, ', ' ORDER BY r.pooling) "
+                f"FROM pooled AS r WHERE r.model = {m}), '')")
     whens = []
     for m in models:
         whens.append(f"WHEN NOT EXISTS (FROM models AS mm WHERE mm.model = {m}) THEN error('{fn}: unknown "
@@ -60,7 +66,7 @@ def model_checks(fn: str, table: str, models: list[str], where: str, what: str, 
                      "ORDER BY mm.model) FROM models AS mm), 'no models'))")
     for m in models if rows else ():
         whens.append(f"WHEN NOT EXISTS (FROM {table} AS r WHERE r.model = {m} AND {where}) THEN error('{fn}: "
-                     f"model ''' || {m} || ''' has no {table} rows with ' || {what})")
+                     f"model ''' || {m} || ''' has no {table} rows with ' || {what}{have(m)})")
     return "CASE " + " ".join(whens) + " ELSE true END"
 
 
@@ -206,14 +212,18 @@ def side_grams(alias: str, model: str, gram: str, models: list[ModelInfo], table
   FROM ({union}) AS s)"""
 
 
-def pair_value(fn: str, expr: str, what: str = "prompts") -> str:
-    """The per-pair value, or an error when the two layers do not hold the same rows in the same order."""
+PARTIAL_HINT = ("CKA needs the same rows on both sides, in the same order: choose one prompt_set, or pass "
+                "allow_partial := true to compare the prompts both models hold")
+
+
+def pair_value(fn: str, expr: str, what: str = "prompts", hint: str = PARTIAL_HINT) -> str:
+    """The per-pair value, or an error when the two layers do not hold the same rows in the same order
+    (`hint`: what to do about it)."""
     return (f"CASE WHEN a.n_distinct <> a.n OR b.n_distinct <> b.n THEN error('{fn}: a layer lists the same "
             f"row twice (' || a.n || ' rows, ' || a.n_distinct || ' distinct); filter by prompt_set or pooling') "
             f"WHEN a.rows_key <> b.rows_key THEN error('{fn}: layer ' || a.layer || ' of ' || model_a || "
             f"' and layer ' || b.layer || ' of ' || model_b || ' hold different {what} (' || a.n || ' vs ' || b.n "
-            f"|| ' rows); CKA needs the same rows on both sides, in the same order: choose one prompt_set, or "
-            "pass allow_partial := true to compare the prompts both models hold') "
+            f"|| ' rows); {hint}') "
             f"ELSE {expr} END")
 
 
@@ -327,8 +337,10 @@ checks AS (SELECT {number_checks('cka_token_matrix', 'batch_size', 'seed', 'min_
             models, 'activations', TOKEN_WHERE, TOKEN_KEY, data_checks('cka_token_matrix', models))}
 SELECT model_a AS model_a, model_b AS model_b, a.layer AS layer_a, b.layer AS layer_b, a.depth AS depth_a,
        b.depth AS depth_b,
-       {pair_value('cka_token_matrix', 'list_dot_product(a.g, b.g)',
-                   'tokens (the models must share a tokenizer: same token ids at the same positions)')} AS cka,
+       {pair_value('cka_token_matrix', 'list_dot_product(a.g, b.g)', 'tokens',
+                   'token-level CKA needs the same token ids at the same positions of the same prompts: models '
+                   'with different tokenizers cannot be compared token by token (use cka_matrix on pooled rows); '
+                   'one tokenizer with prompts missing on one side: pass allow_partial := true')} AS cka,
        a.n AS n, batch_size::INTEGER AS batch_size, seed::INTEGER AS seed, 'minibatch' AS estimator,
        o.o.kernel AS kernel, o.o.preprocess AS preprocess, prompt_set::VARCHAR AS prompt_set,
        include_special::BOOLEAN AS include_special, min_token_index::INTEGER AS min_token_index

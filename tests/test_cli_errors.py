@@ -32,6 +32,14 @@ def test_unknown_pooling_lists_the_poolings_there_are(lake):
                                 "last, mean, mean_nosink")
 
 
+@pytest.mark.parametrize("function", ["cka_matrix", "cka_depth", "mutual_knn_matrix"])
+def test_unknown_pooling_in_sql_lists_the_poolings_there_are(lake, function):
+    r = run("sql", "-l", lake, f"SELECT * FROM {function}('toy-a', 'toy-b', pooling := 'lst')")
+    assert r.exit_code == 1
+    assert r.output.strip() == (f"error: {function}: model 'toy-a' has no pooled rows with pooling = lst; its poolings: "
+                                "last, mean, mean_nosink")
+
+
 def test_duckdb_prefix_is_stripped_in_sql(lake):
     r = run("sql", "-l", lake, "SELECT * FROM cka_matrix('toy-a', 'toy-b', permutations := -1)")
     assert r.exit_code == 1 and r.output.startswith("error: cka_matrix: permutations")
