@@ -81,6 +81,7 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
     causal_pairs: pairs patched per model (all of them when the set has fewer).
     resamples: bootstrap resamples of the pairs for every causal interval.
     """
+    called = dict(locals())      # the arguments as given, for the report's "Reproduce" command
     t_start = time.perf_counter()
     models = [models] if isinstance(models, (str, Path)) else list(models)
     if not models:
@@ -239,7 +240,7 @@ def study(models=DEFAULT_MODELS, out="study-report", *, lake="lake", prompts="de
     say.stage("report")
     ctx = {"models": names, "pairs": pairs, "poolings": all_poolings, "estimators": tuple(estimators),
            "permutations": permutations, "band": band, "knn_k": knn_k, "prompt_set": prompt_set,
-           "n_prompts": len(ps), "ending_shares": shares, "command": _command(models, out, lake),
+           "n_prompts": len(ps), "ending_shares": shares, "command": _command(called),
            "lexicon": f"{lex.source} ({len(lex.categories)} categories, {len(lex)} words)",
            "causal": {"pairs": chosen.source, "n_pairs": len(chosen), "seed": seed, "run_id": rid, "resamples": resamples,
                       "pooling": break_pool, "estimator": break_est, "cka": (break_pool, break_est)} if causal else None,
@@ -426,10 +427,33 @@ def _labelled_only(t: pa.Table) -> pa.Table:
     return t.filter(pc.is_valid(t["category"]))
 
 
-def _command(models, out, lake) -> str:
-    parts = ["vindex study", *[str(m) for m in models]]
-    if str(out) != "study-report":
-        parts += ["--out", str(out)]
-    if str(lake) != "lake":
-        parts += ["--lake", str(lake)]
+# study() parameter -> its `vindex study` option (the CLI mirrors the function: cli/study.py)
+_FLAGS = {"out": "--out", "lake": "--lake", "prompts": "--prompts", "poolings": "--pooling",
+          "estimators": "--estimator", "permutations": "--permutations", "seed": "--seed", "band": "--band",
+          "knn_k": "--knn-k", "lexicon": "--lexicon", "feature_vectors": "--feature-vectors", "dtype": "--dtype",
+          "batch_size": "--batch-size", "layers": "--layers", "pairs": "--pairs", "causal_pairs": "--causal-pairs",
+          "resamples": "--resamples"}
+_SWITCHES = {"weights": "--no-weights", "causal": "--no-causal", "allow_partial": "--allow-partial"}
+
+
+def _command(called: dict) -> str:
+    """The `vindex study` command that reruns this study: the models, then every option that differs
+    from its default (repeated options once per value)."""
+    import inspect
+    defaults = {k: p.default for k, p in inspect.signature(study).parameters.items()}
+    models = called["models"]
+    parts = ["vindex study", *[str(m) for m in ([models] if isinstance(models, (str, Path)) else models)]]
+    for name, flag in _FLAGS.items():
+        value = called.get(name, defaults[name])
+        if value is None or value == defaults[name]:
+            continue
+        if name == "layers" and isinstance(value, (tuple, list, range)):
+            parts += [flag, ",".join(str(x) for x in value)]
+        elif isinstance(value, (tuple, list)):
+            if tuple(value) == tuple(defaults[name] or ()):
+                continue
+            parts += [x for v in value for x in (flag, str(v))]
+        else:
+            parts += [flag, str(getattr(value, "name", value))]
+    parts += [flag for name, flag in _SWITCHES.items() if called.get(name, defaults[name]) != defaults[name]]
     return " ".join(parts)

@@ -185,6 +185,9 @@ def test_cli_study(toy_lake, tmp_path):
     assert r.exit_code == 0, r.output
     assert r.output.strip() == str(out / "report.md")
     assert "permutation null (9 shuffles" in (out / "report.md").read_text()
+    # the report's command reruns it: the models and every option given that is not a default
+    assert (f"Reproduce: `vindex study {' '.join(map(str, toy_lake))} --out {out} --pooling last --permutations 9`"
+            in (out / "report.md").read_text())
     r = CliRunner().invoke(main, ["study", str(toy_lake[0]), "--out", str(out), "--permutations", "-1"])
     assert r.exit_code == 1 and "permutations must be >= 0" in r.output
 
