@@ -35,12 +35,17 @@ def open_lake(lakes, quiet: bool = False):
     return con
 
 
-def fail(e: Exception) -> None:
+def fail(e: Exception, con=None) -> None:
     """One clear line for user errors (VindexError, DuckDB errors), no traceback; exit 1. A refusal
     DuckDB wraps ("Invalid Input Error: InvalidValue: ...", a UDF's stack) prints as the vindex
-    error it carries (`error_from_message`)."""
+    error it carries (`error_from_message`); with the connection `con`, a pooling a model lacks is
+    followed by the poolings it has."""
     from vindex.errors import error_from_message
-    msg = str(error_from_message(str(e), ANALYSES) or str(e).split("\n\nAt:\n")[0])
+    error = error_from_message(str(e), ANALYSES)
+    if error is not None and con is not None:
+        from vindex.query.analyses import with_poolings
+        error = with_poolings(con, error)
+    msg = str(error or str(e).split("\n\nAt:\n")[0])
     core_fail(msg.replace("Python exception occurred while executing the UDF: ", ""))
 
 
@@ -143,6 +148,7 @@ def sql(query, lakes, fmt, output, max_rows, interactive, quiet):
     vindex sql -l lake "SELECT * FROM cka_matrix('a', 'b', permutations := 99)" -f csv
     vindex sql -l lake analysis.sql -f parquet -o out.parquet
     """
+    con = None
     try:
         con = open_lake(lakes, quiet)
         if query is None:
@@ -153,7 +159,7 @@ def sql(query, lakes, fmt, output, max_rows, interactive, quiet):
             query = Path(query).read_text()
         run_script(con, query, fmt, output, max_rows)
     except user_errors() as e:
-        fail(e)
+        fail(e, con)
 
 
 def shell(con, max_rows: int = 40) -> None:

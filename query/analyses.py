@@ -44,10 +44,10 @@ def _call(con, function: str, positional: list, named: dict) -> pa.Table:
         return con.execute(sql, [*positional, *named.values()]).to_arrow_table()
     except duckdb.Error as e:   # a refusal inside the query, in its own vindex class
         error = error_from_message(str(e), (function,))
-        raise (_with_poolings(con, error) if error else e) from None
+        raise (with_poolings(con, error) if error else e) from None
 
 
-def _with_poolings(con, error: VindexError) -> VindexError:
+def with_poolings(con, error: VindexError) -> VindexError:
     """A "no pooled rows with pooling = x" refusal, with the poolings the model does hold (queried
     only on this error path, so a call that succeeds pays nothing for it)."""
     m = re.search(r"model '(.+?)' has no pooled rows with pooling = ", str(error))

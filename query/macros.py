@@ -53,12 +53,6 @@ SCALAR_MACROS = [
 
 def model_checks(fn: str, table: str, models: list[str], where: str, what: str, rows: bool = True) -> str:
     """CASE expression raising a clear error for an unknown model or (rows) one without matching rows."""
-
-    def have(m: str) -> str:   # pooled rows: the poolings the model has (a misspelt pooling is the usual cause)
-        if table != "pooled":
-            return ""
-        return (f" || coalesce('; its poolings: ' || (SELECT string_agg(DISTINCT r.pooling, ', ' ORDER BY r.pooling) "
-                f"FROM pooled AS r WHERE r.model = {m}), '')")
     whens = []
     for m in models:
         whens.append(f"WHEN NOT EXISTS (FROM models AS mm WHERE mm.model = {m}) THEN error('{fn}: unknown "
@@ -66,7 +60,7 @@ def model_checks(fn: str, table: str, models: list[str], where: str, what: str, 
                      "ORDER BY mm.model) FROM models AS mm), 'no models'))")
     for m in models if rows else ():
         whens.append(f"WHEN NOT EXISTS (FROM {table} AS r WHERE r.model = {m} AND {where}) THEN error('{fn}: "
-                     f"model ''' || {m} || ''' has no {table} rows with ' || {what}{have(m)})")
+                     f"model ''' || {m} || ''' has no {table} rows with ' || {what})")
     return "CASE " + " ".join(whens) + " ELSE true END"
 
 
