@@ -64,7 +64,8 @@ def main(argv=None):
     ap.add_argument("source", nargs="?", default="smollm2-135m")
     ap.add_argument("--prompts", default="default")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float16", "float32"],
+                    help="activation storage, as build()'s (auto: float16 unless the states overflow it)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
@@ -89,7 +90,7 @@ def main(argv=None):
     tokenized = tokenize_prompts(tok, ps.prompts, 256)
     setup = time.perf_counter() - t
     mm = src.manifest_model()
-    shard_rows = 512 * 2**20 // (2 * (mm["n_layers"] + 1) * mm["d_model"] * (2 if args.dtype == "float16" else 4))
+    shard_rows = 512 * 2**20 // (2 * (mm["n_layers"] + 1) * mm["d_model"] * (4 if args.dtype == "float32" else 2))
     groups = plan_groups(tokenized, args.batch_size, shard_rows)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     n_tokens = sum(len(x) for x in tokenized)
