@@ -181,7 +181,7 @@ def udf_cka_pairs(vindexes: dict):
                 keys = {m: gram_cache.model_keys(vindexes[m], gspec) for m in (a, b)}
                 for m in (a, b):
                     if not keys[m]:
-                        _no_rows(f, vindexes[m], pool, ps)
+                        _no_rows(f, m, pool, ps)
                 keep = keys[a] & keys[b]
                 stacks = [model_stack(*_layers(vindexes[m], gspec, f, keep)) for m in (a, b)]
             else:
@@ -207,7 +207,7 @@ def _layers(v, spec, fn: str, keep: frozenset | None = None) -> list:
     if keep is None:
         layers = gram_cache.model_grams(v, spec, run=_in_turn)
         if all(meta["status"] == "empty" for meta, _ in layers):
-            _no_rows(fn, v, spec.pooling, spec.prompt_set)
+            _no_rows(fn, v.name, spec.pooling, spec.prompt_set)
     else:
         layers = _in_turn([(*job, keep) for job in gram_cache.layer_jobs(v, spec).values()])
     layers = [(meta, g) for meta, g in layers if meta["status"] != "empty"]
@@ -220,30 +220,11 @@ def _layers(v, spec, fn: str, keep: frozenset | None = None) -> list:
     return layers
 
 
-def _no_rows(fn: str, v, pooling: str, prompt_set: str | None):
-    """The refusal of a model without such rows, naming the poolings it holds."""
-    have = _poolings(v)
-    raise cka.InvalidValue(f"{fn}: model '{v.name}' has no pooled rows with pooling = {pooling}"
-                           + (f" and prompt_set = {prompt_set}" if prompt_set is not None else "")
-                           + (f"; its poolings: {', '.join(have)}" if have else ""))
-
-
-def _poolings(v) -> list[str]:
-    """The poolings in the pooling column of `v`'s first pooled layer (read on the error path only; a
-    shard that cannot be read names none: the refusal stands without the list)."""
-    import pyarrow.parquet as pq
-    entries = list(v.entries("pooled"))
-    first = min((e["partition"].get("layer", 0) for e in entries), default=None)
-    have: set[str] = set()
-    try:
-        for e in entries:
-            if e["partition"].get("layer", 0) == first:
-                url = v.url(e["path"])
-                source = url if v.filesystem is None else v.filesystem.open(url, "rb")
-                have |= set(pq.read_table(source, columns=["pooling"]).column("pooling").to_pylist())
-    except (OSError, ValueError, KeyError, pa.ArrowException):
-        return []
-    return sorted(p for p in have if p is not None)
+def _no_rows(fn: str, model: str, pooling: str, prompt_set: str | None):
+    """The refusal of a model without such rows (the callers that hold a connection, the Python
+    functions and `vindex sql`, add the poolings it holds: `analyses.with_poolings`)."""
+    raise cka.InvalidValue(f"{fn}: model '{model}' has no pooled rows with pooling = {pooling}"
+                           + (f" and prompt_set = {prompt_set}" if prompt_set is not None else ""))
 
 
 def _in_turn(jobs: list[tuple]) -> list:

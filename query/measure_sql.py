@@ -22,9 +22,8 @@ from vindex.errors import DegenerateInput, InvalidValue
 from . import measures
 from .arguments import check, choice_check, sql_check
 from .cka import warn_undefined
-from .macros import (MATCHED_DEPTH,
-                     DEFAULT_PERMUTATIONS, DEFAULT_POOLING, POOLED_WHAT, POOLED_WHERE, ModelInfo, common_keys,
-                     data_checks, model_checks, number_checks, pair_value, side_grams)
+from .macros import (DEFAULT_PERMUTATIONS, DEFAULT_POOLING, MATCHED_DEPTH, POOLED_WHAT, POOLED_WHERE, ModelInfo,
+                     common_keys, data_checks, model_checks, number_checks, pair_value, side_grams)
 from .parallel import map_layers
 from .vectors import double_lists, row_arrays, row_keys, row_matrices, scalars
 

@@ -444,7 +444,7 @@ def _command(called: dict) -> str:
     models = called["models"]
     parts = ["vindex study", *[str(m) for m in ([models] if isinstance(models, (str, Path)) else models)]]
     for name, flag in _FLAGS.items():
-        value = called.get(name, defaults[name])
+        value = called[name]
         if value is None or value == defaults[name]:
             continue
         if name == "layers" and isinstance(value, (tuple, list, range)):
@@ -455,5 +455,5 @@ def _command(called: dict) -> str:
             parts += [x for v in value for x in (flag, str(v))]
         else:
             parts += [flag, str(getattr(value, "name", value))]
-    parts += [flag for name, flag in _SWITCHES.items() if called.get(name, defaults[name]) != defaults[name]]
+    parts += [flag for name, flag in _SWITCHES.items() if called[name] != defaults[name]]
     return " ".join(parts)
